@@ -1,0 +1,180 @@
+"""Reading DiT weights: the released folder or a single safetensors file, without materialising random weights.
+
+Accepted layouts:
+- the released checkpoint root (`Model_Lite/` and/or `Model_Pro/` inside; the variant picks one),
+- a released model folder: `config.json` + `diffusion_pytorch_model.safetensors`, or shards listed by
+  `diffusion_pytorch_model.safetensors.index.json`,
+- one `.safetensors` file (as ComfyUI users keep it in `models/diffusion_models/`): the config is inferred from
+  tensor shapes (spec §4, "Config from tensor shapes").
+The model is built on the meta device and each tensor is read once, cast to the compute dtype and assigned, so
+peak memory is one copy of the weights in that dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .attention import resolve_backend
+from .config import DIT_HEAD_DIM, PRESETS, VARIANT_BY_LATENT_CHANNELS, WAV2VEC2_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
+from .model import FlashHeadDiT
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = WEIGHTS_NAME + ".index.json"
+MODEL_DIRS = {"lite": "Model_Lite", "pro": "Model_Pro"}
+# Present in the released files, never used by the forward pass: skipped by name.
+UNUSED_PREFIXES = ("text_embedding.", "audio_emb.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, foreign or does not match what was asked for."""
+
+
+class SafetensorsSource:
+    """Lazy view of one or more safetensors files: shapes from the headers, tensors read on demand."""
+
+    def __init__(self, files: Iterable[Path]):
+        self.files = [Path(f) for f in files]
+        self._file_of: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for file in self.files:
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        self._file_of[key] = file
+                        self.shapes[key] = tuple(f.get_slice(key).get_shape())
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"cannot read {file}: {e}. The file is truncated or not a safetensors file; "
+                                      f"download it again.") from e
+
+    def get(self, key: str) -> torch.Tensor:
+        file = self._file_of[key]
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                return f.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read tensor {key} from {file}: {e}. Download the file again.") from e
+
+
+class DictSource:
+    """An in-memory state dict seen through the same interface (fixtures, tests)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+        self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+
+def find_model_files(path: str | Path, variant: str = "auto") -> tuple[dict | None, list[Path]]:
+    """Locate (config.json contents or None, weight files) for a released root, model folder or single file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path} is not a .safetensors file; the DiT loads from safetensors only")
+        return None, [path]
+    if not (path / "config.json").exists():
+        found = {v: path / d for v, d in MODEL_DIRS.items() if (path / d / "config.json").exists()}
+        if variant in found:
+            return find_model_files(found[variant])
+        if variant == "auto" and len(found) == 1:
+            return find_model_files(next(iter(found.values())))
+        if variant == "auto" and found:
+            raise CheckpointError(f"{path} holds both Model_Lite and Model_Pro: choose the variant (lite or pro)")
+        raise CheckpointError(
+            f"no FlashHead model in {path}: expected config.json + {WEIGHTS_NAME} (a Model_Lite/ or Model_Pro/ "
+            f"folder), or the checkpoint root containing them" + (f" (variant {variant!r} asked for)" if found else ""))
+    config = json.loads((path / "config.json").read_text())
+    if (path / INDEX_NAME).exists():
+        weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+        files = [path / name for name in sorted(set(weight_map.values()))]
+    else:
+        files = [path / WEIGHTS_NAME]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise CheckpointError(f"weights missing in {path}: {', '.join(f.name for f in missing)}")
+    return config, files
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | None = None,
+                       num_heads: int | None = None) -> ModelConfig:
+    """Infer the ModelConfig from tensor shapes; values stated in config.json are checked against them."""
+    required = ("patch_embedding.weight", "head.head.weight", "blocks.0.ffn.0.weight", "time_embedding.0.weight",
+                "audio_proj.proj1.weight", "audio_proj.proj1_vf.weight", "audio_proj.proj3.weight")
+    absent = [k for k in required if k not in shapes]
+    if absent:
+        raise CheckpointError(f"not a FlashHead DiT checkpoint: missing {', '.join(absent)}")
+    dim, in_dim, *patch = shapes["patch_embedding.weight"]
+    patch_size = tuple(patch)
+    out_dim = shapes["head.head.weight"][0] // math.prod(patch_size)
+    if out_dim not in VARIANT_BY_LATENT_CHANNELS:
+        raise CheckpointError(f"DiT with {out_dim} latent channels: FlashHead Pro has 16, Lite has 128")
+    variant = VARIANT_BY_LATENT_CHANNELS[out_dim]
+    t_stride = shapes["audio_proj.proj1_vf.weight"][1] // (WAV2VEC2_LAYERS * WAV2VEC2_CHANNELS) - 4
+    spatial = PRESETS[variant].vae_stride[1]
+    config_json = config_json or {}
+    heads = num_heads or config_json.get("num_heads") or dim // DIT_HEAD_DIM
+    config = ModelConfig(
+        variant=variant, in_dim=in_dim, out_dim=out_dim, patch_size=patch_size,
+        vae_stride=(t_stride, spatial, spatial), dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
+        freq_dim=shapes["time_embedding.0.weight"][1], num_heads=heads,
+        num_layers=len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}),
+        eps=config_json.get("eps", 1e-6),
+        audio_intermediate_dim=shapes["audio_proj.proj1.weight"][0],
+        audio_context_tokens=shapes["audio_proj.proj3.weight"][0] // dim,
+    )
+    stated = {k: config_json[k] for k in ("dim", "in_dim", "out_dim", "ffn_dim", "freq_dim", "num_layers",
+                                          "patch_size", "vae_stride") if k in config_json}
+    for key, value in stated.items():
+        ours = getattr(config, key)
+        if (list(ours) if isinstance(ours, tuple) else ours) != value:
+            raise CheckpointError(f"config.json says {key}={value} but the weights have {key}={ours}")
+    return config
+
+
+def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu", attention: str = "auto") -> FlashHeadDiT:
+    """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`) on `device`."""
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = FlashHeadDiT(config, resolve_backend(attention, device))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    present = {k: s for k, s in source.shapes.items() if not k.startswith(UNUSED_PREFIXES)}
+    missing = sorted(set(expected) - set(present))
+    unexpected = sorted(set(present) - set(expected))
+    wrong = [f"{k}: file {list(present[k])} vs model {list(expected[k])}"
+             for k in sorted(set(expected) & set(present)) if present[k] != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")] if missing else []
+        parts += [f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")] \
+            if unexpected else []
+        parts += [f"shape mismatches: {'; '.join(wrong[:5])}"] if wrong else []
+        raise CheckpointError(f"checkpoint does not match a FlashHead {config.variant} DiT: " + " | ".join(parts))
+    state = {k: source.get(k).to(device=device, dtype=dtype) for k in expected}
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_dit(path: str | Path, *, variant: str = "auto", dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu", attention: str = "auto", num_heads: int | None = None) -> FlashHeadDiT:
+    """Load a FlashHead DiT from a released root/folder or a single safetensors file.
+
+    variant: "auto", "lite" or "pro" (a mismatch with the file is an error). num_heads: only for non-standard
+    single files (default dim / 128, or config.json's value).
+    """
+    if variant not in ("auto", "lite", "pro"):
+        raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
+    config_json, files = find_model_files(path, variant)
+    source = SafetensorsSource(files)
+    config = config_from_shapes(source.shapes, config_json, num_heads)
+    if variant != "auto" and variant != config.variant:
+        raise CheckpointError(f"{path} is a FlashHead {config.variant} model, but {variant} was asked for")
+    return build_dit(config, source, dtype=dtype, device=device, attention=attention)

@@ -1,0 +1,254 @@
+"""The FlashHead DiT: a Wan-2.1-style diffusion transformer with per-latent-frame audio cross-attention (spec §4).
+
+One evaluation maps (noisy latent z, reference latent, timestep, audio windows) to a flow prediction:
+
+    audio windows [B, 1 + t_stride*(T-1), 5, 12, 768] --AudioProjection--> audio tokens [B, T, 32, dim]
+    cat(z, ref) [B, in_dim, T, H, W] --patch embed--> tokens [B, L, dim], L = T * H/ph * W/pw (raster order)
+    30 x Block(self-attention with 3-D RoPE, per-frame audio cross-attention, FFN; adaLN from the timestep)
+    Head (adaLN from the time embedding) --unpatchify--> flow [B, out_dim, T, H, W]
+
+Precision: the residual stream, norms, modulation and the time MLP run in float32; the Linear/conv weights and
+attention run in the model's compute dtype (float32 or bf16), as the official bf16 run does under autocast.
+State dict keys are the released ones (`blocks.N.self_attn.q.weight`, `audio_proj.proj1_vf.weight`, ...);
+the released files' unused `text_embedding.*` / `audio_emb.*` weights have no module here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .config import AUDIO_WINDOW, WAV2VEC2_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
+
+ROPE_THETA = 10000.0
+AUDIO_NORM_EPS = 1e-5  # the audio projector's LayerNorm uses PyTorch's default eps, not the model's 1e-6
+
+
+def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A Linear evaluated in float32 whatever the weight dtype (time MLP, as the official autocast(float32))."""
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
+def _layer_norm_f32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm in float32; affine parameters (when present) are upcast."""
+    weight = None if norm.weight is None else norm.weight.float()
+    bias = None if norm.bias is None else norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
+
+
+def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
+    """timestep [B] -> [B, dim] float32: [cos(t*w) | sin(t*w)], w_j = 10000^(-j/half), computed in float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=timestep.device) / half)
+    angles = timestep.double()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+@functools.lru_cache(maxsize=16)
+def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [L, 1, head_dim/2] float32 for a (T, H, W) token grid in raster order.
+
+    The head_dim/2 complex pairs are split [c - 2*(c//3), c//3, c//3] over (t, h, w); pair j of an axis with n
+    pairs turns by pos * 10000^(-j/n). Angles are computed in float64. Cached per grid shape and device.
+    """
+    pairs = head_dim // 2
+    split = (pairs - 2 * (pairs // 3), pairs // 3, pairs // 3)
+    axes = []
+    for n_pairs, size in zip(split, grid):
+        freqs = torch.pow(ROPE_THETA, -torch.arange(n_pairs, dtype=torch.float64) / n_pairs)
+        axes.append(torch.arange(size, dtype=torch.float64)[:, None] * freqs[None, :])  # [size, n_pairs]
+    t, h, w = grid
+    angles = torch.cat(
+        [
+            axes[0][:, None, None, :].expand(t, h, w, -1),
+            axes[1][None, :, None, :].expand(t, h, w, -1),
+            axes[2][None, None, :, :].expand(t, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(t * h * w, 1, pairs)
+    return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H, D] with (2j, 2j+1) as complex pairs, rotated by the [L, 1, D/2] tables; float32 math."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, over the full width (before the split into heads)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    """Multi-head attention with q/k RMSNorm: self-attention (with RoPE) or audio cross-attention (without)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                backend: str) -> torch.Tensor:
+        """x [B, Lq, C] attends to context [B, Lk, C] (context is x for self-attention) -> [B, Lq, C]."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, Lq, H, D]
+        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))  # [B, Lk, H, D]
+        v = self.v(context).unflatten(-1, (self.num_heads, -1))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.o(attention(q, k, v, backend).flatten(-2))
+
+
+class Block(nn.Module):
+    """One transformer block: adaLN self-attention, per-latent-frame audio cross-attention, adaLN FFN."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+        self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = Attention(dim, config.num_heads, eps)
+        self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True)
+        self.cross_attn = Attention(dim, config.num_heads, eps)
+        self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(config.ffn_dim, dim))
+
+    def forward(self, x: torch.Tensor, time_mod: torch.Tensor, audio_tokens: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
+        """x [B, L, C] float32 residual stream; time_mod [B, 6, C] float32; audio_tokens [B, T, N, C]."""
+        dtype = self.ffn[0].weight.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + time_mod).unsqueeze(2).unbind(1)
+
+        h = (_layer_norm_f32(self.norm1, x) * (1 + scale1) + shift1).to(dtype)
+        x = x + self.self_attn(h, h, rope, backend).float() * gate1
+
+        # Each latent frame's tokens attend only to that frame's audio tokens: fold frames into the batch.
+        batch, frames = audio_tokens.shape[:2]
+        h = _layer_norm_f32(self.norm3, x).to(dtype).reshape(batch * frames, -1, x.shape[-1])
+        audio = audio_tokens.to(dtype).flatten(0, 1)  # [B*T, N, C]
+        x = x + self.cross_attn(h, audio, None, backend).reshape(x.shape).float()
+
+        h = (_layer_norm_f32(self.norm2, x) * (1 + scale2) + shift2).to(dtype)
+        return x + self.ffn(h).float() * gate2
+
+
+class Head(nn.Module):
+    """Final adaLN (modulated by the time embedding) and projection to patch pixels."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.zeros(1, 2, config.dim))
+        self.norm = nn.LayerNorm(config.dim, config.eps, elementwise_affine=False)
+        self.head = nn.Linear(config.dim, math.prod(config.patch_size) * config.out_dim)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] float32, time_emb [B, C] float32 -> [B, L, prod(patch) * out_dim] float32."""
+        shift, scale = (self.modulation.float() + time_emb[:, None]).unsqueeze(2).unbind(1)
+        h = _layer_norm_f32(self.norm, x) * (1 + scale) + shift
+        return self.head(h.to(self.head.weight.dtype)).float()
+
+
+class AudioProjection(nn.Module):
+    """Audio windows -> `context_tokens` tokens per latent frame (the released `audio_proj.*`).
+
+    Latent frame 0 takes audio frame 0's full 5-wide window (proj1). Each later latent frame takes its t_stride
+    audio frames: positions 0..2 of the first frame's window, position 2 of each middle frame, positions 2..4 of
+    the last (t_stride + 4 slots, proj1_vf).
+    """
+
+    def __init__(self, t_stride: int, intermediate_dim: int, context_tokens: int, output_dim: int):
+        super().__init__()
+        features = WAV2VEC2_LAYERS * WAV2VEC2_CHANNELS
+        self.t_stride = t_stride
+        self.context_tokens = context_tokens
+        self.proj1 = nn.Linear(AUDIO_WINDOW * features, intermediate_dim)
+        self.proj1_vf = nn.Linear((t_stride + 4) * features, intermediate_dim)
+        self.proj2 = nn.Linear(intermediate_dim, intermediate_dim)
+        self.proj3 = nn.Linear(intermediate_dim, context_tokens * output_dim)
+        self.norm = nn.LayerNorm(output_dim, eps=AUDIO_NORM_EPS)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows [B, 1 + t_stride*(T-1), 5, 12, 768] -> audio tokens [B, T, context_tokens, dim] float32."""
+        batch, n_audio = windows.shape[:2]
+        if (n_audio - 1) % self.t_stride:
+            raise ValueError(f"audio windows cover {n_audio} frames; expected 1 + {self.t_stride} * (latent frames - 1)")
+        windows = windows.to(self.proj1.weight.dtype)
+        first = windows[:, :1].flatten(2)  # [B, 1, 5*12*768]
+        groups = windows[:, 1:].unflatten(1, (-1, self.t_stride))  # [B, T-1, t_stride, 5, 12, 768]
+        slots = torch.cat([groups[:, :, 0, :3], groups[:, :, 1:-1, 2], groups[:, :, -1, 2:]], dim=2)
+        hidden = torch.cat([F.relu(self.proj1(first)), F.relu(self.proj1_vf(slots.flatten(2)))], dim=1)
+        tokens = self.proj3(F.relu(self.proj2(hidden)))  # [B, T, context_tokens * dim]
+        return _layer_norm_f32(self.norm, tokens.unflatten(-1, (self.context_tokens, -1)))
+
+
+class FlashHeadDiT(nn.Module):
+    """The FlashHead transformer (`WanModelAudioProject` in the release). See the module docstring."""
+
+    def __init__(self, config: ModelConfig, attention_backend: str = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.attention_backend = attention_backend
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.head = Head(config)
+        self.audio_proj = AudioProjection(config.t_stride, config.audio_intermediate_dim,
+                                          config.audio_context_tokens, dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, ref_latents: torch.Tensor,
+                audio_tokens: torch.Tensor) -> torch.Tensor:
+        """One denoising evaluation.
+
+        latents, ref_latents: [B, out_dim, T, H, W]; timestep: [B] or scalar in [0, 1000] (already shifted);
+        audio_tokens: [B, T, context_tokens, dim] from `self.audio_proj(windows)` (constant across the steps of a
+        chunk, so the sampler projects them once). Returns the flow prediction [B, out_dim, T, H, W] float32.
+        """
+        batch, _, frames, height, width = latents.shape
+        pt, ph, pw = self.config.patch_size
+        grid = (frames // pt, height // ph, width // pw)
+        if audio_tokens.shape[1] != grid[0]:
+            raise ValueError(f"audio tokens cover {audio_tokens.shape[1]} latent frames, latents have {grid[0]}")
+
+        x = self.patch_embedding(torch.cat([latents, ref_latents], dim=1).to(self.dtype))
+        x = x.flatten(2).transpose(1, 2).float()  # [B, L, C] in (T, h, w) raster order
+
+        timestep = timestep.reshape(-1).expand(batch)
+        time_emb = _linear_f32(self.time_embedding[2], F.silu(_linear_f32(
+            self.time_embedding[0], sinusoidal_embedding(timestep, self.config.freq_dim))))  # [B, C]
+        time_mod = _linear_f32(self.time_projection[1], F.silu(time_emb)).unflatten(1, (6, -1))  # [B, 6, C]
+
+        rope = rope_table(grid, self.config.head_dim, x.device)
+        for block in self.blocks:
+            x = block(x, time_mod, audio_tokens, rope, self.attention_backend)
+
+        out = self.head(x, time_emb)  # [B, L, pt*ph*pw*C_out], C_out fastest
+        out = out.reshape(batch, *grid, pt, ph, pw, -1)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, -1, frames, height, width)
