@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="self-contained end-to-end run on a tiny random-weight model")
     p.add_argument("--workdir", default=None, help="where to write the tiny checkpoint and outputs (default: temp)")
-    p.add_argument("--reference", default=None, help="../shared/reference folder to verify against, if present")
+    p.add_argument("--reference", default=None, help="also verify every fixture and manifest in this reference folder")
     p.set_defaults(func=_cmd_demo)
     return parser
 
