@@ -1,0 +1,259 @@
+"""Video files with PyAV (no ffmpeg subprocess): frame conversions, an incremental MP4 writer, and file facts.
+
+    with VideoWriter("out.mp4", width=512, height=512, audio=(samples, 16000)) as writer:
+        for chunk in stream_of_chunks:          # [n, H, W, 3] uint8, or float 0..1
+            writer.write(chunk)                 # encoded at once: memory does not grow with the video's length
+    info = read_video_info("out.mp4")           # frames, fps, size, audio duration/rate/channels
+
+The conversions between the model's frames ([-1, 1], [B, 3, T, H, W]), ComfyUI IMAGE batches (float [T, H, W, 3]
+in 0..1) and uint8 pixels live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from av.video.reformatter import ColorRange, Colorspace
+
+from .config import FPS
+
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+_BT709 = 1  # AVCOL_PRI/TRC/SPC_BT709: the tag matches the RGB -> YUV matrix we convert with
+_LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
+
+
+# --- frame conversions ---------------------------------------------------------------------------------------------
+
+def video_to_images(video: torch.Tensor) -> torch.Tensor:
+    """Model frames [1, 3, T, H, W] or [3, T, H, W] in [-1, 1] -> float32 [T, H, W, 3] in 0..1 on the CPU (the
+    ComfyUI IMAGE layout). Values outside [-1, 1] (the LTX VAE does not clamp) are clamped."""
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise ValueError(f"expected one video [1, 3, T, H, W], got a batch of {video.shape[0]}")
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected frames [1, 3, T, H, W] or [3, T, H, W], got {list(video.shape)}")
+    return ((video.detach().float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).contiguous().cpu()
+
+
+def images_to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8, or float in 0..1 (clamped, rounded), of any shape (numpy or torch) -> uint8 numpy, same shape.
+    uint8 numpy input is returned as is (no copy)."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images
+    images = torch.as_tensor(images).detach()
+    if images.dtype == torch.uint8:
+        return images.cpu().numpy()
+    if not images.is_floating_point():
+        raise ValueError(f"pixels must be uint8 (0..255) or float (0..1), got {images.dtype}")
+    if images.numel() and bool(torch.isnan(images).any()):
+        raise ValueError("pixels contain NaN")
+    if images.numel() and images.max().item() > 1.5:
+        raise ValueError(f"float pixels must be in 0..1, got values up to {images.max().item():g} "
+                         f"(for 0..255 values divide by 255 or pass uint8)")
+    return images.float().clamp(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
+
+
+def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Model frames [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (what the writer encodes)."""
+    return images_to_uint8(video_to_images(video))
+
+
+# --- writing -------------------------------------------------------------------------------------------------------
+
+class VideoWriteError(OSError):
+    """The video file could not be written (disk full, folder not writable, ...). Nothing was left behind."""
+
+
+class VideoWriter:
+    """Incremental H.264 (libx264, yuv420p, BT.709) MP4 with optional AAC audio; use it as a context manager.
+
+    The file is written as `.<name>.<random>.partial` in the target folder and renamed to `path` (replacing an
+    existing file) only by a successful `close()`. An exception inside the `with` block (KeyboardInterrupt
+    included), a failing `write()`/`close()` or `abort()` removes the partial file.
+
+    audio: (samples, sample_rate) with samples float [N] (mono), [N, C] or [C, N] (C = 1 or 2), numpy or a CPU
+    tensor. The array is referenced, not copied: each `write()` encodes the audio up to the video written so far,
+    so the file is interleaved and memory stays flat. At close the audio is cut (or padded with silence) to exactly
+    the video's duration, frames / fps.
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS,
+                 audio: tuple[np.ndarray | torch.Tensor, int] | None = None, crf: int = 18):
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"video size {width}x{height}: H.264 (yuv420p) needs positive even sizes; use even "
+                             f"sizes (the model produces multiples of 16 or 32)")
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise VideoWriteError(f"cannot write {self.path}: the folder {self.path.parent} does not exist")
+        self.width, self.height, self.fps = width, height, Fraction(fps)
+        self._audio, self._sample_rate = _audio_samples(audio) if audio is not None else (None, 0)
+        self.partial_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.partial")
+        self.frames_written = 0
+        self._audio_written = 0  # samples
+        self._container = None
+        self._closed = False
+        with self._removing_partial_on_error():
+            self._container = av.open(str(self.partial_path), mode="w", format="mp4")
+            self._video = self._container.add_stream("libx264", rate=self.fps)
+            self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+            self._video.options = {"crf": str(crf)}
+            codec = self._video.codec_context
+            codec.color_primaries = codec.color_trc = codec.colorspace = _BT709
+            codec.color_range = _LIMITED_RANGE
+            if self._audio is not None:
+                self._audio_layout = "mono" if self._audio.shape[1] == 1 else "stereo"
+                self._audio_stream = self._container.add_stream("aac", rate=self._sample_rate,
+                                                                layout=self._audio_layout)
+
+    def write(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Encode frames [T, H, W, 3] (uint8, or float 0..1) now; nothing is kept."""
+        if self._closed:
+            raise RuntimeError(f"the writer of {self.path} is already closed")
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != (self.height, self.width, 3):
+            raise ValueError(f"frames must be [T, {self.height}, {self.width}, 3] for this video, "
+                             f"got {list(frames.shape)}")
+        pixels = images_to_uint8(frames)
+        with self._removing_partial_on_error():
+            for rgb in pixels:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                    format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+                frame.pts = self.frames_written
+                frame.time_base = 1 / self.fps
+                self._container.mux(self._video.encode(frame))
+                self.frames_written += 1
+            self._write_audio_until(self._audio_samples_for(self.frames_written))
+
+    def close(self) -> None:
+        """Flush the encoders, finish the file and move it to `path`. Idempotent; a no-op after abort()."""
+        if self._closed:
+            return
+        with self._removing_partial_on_error():
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._write_audio_until(self._audio_samples_for(self.frames_written))
+                self._container.mux(self._audio_stream.encode(None))
+            self._container.close()
+            os.replace(self.partial_path, self.path)
+            self._closed = True
+
+    def abort(self) -> None:
+        """Stop and remove the partial file; `path` is not touched."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the file is deleted next; its trailer does not matter
+                pass
+        self.partial_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @contextmanager
+    def _removing_partial_on_error(self):
+        """Any exception inside aborts the writer (removing the partial file); OSError becomes VideoWriteError."""
+        try:
+            yield
+        except OSError as e:
+            self.abort()
+            if isinstance(e, VideoWriteError):
+                raise
+            raise VideoWriteError(f"could not write {self.path}: {e}. Is the disk full or the folder read-only? "
+                                  f"Free space or choose another folder; no partial file was left") from e
+        except BaseException:
+            self.abort()
+            raise
+
+    def _audio_samples_for(self, frames: int) -> int:
+        return round(frames * self._sample_rate / self.fps)
+
+    def _write_audio_until(self, end: int) -> None:
+        """Encode audio samples [written, end): the caller's samples, then silence past their end."""
+        if self._audio is None or end <= self._audio_written:
+            return
+        start = self._audio_written
+        block = np.zeros((self._audio.shape[1], end - start), dtype=np.float32)
+        available = self._audio[start:end].T
+        block[:, :available.shape[1]] = available
+        if not np.isfinite(block).all():
+            raise ValueError(f"the audio contains NaN or infinite samples between {start} and {end}")
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self._audio_layout)
+        frame.sample_rate, frame.pts, frame.time_base = self._sample_rate, start, Fraction(1, self._sample_rate)
+        self._container.mux(self._audio_stream.encode(frame))
+        self._audio_written = end
+
+
+def _audio_samples(audio: tuple[np.ndarray | torch.Tensor, int]) -> tuple[np.ndarray, int]:
+    """(samples, rate) -> a [N, C] view of the caller's samples (no copy) and the rate, validated."""
+    samples, sample_rate = audio
+    if sample_rate not in AAC_SAMPLE_RATES:
+        raise ValueError(f"audio sample rate {sample_rate} Hz cannot be stored as AAC; resample to one of "
+                         f"{', '.join(map(str, AAC_SAMPLE_RATES))} (16000 is the model's rate)")
+    samples = np.asarray(samples)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    elif samples.ndim == 2 and samples.shape[0] in (1, 2) and samples.shape[1] > 2:
+        samples = samples.T  # channels first -> [N, C]
+    if samples.ndim != 2 or samples.shape[1] not in (1, 2) or not np.issubdtype(samples.dtype, np.floating):
+        raise ValueError(f"audio must be float samples [N] (mono) or [N, C] / [C, N] with 1 or 2 channels, got "
+                         f"{samples.dtype} {list(samples.shape)}")
+    return samples, int(sample_rate)
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Facts of a video file. audio_* are None without an audio stream; audio_duration is the duration the
+    container declares (the AAC encoder delay and the last frame's padding excluded), as players honour it, or None
+    when it declares none."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float  # frames / fps
+    audio_duration: float | None
+    audio_sample_rate: int | None
+    audio_channels: int | None
+
+
+def read_video_info(path: str | Path) -> VideoInfo:
+    """Frame count, fps, size and audio facts of a video file (first video and first audio stream)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            video = container.streams.video[0]
+            fps = video.average_rate or video.guessed_rate
+            frames = video.frames or sum(1 for packet in container.demux(video) if packet.size)
+            info = dict(frames=frames, fps=float(fps), width=video.width, height=video.height,
+                        duration=float(frames / fps), audio_duration=None, audio_sample_rate=None,
+                        audio_channels=None)
+            if container.streams.audio:
+                audio = container.streams.audio[0]
+                info.update(audio_duration=float(audio.duration * audio.time_base) if audio.duration else None,
+                            audio_sample_rate=audio.sample_rate, audio_channels=audio.channels)
+            return VideoInfo(**info)
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot read {path} as a video: {e}") from e
