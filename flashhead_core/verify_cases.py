@@ -52,3 +52,36 @@ def _dit_manifest(manifest: dict) -> list[str]:
 
 manifest_checker("dit_lite")(_dit_manifest)
 manifest_checker("dit_pro")(_dit_manifest)
+
+
+# --- image: colour correction and the reference resize --------------------------------------------------------------
+
+@fixture_runner("color_correction")
+def _color_correction_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """match_colors at every strength in the JSON; output.strength_1_0 holds strength 1.0."""
+    from .image import match_colors
+
+    source, reference = fixture.tensors["input.source"], fixture.tensors["input.reference"]
+    pairs = {}
+    for strength in fixture.meta["strengths"]:
+        name = "strength_" + str(float(strength)).replace(".", "_")
+        pairs[name] = (match_colors(source, reference, strength), fixture.tensors[f"output.{name}"])
+    return pairs
+
+
+@fixture_runner("resize_and_centercrop")
+def _resize_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every sub-case through the PIL path (uint8 image) and the tensor path (float [3, h, w], nearest)."""
+    from PIL import Image
+
+    from .image import resize_and_centercrop
+
+    pairs = {}
+    for case in fixture.meta["cases"]:
+        name, (height, width) = case["name"], case["target_hw"]
+        pixels = fixture.tensors[f"input.{name}.image_uint8_hwc"]
+        inputs = {"pil_path": Image.fromarray(pixels.numpy()), "tensor_path": pixels.permute(2, 0, 1).float()}
+        for path, image in inputs.items():
+            pairs[f"{name}.{path}"] = (resize_and_centercrop(image, height, width),
+                                       fixture.tensors[f"output.{name}.{path}"])
+    return pairs
