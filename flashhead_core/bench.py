@@ -141,3 +141,89 @@ def bench_dit(args: argparse.Namespace) -> dict:
         del model
     return {"size": f"{width}x{height}", "frames": args.frames, "dtype": str(dtype).replace("torch.", ""),
             "attention": args.attention, **results}
+
+
+# --- audio ---------------------------------------------------------------------------------------------------------
+
+def _audio_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--new-frames", type=int, default=28, help="frames per chunk: 28 Pro, 24 Lite")
+    parser.add_argument("--context-seconds", type=float, default=8.0, help="Temporal Audio Context Cache length")
+    parser.add_argument("--seconds", type=float, default=30.0, help="track length for the once-mode timing")
+    parser.add_argument("--repeats", type=int, default=5)
+
+
+@benchmark("audio", _audio_options)
+def bench_audio(args: argparse.Namespace) -> dict:
+    """wav2vec2-base-960h with random weights in float32: one stream chunk (push a slice, re-encode the whole context)
+    and a whole track in 'once' mode (one encoder pass, attention over the whole track)."""
+    import numpy as np
+
+    from .audio import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model, once_mode_chunks
+    from .audio_context_cache import AudioContextCache
+    from .config import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME
+    from .tiny import randomize_
+
+    device = torch.device(args.device)
+    with torch.device("meta"):
+        model = new_wav2vec2_model(BASE_960H_CONFIG)
+    encoder = Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))
+    rng = np.random.default_rng(0)
+    cache = AudioContextCache(encoder, args.context_seconds)
+    piece = (0.1 * rng.standard_normal(args.new_frames * SAMPLES_PER_FRAME)).astype(np.float32)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    chunk_ms = time_call(lambda: cache.push(piece), device, repeats=args.repeats)
+    chunk_seconds = args.new_frames * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE
+    track = (0.1 * rng.standard_normal(round(args.seconds * AUDIO_SAMPLE_RATE))).astype(np.float32)
+    once_ms = time_call(lambda: list(once_mode_chunks(encoder, track, args.new_frames)), device,
+                        repeats=max(1, args.repeats // 2))
+    return {"stream": {"ms_per_chunk": round(chunk_ms, 2), "context_seconds": args.context_seconds,
+                       "new_frames": args.new_frames,
+                       "ms_per_second_of_audio": round(chunk_ms / chunk_seconds, 2)},
+            "once": {"seconds": args.seconds, "ms_total": round(once_ms, 1),
+                     "ms_per_second_of_audio": round(once_ms / args.seconds, 2)},
+            "params": sum(p.numel() for p in encoder.model.parameters()),
+            "peak_memory_mb": round(peak_memory_mb(device), 1)}
+
+
+# --- VAEs ----------------------------------------------------------------------------------------------------------
+
+def _vae_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro", "both"], default="both",
+                        help="lite: LTX-Video 0.9.0 VAE, pro: Wan2.1 VAE")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT in pixels")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--tiling", action="store_true", help="tiled decode (opt-in; only acts above 512x512)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+
+
+@benchmark("vae", _vae_options)
+def bench_vae(args: argparse.Namespace) -> dict:
+    """Full-size VAEs with random weights: decode one 33-frame chunk and encode the motion frames (5 Pro, 9 Lite)."""
+    from .config import CHUNK_FRAMES, PRESETS
+    from .tiny_vae import random_ltx_vae, random_wan_vae
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    height, width = _parse_size(args.size)
+    results = {}
+    for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
+        config = PRESETS[variant]
+        build = random_wan_vae if variant == "pro" else random_ltx_vae
+        vae = build(device=device, dtype=dtype, tiling=args.tiling)
+        t_stride, s, _ = vae.stride
+        latents = torch.randn(1, vae.latent_channels, 1 + (CHUNK_FRAMES - 1) // t_stride, height // s, width // s,
+                              device=device)
+        frames = torch.rand(1, 3, config.motion_frames, height, width, device=device) * 2 - 1
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        decode_ms = time_call(lambda: vae.decode(latents), device, repeats=args.repeats, warmup=args.warmup)
+        encode_ms = time_call(lambda: vae.encode(frames), device, repeats=args.repeats, warmup=args.warmup)
+        results[variant] = {f"decode_{CHUNK_FRAMES}_frames_ms": round(decode_ms, 1),
+                            f"encode_{config.motion_frames}_frames_ms": round(encode_ms, 1),
+                            "params": sum(p.numel() for p in vae.model.parameters()),
+                            "peak_memory_mb": round(peak_memory_mb(device), 1)}
+        del vae
+    return {"size": f"{width}x{height}", "dtype": str(dtype).replace("torch.", ""), "tiling": args.tiling, **results}

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .attention import resolve_backend
-from .config import DIT_HEAD_DIM, PRESETS, VARIANT_BY_LATENT_CHANNELS, WAV2VEC2_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
+from .config import AUDIO_WINDOW, DIT_HEAD_DIM, PRESETS, VARIANT_BY_LATENT_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
 from .model import FlashHeadDiT
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -118,7 +118,8 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | N
     if out_dim not in VARIANT_BY_LATENT_CHANNELS:
         raise CheckpointError(f"DiT with {out_dim} latent channels: FlashHead Pro has 16, Lite has 128")
     variant = VARIANT_BY_LATENT_CHANNELS[out_dim]
-    t_stride = shapes["audio_proj.proj1_vf.weight"][1] // (WAV2VEC2_LAYERS * WAV2VEC2_CHANNELS) - 4
+    audio_channels = shapes["audio_proj.proj1.weight"][1] // (AUDIO_WINDOW * WAV2VEC2_LAYERS)
+    t_stride = shapes["audio_proj.proj1_vf.weight"][1] // (WAV2VEC2_LAYERS * audio_channels) - 4
     spatial = PRESETS[variant].vae_stride[1]
     config_json = config_json or {}
     heads = num_heads or config_json.get("num_heads") or dim // DIT_HEAD_DIM
@@ -129,7 +130,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | N
         num_layers=len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}),
         eps=config_json.get("eps", 1e-6),
         audio_intermediate_dim=shapes["audio_proj.proj1.weight"][0],
-        audio_context_tokens=shapes["audio_proj.proj3.weight"][0] // dim,
+        audio_context_tokens=shapes["audio_proj.proj3.weight"][0] // dim, audio_channels=audio_channels,
     )
     stated = {k: config_json[k] for k in ("dim", "in_dim", "out_dim", "ffn_dim", "freq_dim", "num_layers",
                                           "patch_size", "vae_stride") if k in config_json}

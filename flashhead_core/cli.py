@@ -25,6 +25,56 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    """'512x512' (WIDTHxHEIGHT) -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 512x512, not {text!r}")
+    return height, width
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .pipeline import load_pipeline, write_talking_video
+
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    device = torch.device(args.device)
+    pipeline = load_pipeline(args.checkpoint, variant=args.variant, device=device,
+                             dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
+                             attention=args.attention, wav2vec2=args.wav2vec2)
+    height, width = args.size
+    with tqdm(unit="frame", desc="generating") as bar:
+        def on_chunk(done: int, total: int, seconds: float) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix(fps=f"{done / seconds:.1f}")
+
+        summary = write_talking_video(pipeline, args.image, args.audio, args.out, height=height, width=width,
+                                      seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
+                                      context_seconds=args.context_seconds, on_chunk=on_chunk)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .tiny import write_tiny_checkpoint
+
+    for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
+        root = write_tiny_checkpoint(args.directory, variant, seed=args.seed)
+    print(f"tiny {args.variant} checkpoint (random weights) written to {root}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .download import download
+
+    print(f"downloaded to {download(args.directory)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -48,6 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
         bp.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
         add_options(bp)
         bp.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("generate", help="portrait + speech -> talking-head MP4")
+    p.add_argument("--checkpoint", required=True, help="the released checkpoint root (or a Model_Lite/Model_Pro folder)")
+    p.add_argument("--variant", choices=["auto", "lite", "pro"], default="auto")
+    p.add_argument("--image", required=True, help="the portrait (png, jpg, ...)")
+    p.add_argument("--audio", required=True, help="the speech (wav, mp3, flac, m4a, ...)")
+    p.add_argument("--out", required=True, help="the MP4 to write")
+    p.add_argument("--size", type=_parse_size, default=(512, 512), help="WIDTHxHEIGHT (multiples of 32 Lite, 16 Pro)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio-mode", choices=["stream", "once"], default="stream")
+    p.add_argument("--context-seconds", type=float, default=8.0, help="Temporal Audio Context Cache length")
+    p.add_argument("--color-correction", type=float, default=1.0, help="strength in [0, 1]; 0 = off")
+    p.add_argument("--wav2vec2", default=None, help="default: <checkpoint>/wav2vec2-base-960h")
+    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on CUDA, float32 on CPU (wav2vec2 always float32)")
+    p.add_argument("--attention", default="auto", help="auto, sdpa, flash_attn_3, flash_attn_2, sage")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the released layout")
+    p.add_argument("directory")
+    p.add_argument("--variant", choices=["lite", "pro", "both"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_tiny)
+
+    p = sub.add_parser("download", help="download the released weights and wav2vec2-base-960h (needs network)")
+    p.add_argument("directory")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("demo", help="self-contained end-to-end run on a tiny random-weight model")
     p.add_argument("--workdir", default=None, help="where to write the tiny checkpoint and outputs (default: temp)")

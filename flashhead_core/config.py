@@ -37,6 +37,7 @@ class ModelConfig:
     # Audio projection (AudioProjModel): hard-coded in the release, read from weight shapes for tiny models.
     audio_intermediate_dim: int = 512
     audio_context_tokens: int = 32
+    audio_channels: int = WAV2VEC2_CHANNELS  # wav2vec2 hidden size (768 for base-960h; tiny test models differ)
 
     def __post_init__(self):
         if self.dim % self.num_heads:

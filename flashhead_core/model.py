@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .config import AUDIO_WINDOW, WAV2VEC2_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
+from .config import AUDIO_WINDOW, WAV2VEC2_LAYERS, ModelConfig
 
 ROPE_THETA = 10000.0
 AUDIO_NORM_EPS = 1e-5  # the audio projector's LayerNorm uses PyTorch's default eps, not the model's 1e-6
@@ -178,9 +178,10 @@ class AudioProjection(nn.Module):
     the last (t_stride + 4 slots, proj1_vf).
     """
 
-    def __init__(self, t_stride: int, intermediate_dim: int, context_tokens: int, output_dim: int):
+    def __init__(self, t_stride: int, intermediate_dim: int, context_tokens: int, output_dim: int,
+                 audio_channels: int):
         super().__init__()
-        features = WAV2VEC2_LAYERS * WAV2VEC2_CHANNELS
+        features = WAV2VEC2_LAYERS * audio_channels
         self.t_stride = t_stride
         self.context_tokens = context_tokens
         self.proj1 = nn.Linear(AUDIO_WINDOW * features, intermediate_dim)
@@ -190,7 +191,8 @@ class AudioProjection(nn.Module):
         self.norm = nn.LayerNorm(output_dim, eps=AUDIO_NORM_EPS)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows [B, 1 + t_stride*(T-1), 5, 12, 768] -> audio tokens [B, T, context_tokens, dim] float32."""
+        """windows [B, 1 + t_stride*(T-1), 5, 12, 768] -> audio tokens [B, T, context_tokens, dim] float32.
+        (768 = audio_channels, the wav2vec2 hidden size.)"""
         batch, n_audio = windows.shape[:2]
         if (n_audio - 1) % self.t_stride:
             raise ValueError(f"audio windows cover {n_audio} frames; expected 1 + {self.t_stride} * (latent frames - 1)")
@@ -217,7 +219,7 @@ class FlashHeadDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.audio_proj = AudioProjection(config.t_stride, config.audio_intermediate_dim,
-                                          config.audio_context_tokens, dim)
+                                          config.audio_context_tokens, dim, config.audio_channels)
 
     @property
     def dtype(self) -> torch.dtype:

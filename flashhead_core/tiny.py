@@ -10,12 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import INDEX_NAME, MODEL_DIRS, WEIGHTS_NAME
-from .config import PRESETS, WAV2VEC2_CHANNELS, ModelConfig
+from .config import PRESETS, ModelConfig
 from .model import FlashHeadDiT
 
 TINY_TEXT_DIM = 16
 TINY_DIT = dict(dim=128, ffn_dim=256, freq_dim=64, num_heads=1, num_layers=2,
-                audio_intermediate_dim=8, audio_context_tokens=4)
+                audio_intermediate_dim=8, audio_context_tokens=4,
+                audio_channels=32)  # = the hidden size of the tiny wav2vec2 (tiny_audio.py)
 
 
 def tiny_config(variant: str) -> ModelConfig:
@@ -40,13 +41,13 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def unused_released_weights(config: ModelConfig, text_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """The `text_embedding.*` / `audio_emb.*` tensors that released files carry and the forward never uses."""
     g = torch.Generator().manual_seed(seed)
+    audio = config.audio_channels
     shapes = {
         "text_embedding.0.weight": (config.dim, text_dim), "text_embedding.0.bias": (config.dim,),
         "text_embedding.2.weight": (config.dim, config.dim), "text_embedding.2.bias": (config.dim,),
-        "audio_emb.proj.0.weight": (WAV2VEC2_CHANNELS,), "audio_emb.proj.0.bias": (WAV2VEC2_CHANNELS,),
-        "audio_emb.proj.1.weight": (WAV2VEC2_CHANNELS, WAV2VEC2_CHANNELS),
-        "audio_emb.proj.1.bias": (WAV2VEC2_CHANNELS,),
-        "audio_emb.proj.3.weight": (config.dim, WAV2VEC2_CHANNELS), "audio_emb.proj.3.bias": (config.dim,),
+        "audio_emb.proj.0.weight": (audio,), "audio_emb.proj.0.bias": (audio,),
+        "audio_emb.proj.1.weight": (audio, audio), "audio_emb.proj.1.bias": (audio,),
+        "audio_emb.proj.3.weight": (config.dim, audio), "audio_emb.proj.3.bias": (config.dim,),
         "audio_emb.proj.4.weight": (config.dim,), "audio_emb.proj.4.bias": (config.dim,),
     }
     return {k: 0.02 * torch.randn(s, generator=g) for k, s in shapes.items()}
@@ -87,3 +88,16 @@ def write_tiny_dit(directory: str | Path, variant: str, *, seed: int = 0, dtype:
         weight_map.update({k: name for k in part})
     (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     return folder
+
+
+def write_tiny_checkpoint(directory: str | Path, variant: str, *, seed: int = 0) -> Path:
+    """A complete tiny checkpoint root in the released layout: Model_Lite/ or Model_Pro/, the matching VAE
+    (VAE_LTX/ or VAE_Wan/Wan2.1_VAE.pth) and wav2vec2-base-960h/. Returns the root."""
+    from .tiny_audio import write_tiny_wav2vec2
+    from .tiny_vae import write_tiny_ltx_vae, write_tiny_wan_vae
+
+    root = Path(directory)
+    write_tiny_dit(root, variant, seed=seed)
+    (write_tiny_ltx_vae if variant == "lite" else write_tiny_wan_vae)(root, seed=seed)
+    write_tiny_wav2vec2(root, seed=seed)
+    return root

@@ -62,7 +62,7 @@ def _inputs(model, frames=2, height=64, width=64, seed=0):
     config = model.config
     g = torch.Generator().manual_seed(seed)
     shape = (1, config.out_dim, frames, height // config.vae_stride[1], width // config.vae_stride[2])
-    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, 768, generator=g)
+    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
     return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
 
 

@@ -1,0 +1,69 @@
+"""The Temporal Audio Context Cache: the 'stream' audio mode (spec §3).
+
+A FIFO of the last `context_seconds` of audio (8 s = 128000 samples), initially silence. Each chunk appends one slice
+of new_frames * 640 samples, re-encodes the whole buffer (n = 200 frames for 8 s; the normalisation statistics
+include the leading zeros) and takes the windows of its last 33 frames:
+
+    cache = AudioContextCache(encoder)
+    windows = cache.push(slice_samples)                # [1, 33, 5, 12, hidden]
+    for windows in stream_chunks(encoder, samples, new_frames): ...   # a whole track, one chunk per slice
+
+Memory and cost per chunk are constant, whatever the length of the track.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .audio import Wav2Vec2FrameEncoder, frame_windows
+from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
+
+DEFAULT_CONTEXT_SECONDS = 8.0
+
+
+class AudioContextCache:
+    """Sliding window over the most recent audio; `push` returns the next chunk's windows."""
+
+    def __init__(self, encoder: Wav2Vec2FrameEncoder, context_seconds: float = DEFAULT_CONTEXT_SECONDS):
+        capacity = round(context_seconds * AUDIO_SAMPLE_RATE)
+        if capacity < CHUNK_FRAMES * SAMPLES_PER_FRAME:
+            raise ValueError(f"context of {context_seconds} s is shorter than one chunk "
+                             f"({CHUNK_FRAMES * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE} s); use at least that")
+        self.encoder = encoder
+        self._buffer = np.zeros(capacity, dtype=np.float32)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The samples the next encode sees: [capacity] float32, oldest first (a copy)."""
+        return self._buffer.copy()
+
+    def push(self, samples: np.ndarray) -> torch.Tensor:
+        """Append [S] new samples (S <= capacity; the oldest S drop out), encode the whole buffer ([n, 12, H],
+        n = int(capacity * 25 / 16000)) and return the windows of its last 33 frames: [1, 33, 5, 12, H]."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1 or len(samples) > len(self._buffer):
+            raise ValueError(f"push takes [samples] with at most {len(self._buffer)} samples, "
+                             f"got shape {list(samples.shape)}")
+        self._buffer = np.concatenate([self._buffer[len(samples):], samples])
+        features = self.encoder.encode(self._buffer)
+        return frame_windows(features, len(features) - CHUNK_FRAMES, len(features))
+
+
+def stream_slices(samples: np.ndarray, new_frames: int) -> np.ndarray:
+    """[N] -> [ceil(N / slice), slice] with slice = new_frames * 640: the track zero-padded, one row per chunk."""
+    step = new_frames * SAMPLES_PER_FRAME
+    padded = np.pad(np.asarray(samples, dtype=np.float32), (0, math.ceil(len(samples) / step) * step - len(samples)))
+    return padded.reshape(-1, step)
+
+
+def stream_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, new_frames: int,
+                  context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
+    """A whole track in stream mode: one [1, 33, 5, 12, H] window tensor per slice of new_frames * 640 samples;
+    each chunk's last new_frames frames are its slice's audio."""
+    cache = AudioContextCache(encoder, context_seconds)
+    for piece in stream_slices(samples, new_frames):
+        yield cache.push(piece)

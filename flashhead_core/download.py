@@ -1,0 +1,31 @@
+"""`flashhead download DIR`: fetch the released weights with huggingface_hub (the only networked command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_REPO = "Soul-AILab/SoulX-FlashHead-1_3B"
+AUDIO_REPO = "facebook/wav2vec2-base-960h"
+AUDIO_DIR = "wav2vec2-base-960h"
+
+
+def manual_commands(directory: Path) -> str:
+    return (f"  huggingface-cli download {MODEL_REPO} --local-dir {directory}\n"
+            f"  huggingface-cli download {AUDIO_REPO} --local-dir {directory / AUDIO_DIR}\n"
+            f"or download the files in a browser from https://huggingface.co/{MODEL_REPO} and "
+            f"https://huggingface.co/{AUDIO_REPO} into those folders.")
+
+
+def download(directory: str | Path) -> Path:
+    """Download the FlashHead checkpoint into DIR and wav2vec2-base-960h into DIR/wav2vec2-base-960h."""
+    from huggingface_hub import snapshot_download
+
+    directory = Path(directory)
+    try:
+        snapshot_download(MODEL_REPO, local_dir=directory)
+        snapshot_download(AUDIO_REPO, local_dir=directory / AUDIO_DIR,
+                          allow_patterns=["*.json", "*.safetensors", "*.txt"])
+    except Exception as e:  # offline, proxy, missing repo: the fix is the same, say it plainly
+        raise SystemExit(f"download failed ({type(e).__name__}: {e}).\nWithout network access to Hugging Face, "
+                         f"fetch the weights on another machine and copy them here:\n{manual_commands(directory)}")
+    return directory

@@ -1,0 +1,85 @@
+"""The main job: portrait + speech -> talking-head MP4, streamed chunk by chunk (used by the CLI and the demo).
+
+    pipeline = load_pipeline("SoulX-FlashHead-1_3B", variant="lite", device="cuda", dtype=torch.bfloat16)
+    write_talking_video(pipeline, "face.png", "speech.wav", "out.mp4", height=512, width=512, seed=42)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .audio import Wav2Vec2FrameEncoder, load_audio, load_wav2vec2, read_audio
+from .audio_context_cache import DEFAULT_CONTEXT_SECONDS
+from .checkpoint import CheckpointError, load_dit
+from .config import AUDIO_SAMPLE_RATE, FPS
+from .download import AUDIO_DIR
+from .model import FlashHeadDiT
+from .sampler import SamplerConfig
+from .session import StreamingSession, stream_talking_head, video_frame_count
+from .vae import VideoVAE, check_vae_matches_model, load_vae
+from .video_io import VideoWriter
+
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+@dataclass
+class Pipeline:
+    model: FlashHeadDiT
+    vae: VideoVAE
+    audio_encoder: Wav2Vec2FrameEncoder
+
+
+def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, attention: str = "auto",
+                  wav2vec2: str | Path | None = None) -> Pipeline:
+    """The DiT, its VAE and wav2vec2 from the released checkpoint root (wav2vec2 defaults to
+    `<checkpoint>/wav2vec2-base-960h`, where `flashhead download` puts it). wav2vec2 always runs in float32."""
+    checkpoint = Path(checkpoint)
+    model = load_dit(checkpoint, variant=variant, dtype=dtype, device=device, attention=attention)
+    vae = load_vae(checkpoint, device=device, dtype=dtype, variant=model.config.variant)
+    check_vae_matches_model(vae, model.config)
+    audio_path = Path(wav2vec2) if wav2vec2 else checkpoint / AUDIO_DIR
+    if not audio_path.exists():
+        raise CheckpointError(f"wav2vec2 not found at {audio_path}: download facebook/wav2vec2-base-960h there "
+                              f"(`flashhead download {checkpoint}`) or pass its path")
+    return Pipeline(model, vae, load_wav2vec2(audio_path, device=device))
+
+
+def _muxable_audio(source) -> tuple:
+    """The original track for the MP4 (AAC: <= 2 channels at a standard rate), else the 16 kHz mono mixdown."""
+    channels, rate = read_audio(source)
+    if channels.shape[0] <= 2 and rate in AAC_SAMPLE_RATES:
+        return channels, int(rate)
+    return load_audio(source)[None], AUDIO_SAMPLE_RATE
+
+
+def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, height: int = 512, width: int = 512,
+                        seed: int = 0, mode: str = "stream", color_correction: float = 1.0,
+                        context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+                        on_chunk: Callable[[int, int, float], None] | None = None,
+                        should_cancel: Callable[[], bool] | None = None) -> dict:
+    """Generate and write the MP4 incrementally; returns a summary dict.
+
+    image: anything `image.load_image` takes; audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
+    dict, an array with sample_rate). on_chunk(frames written, frames total, seconds elapsed) after each chunk.
+    The MP4 appears only when complete: on error or cancellation nothing is left behind.
+    """
+    samples = load_audio(audio)
+    session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
+                               sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel)
+    session.add_identity("reference", image)
+    total = video_frame_count(len(samples))
+    start = time.perf_counter()
+    with VideoWriter(out, width, height, fps=FPS, audio=_muxable_audio(audio)) as writer:
+        for frames in stream_talking_head(session, pipeline.audio_encoder, samples, mode, context_seconds):
+            writer.write(frames)
+            if on_chunk is not None:
+                on_chunk(writer.frames_written, total, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
+            "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}

@@ -1,0 +1,178 @@
+"""The streaming session: everything that lives across chunks (identities, motion latents, the noise RNG) in one object.
+
+    session = StreamingSession(model, vae, height=512, width=512, seed=42)
+    session.add_identity("anna", image)                   # reference latent encoded once
+    for windows in audio_chunks:                          # [1, 33, 5, 12, 768] each
+        frames = session.generate_chunk(windows)          # [1, 3, 33, H, W] in [-1, 1], colour-corrected
+    session.use_identity("ben")                           # switch between chunks
+
+`stream_frames()` below ties the audio encoder, the session and trimming together and yields the new frames of each
+chunk as soon as they are decoded. This module knows no file formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .audio import Wav2Vec2FrameEncoder, once_mode_chunks
+from .audio_context_cache import DEFAULT_CONTEXT_SECONDS, stream_chunks
+from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS
+from .image import check_size, match_colors, reference_tensor
+from .model import FlashHeadDiT
+from .sampler import GenerationCancelled, SamplerConfig, sample_chunk, shifted_timesteps
+from .vae import VideoVAE, check_vae_matches_model
+from .video_io import video_to_images
+
+ProgressCallback = Callable[[int, int], None]  # (chunk index, step index)
+
+
+@dataclass
+class Identity:
+    """One prepared reference: the colour reference [1, 3, 1, H, W] in [-1, 1] and its latent [1, C, T, h, w]."""
+
+    color_reference: torch.Tensor
+    ref_latent: torch.Tensor
+
+
+class StreamingSession:
+    """Chunked autoregressive generation for one stream. Not thread-safe: one session per stream."""
+
+    def __init__(self, model: FlashHeadDiT, vae: VideoVAE, *, height: int = 512, width: int = 512, seed: int = 0,
+                 sampler: SamplerConfig = SamplerConfig(), chunk_frames: int = CHUNK_FRAMES,
+                 vae_generator_seed: int | None = None,
+                 progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None):
+        check_vae_matches_model(vae, model.config)
+        check_size(height, width, model.config.spatial_multiple)
+        self.model, self.vae, self.sampler = model, vae, sampler
+        self.config = model.config
+        self.height, self.width = height, width
+        self.chunk_frames = chunk_frames  # 33 in the product; the reference fixtures use fewer
+        self.device, self.dtype = next(model.parameters()).device, model.dtype
+        self.timesteps = shifted_timesteps(sampler, self.dtype).to(self.device)
+        # Noise is drawn on the CPU in float32 and then cast: the same seed gives the same noise on any device.
+        self.noise_generator = torch.Generator().manual_seed(seed)
+        # A stochastic VAE encode (LTX posterior sampling) draws from its own stream, so the noise stays aligned.
+        self.vae_generator = torch.Generator().manual_seed(seed if vae_generator_seed is None else vae_generator_seed)
+        self.progress, self.should_cancel = progress, should_cancel
+        self.identities: dict[str, Identity] = {}
+        self.active: str | None = None
+        self.motion_latents: torch.Tensor | None = None
+        self.chunk_index = 0
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        t_stride, h_stride, w_stride = self.config.vae_stride
+        return (1, self.config.out_dim, 1 + (self.chunk_frames - 1) // t_stride, self.height // h_stride,
+                self.width // w_stride)
+
+    def add_identity(self, name: str, image) -> None:
+        """Prepare a reference (any input `image.load_image` takes); the first one added becomes active."""
+        color_reference = reference_tensor(image, self.height, self.width).to(self.device)
+        clip = color_reference.to(self.vae.dtype).expand(-1, -1, self.chunk_frames, -1, -1)
+        with torch.no_grad():
+            ref_latent = self.vae.encode(clip, generator=self.vae_generator).to(self.dtype)
+        self.identities[name] = Identity(color_reference, ref_latent)
+        if self.active is None:
+            self.use_identity(name)
+
+    def use_identity(self, name: str) -> None:
+        """Switch identity before the next chunk. The motion restarts from the new reference (a clean cut)."""
+        if name not in self.identities:
+            raise KeyError(f"unknown identity {name!r}; prepared: {', '.join(self.identities) or 'none'}")
+        self.active = name
+        self.motion_latents = self.identities[name].ref_latent[:, :, :1]
+
+    def _draw_noise(self) -> torch.Tensor:
+        noise = torch.randn(self.latent_shape, generator=self.noise_generator, dtype=torch.float32)
+        return noise.to(device=self.device, dtype=self.dtype)
+
+    def _check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCancelled(f"generation cancelled at chunk {self.chunk_index}")
+
+    def _on_step(self, step: int) -> None:
+        self._check_cancel()
+        if self.progress is not None:
+            self.progress(self.chunk_index, step)
+
+    def generate_chunk(self, audio_windows: torch.Tensor,
+                       draw_noise: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+        """audio_windows [1, 33, 5, 12, 768] -> all decoded, colour-corrected frames [1, 3, 33, H, W] in [-1, 1].
+
+        The caller keeps the new ones (see `frames_to_keep`). draw_noise replaces the session RNG (fixture replay).
+        """
+        if self.active is None:
+            raise RuntimeError("no identity prepared: call add_identity() first")
+        self._check_cancel()
+        identity = self.identities[self.active]
+        with torch.no_grad():
+            audio_tokens = self.model.audio_proj(audio_windows.to(self.device))
+            latents = sample_chunk(self.model, audio_tokens, identity.ref_latent, self.motion_latents,
+                                   self.timesteps, draw_noise or self._draw_noise, self.sampler.num_timesteps,
+                                   self._on_step)
+            frames = self.vae.decode(latents.to(self.vae.dtype))
+            if self.sampler.color_correction > 0:
+                frames = match_colors(frames, identity.color_reference.to(frames.dtype), self.sampler.color_correction)
+            motion_clip = frames[:, :, -self.config.motion_frames:]
+            self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
+        self.chunk_index += 1
+        return frames
+
+
+def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
+    """Which of a chunk's 33 decoded frames are new: stream mode drops the motion frames of every chunk, once mode
+    keeps all of chunk 0 (spec §3)."""
+    if mode == "once" and chunk_index == 0:
+        return slice(0, CHUNK_FRAMES)
+    return slice(motion_frames, CHUNK_FRAMES)
+
+
+def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor], mode: str,
+                  total_frames: int) -> Iterator[torch.Tensor]:
+    """Run the session over the chunk windows and yield each chunk's new frames as [n, H, W, 3] float32 in 0..1 on
+    the CPU, stopping at exactly `total_frames` (the audio's duration; the padding is trimmed)."""
+    emitted = 0
+    for index, windows in enumerate(audio_chunks):
+        if emitted >= total_frames:
+            break
+        frames = session.generate_chunk(windows)[0, :, frames_to_keep(index, mode, session.config.motion_frames)]
+        frames = frames[:, : total_frames - emitted]
+        emitted += frames.shape[1]
+        yield video_to_images(frames[None])
+
+
+AUDIO_MODES = ("stream", "once")
+
+
+def video_frame_count(num_samples: int) -> int:
+    """Frames that cover a 16 kHz track exactly: round(seconds * 25)."""
+    return round(num_samples * FPS / AUDIO_SAMPLE_RATE)
+
+
+def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, mode: str, new_frames: int,
+                 context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
+    """The chunk windows [1, 33, 5, 12, 768] of a 16 kHz mono track in 'stream' (Temporal Audio Context Cache) or
+    'once' mode, lazily: stream mode encodes each chunk's 8-s context only when the chunk is generated."""
+    if mode == "stream":
+        return stream_chunks(encoder, samples, new_frames, context_seconds)
+    if mode == "once":
+        return once_mode_chunks(encoder, samples, new_frames)
+    raise ValueError(f"audio mode must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
+
+
+def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder, samples: np.ndarray,
+                        mode: str = "stream", context_seconds: float = DEFAULT_CONTEXT_SECONDS
+                        ) -> Iterator[torch.Tensor]:
+    """Speech [N] float32 at 16 kHz -> the video's frames, chunk by chunk, as [n, H, W, 3] float32 0..1 on the CPU;
+    round(N / 16000 * 25) frames in all."""
+    hidden = encoder.model.config.hidden_size
+    if hidden != session.config.audio_channels:
+        raise ValueError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
+                         f"{session.config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
+                         f"(facebook/wav2vec2-base-960h for the released models)")
+    chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
+    return stream_frames(session, chunks, mode, video_frame_count(len(samples)))

@@ -1,0 +1,122 @@
+"""Streaming generation end to end on tiny checkpoints: session, audio modes, identities, cancellation, video out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flashhead_core.audio import AudioInputError
+from flashhead_core.cli import main as cli_main
+from flashhead_core.demo import synthetic_portrait, synthetic_speech, write_wav
+from flashhead_core.image import ImageError, SizeError, reference_tensor
+from flashhead_core.pipeline import load_pipeline, write_talking_video
+from flashhead_core.sampler import GenerationCancelled
+from flashhead_core.session import StreamingSession, stream_talking_head, video_frame_count
+from flashhead_core.tiny import write_tiny_checkpoint
+from flashhead_core.video_io import read_video_info
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return {"image": synthetic_portrait(root / "face.png", 96),
+            "speech": write_wav(root / "speech.wav", synthetic_speech(1.3)),
+            "samples": synthetic_speech(1.3)}
+
+
+@pytest.fixture(scope="module", params=["lite", "pro"])
+def pipeline(request, tmp_path_factory):
+    root = write_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    return load_pipeline(root, variant=request.param)
+
+
+def _frames(pipeline, image, samples, mode="stream", seed=0):
+    session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE, seed=seed)
+    session.add_identity("face", image)
+    return torch.cat(list(stream_talking_head(session, pipeline.audio_encoder, samples, mode)))
+
+
+@pytest.mark.parametrize("mode", ["stream", "once"])
+def test_frame_count_covers_the_audio_exactly(pipeline, assets, mode):
+    frames = _frames(pipeline, assets["image"], assets["samples"], mode)
+    assert frames.shape == (video_frame_count(len(assets["samples"])), SIZE, SIZE, 3)
+    assert frames.shape[0] == round(1.3 * 25)
+    assert frames.dtype == torch.float32 and 0 <= frames.min() and frames.max() <= 1
+
+
+def test_reproducible_from_seed(pipeline, assets):
+    a = _frames(pipeline, assets["image"], assets["samples"], seed=3)
+    assert torch.equal(a, _frames(pipeline, assets["image"], assets["samples"], seed=3))
+    assert not torch.equal(a, _frames(pipeline, assets["image"], assets["samples"], seed=4))
+
+
+def test_colours_follow_the_reference(pipeline, assets, tmp_path):
+    """Colour correction pulls every frame's colour statistics to the reference (random weights make no face)."""
+    reference = (reference_tensor(assets["image"], SIZE, SIZE)[0, :, 0] + 1) / 2  # [3, H, W]
+    frames = _frames(pipeline, assets["image"], assets["samples"])
+    first = frames[0].permute(2, 0, 1)
+    assert torch.allclose(first.mean(dim=(1, 2)), reference.mean(dim=(1, 2)), atol=0.05)
+
+
+def test_identity_switch_between_chunks(pipeline, assets, tmp_path):
+    red = np.zeros((80, 80, 3), np.uint8)
+    red[..., 0] = 200
+    red[20:60, 20:60] = (250, 120, 120)
+    session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE)
+    session.add_identity("face", assets["image"])
+    session.add_identity("red", red)
+    assert session.active == "face"
+    windows = torch.zeros(1, 33, 5, 12, pipeline.model.config.audio_channels)
+    face_chunk = session.generate_chunk(windows)
+    session.use_identity("red")
+    red_chunk = session.generate_chunk(windows)
+    assert session.motion_latents.shape[2] == 2
+    red_mean, face_mean = red_chunk[0, 0].mean().item(), face_chunk[0, 0].mean().item()  # red channel in [-1, 1]
+    assert red_mean > face_mean + 0.3
+    with pytest.raises(KeyError, match="unknown identity 'nobody'; prepared: face, red"):
+        session.use_identity("nobody")
+
+
+def test_cancellation_leaves_no_file(pipeline, assets, tmp_path):
+    calls = []
+
+    def cancel_on_third_check():
+        calls.append(1)
+        return len(calls) >= 3
+
+    out = tmp_path / "cancelled.mp4"
+    with pytest.raises(GenerationCancelled):
+        write_talking_video(pipeline, assets["image"], assets["speech"], out, height=SIZE, width=SIZE,
+                            should_cancel=cancel_on_third_check)
+    assert list(tmp_path.iterdir()) == []
+    # the same pipeline still works afterwards
+    write_talking_video(pipeline, assets["image"], assets["speech"], out, height=SIZE, width=SIZE)
+    assert read_video_info(out).frames == round(1.3 * 25)
+
+
+def test_bad_inputs_fail_before_any_file(pipeline, assets, tmp_path):
+    out = tmp_path / "x.mp4"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageError):
+        write_talking_video(pipeline, tmp_path / "broken.png", assets["speech"], out, height=SIZE, width=SIZE)
+    multiple = pipeline.model.config.spatial_multiple
+    with pytest.raises(SizeError, match=f"use {multiple * 2} or {multiple * 3}"):
+        write_talking_video(pipeline, assets["image"], assets["speech"], out, height=multiple * 2 + 8, width=SIZE)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    with pytest.raises(AudioInputError):
+        write_talking_video(pipeline, assets["image"], empty, out, height=SIZE, width=SIZE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "empty.wav"]
+
+
+def test_cli_generate_writes_mp4_with_audio(tmp_path, assets):
+    root = write_tiny_checkpoint(tmp_path / "ckpt", "pro")
+    out = tmp_path / "talk.mp4"
+    assert cli_main(["generate", "--checkpoint", str(root), "--image", str(assets["image"]), "--audio",
+                     str(assets["speech"]), "--out", str(out), "--size", f"{SIZE}x{SIZE}", "--audio-mode",
+                     "once", "--device", "cpu"]) == 0
+    info = read_video_info(out)
+    assert (info.frames, info.width, info.height, info.fps) == (round(1.3 * 25), SIZE, SIZE, 25.0)
+    assert info.audio_duration == pytest.approx(info.duration, abs=0.05)
