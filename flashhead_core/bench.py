@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .attention import resolve_backend
+from .config import parse_size
 
 # name -> (function(args) -> dict of results, function(parser) adding its options)
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]] = {}
@@ -72,12 +73,6 @@ def run(name: str, args: argparse.Namespace) -> dict:
 
 # --- DiT -----------------------------------------------------------------------------------------------------------
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """'512x512' -> (height, width)."""
-    width, height = (int(v) for v in text.lower().split("x"))
-    return height, width
-
-
 def dit_flops(config, grid: tuple[int, int, int]) -> float:
     """Multiply-add FLOPs (x2) of one DiT evaluation on a (T, h, w) token grid."""
     import math
@@ -113,7 +108,7 @@ def bench_dit(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    height, width = _parse_size(args.size)
+    height, width = parse_size(args.size)
     results = {}
     for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
         config = PRESETS[variant]
@@ -207,7 +202,7 @@ def bench_vae(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    height, width = _parse_size(args.size)
+    height, width = parse_size(args.size)
     results = {}
     for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
         config = PRESETS[variant]
@@ -227,3 +222,61 @@ def bench_vae(args: argparse.Namespace) -> dict:
                             "peak_memory_mb": round(peak_memory_mb(device), 1)}
         del vae
     return {"size": f"{width}x{height}", "dtype": str(dtype).replace("torch.", ""), "tiling": args.tiling, **results}
+
+
+# --- streaming generation on a tiny checkpoint: speed and memory versus audio length --------------------------------
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the synthetic speech")
+    parser.add_argument("--size", default="64x64", help="WIDTHxHEIGHT in pixels")
+    parser.add_argument("--mode", choices=["stream", "once"], default="stream")
+
+
+@benchmark("stream", _stream_options)
+def bench_stream(args: argparse.Namespace) -> dict:
+    """The whole job (tiny random checkpoint, synthetic portrait and speech, MP4 written incrementally): frames per
+    second and the process's peak RSS. Run it for two lengths (or `bench stream-memory`) to see memory stay flat."""
+    import tempfile
+    from pathlib import Path
+
+    from .demo import synthetic_portrait, synthetic_speech, write_wav
+    from .pipeline import load_pipeline, write_talking_video
+    from .tiny import write_tiny_checkpoint
+
+    height, width = parse_size(args.size)
+    with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
+        tmp = Path(tmp)
+        pipeline = load_pipeline(write_tiny_checkpoint(tmp, args.variant), variant=args.variant,
+                                 device=args.device)
+        image = synthetic_portrait(tmp / "face.png")
+        speech = write_wav(tmp / "speech.wav", synthetic_speech(args.seconds))
+        summary = write_talking_video(pipeline, image, speech, tmp / "out.mp4", height=height, width=width,
+                                      mode=args.mode)
+    return {**summary, "audio_seconds": args.seconds, "peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1),
+            "note": "tiny random-weight model"}
+
+
+def _stream_memory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
+    parser.add_argument("--short", type=float, default=10.0, help="seconds of audio of the first run")
+    parser.add_argument("--long", type=float, default=120.0, help="seconds of audio of the second run")
+    parser.add_argument("--size", default="64x64")
+
+
+@benchmark("stream-memory", _stream_memory_options)
+def bench_stream_memory(args: argparse.Namespace) -> dict:
+    """`bench stream` for a short and a long track, each in a fresh process: peak RSS of both and their ratio."""
+    import subprocess
+    import sys
+
+    runs = {}
+    for seconds in (args.short, args.long):
+        command = [sys.executable, "-m", "flashhead_core", "bench", "stream", "--variant", args.variant,
+                   "--seconds", str(seconds), "--size", args.size, "--device", args.device]
+        runs[seconds] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                                   .strip().splitlines()[-1])
+    short, long = runs[args.short], runs[args.long]
+    return {"variant": args.variant, "size": args.size, "short_seconds": args.short, "long_seconds": args.long,
+            "short_peak_rss_mb": short["peak_rss_mb"], "long_peak_rss_mb": long["peak_rss_mb"],
+            "ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 3), "long_fps": long["fps"]}

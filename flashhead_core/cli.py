@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .config import parse_size
+
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_file
@@ -23,15 +25,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     bench.run(args.name, args)
     return 0
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    """'512x512' (WIDTHxHEIGHT) -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 512x512, not {text!r}")
-    return height, width
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -105,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the portrait (png, jpg, ...)")
     p.add_argument("--audio", required=True, help="the speech (wav, mp3, flac, m4a, ...)")
     p.add_argument("--out", required=True, help="the MP4 to write")
-    p.add_argument("--size", type=_parse_size, default=(512, 512), help="WIDTHxHEIGHT (multiples of 32 Lite, 16 Pro)")
+    p.add_argument("--size", type=parse_size, default=(512, 512), help="WIDTHxHEIGHT (multiples of 32 Lite, 16 Pro)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audio-mode", choices=["stream", "once"], default="stream")
     p.add_argument("--context-seconds", type=float, default=8.0, help="Temporal Audio Context Cache length")

@@ -87,3 +87,12 @@ PRESETS = {"lite": LITE, "pro": PRO}
 
 # The latent channel count identifies the VAE family, and with it the variant and its strides.
 VARIANT_BY_LATENT_CHANNELS = {16: "pro", 128: "lite"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x512' (WIDTHxHEIGHT, as on the command line) -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 512x512, not {text!r}") from None
+    return height, width
