@@ -293,7 +293,8 @@ def _vae_ltx_manifest(manifest: dict) -> list[str]:
     statistics = {"latents_mean", "latents_std"}
     ours_original = {ltx.KEYS.to_original(k): s for k, s in ours.items() if k not in statistics}
     problems += compare_state_dict_shapes(manifest, ours_original)
-    original = {**_meta_state(manifest["params"]), "mean_of_means": torch.empty(128, device="meta"),
-                "std_of_means": torch.empty(128, device="meta")}
+    channels = manifest["strides"]["latent_channels"]
+    original = {**_meta_state(manifest["params"]), "mean_of_means": torch.empty(channels, device="meta"),
+                "std_of_means": torch.empty(channels, device="meta")}
     problems += [f"original layout: {p}" for p in _vae_build_problems(original)[1]]
     return problems

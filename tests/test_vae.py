@@ -44,8 +44,9 @@ def test_fixture_runner_fails_on_a_wrong_output(reference_dir, tmp_path, case):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("case, table, key", [("vae_wan21", "params", "decoder.head.2.bias"),
-                                              ("vae_ltx", "disk_params_diffusers_layout", "decoder.conv_out.conv.bias")])
+@pytest.mark.parametrize("case, table, key", [
+    ("vae_wan21", "params", "decoder.head.2.bias"),
+    ("vae_ltx", "disk_params_diffusers_layout", "decoder.conv_out.conv.bias")])
 def test_manifest_checker_fails_on_a_wrong_shape(reference_dir, tmp_path, case, table, key):
     manifest = json.loads((reference_dir / "manifests" / f"{case}.json").read_text())
     manifest[table][key][0] += 1
@@ -249,11 +250,13 @@ def test_tiled_decode_blends_a_local_decoder_exactly():
     assert torch.allclose(tiled_decode(decode, z, 8), decode(z), atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["pro", "lite"])
-def test_tiled_decode_is_bounded_and_close_to_untiled(tiny_root, variant):
+# Tiling is approximate (tiles see zero padding, Wan's mid-block attention sees one tile). With these random tiny
+# weights the error is ~0.03 (Wan) and ~0.13 (LTX); a misplaced or mis-weighted tile gives ~1.
+@pytest.mark.parametrize("variant, limit", [("pro", 0.05), ("lite", 0.3)])
+def test_tiled_decode_is_bounded_and_close_to_untiled(tiny_root, variant, limit):
     vae = load_vae(tiny_root, variant=variant)
     s = vae.stride[1]
-    z = torch.randn(1, vae.latent_channels, 2, 768 // s, 640 // s, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(1, vae.latent_channels, 1, 640 // s, 576 // s, generator=torch.Generator().manual_seed(0))
     full = vae.decode(z)
     tile_sizes = []
     decode = vae._decode_unnormalised
@@ -261,7 +264,7 @@ def test_tiled_decode_is_bounded_and_close_to_untiled(tiny_root, variant):
     vae.tiling = True
     tiled = vae.decode(z)
     assert len(tile_sizes) == 4 and max(max(size) for size in tile_sizes) * s <= TILE_PIXELS
-    assert tiled.shape == full.shape and rel_error(tiled, full) < 0.1
+    assert tiled.shape == full.shape and rel_error(tiled, full) < limit
     tile_sizes.clear()
     vae.decode(z[..., : 512 // s, : 512 // s])
     assert tile_sizes == [(512 // s, 512 // s)]  # 512x512 is decoded whole, exactly as untiled

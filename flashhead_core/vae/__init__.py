@@ -60,7 +60,7 @@ class DiffusersVAE:
     `normalise` / `unnormalise` (in the VAE dtype), `encode` and the class constants below.
 
     Inputs may come in any float dtype and device; they are moved to the VAE's. Outputs are float32 on the VAE's
-    device, as the official wrappers return them."""
+    device whatever the VAE dtype (callers cast: the DiT to its dtype, colour correction works in float32)."""
 
     family: str  # "wan" or "ltx"
     variant: str  # the FlashHead variant this VAE belongs to: "pro" or "lite"
@@ -319,7 +319,11 @@ def vae_from_state_dict(source: SafetensorsSource | DictSource | dict[str, torch
         raise CheckpointError(f"{origin} is {NEEDED_VAE[module.VARIANT]}, but the {variant} variant needs "
                               f"{NEEDED_VAE[variant]}")
     state = {k: source.get(prefix + k) for k in shapes}
-    return module.from_state_dict(state, layout, config_json=config_json, device=device, dtype=dtype, tiling=tiling)
+    try:
+        return module.from_state_dict(state, layout, config_json=config_json, device=device, dtype=dtype,
+                                      tiling=tiling)
+    except CheckpointError as e:
+        raise CheckpointError(f"{origin}: {e}") from e
 
 
 def _describe_foreign(shapes: dict[str, tuple[int, ...]]) -> str:
