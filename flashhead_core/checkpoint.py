@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from .attention import resolve_backend
 from .config import AUDIO_WINDOW, DIT_HEAD_DIM, PRESETS, VARIANT_BY_LATENT_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
@@ -141,27 +142,53 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | N
     return config
 
 
-def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu", attention: str = "auto") -> FlashHeadDiT:
-    """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`) on `device`."""
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = FlashHeadDiT(config, resolve_backend(attention, device))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    present = {k: s for k, s in source.shapes.items() if not k.startswith(UNUSED_PREFIXES)}
+def key_problems(expected: dict[str, tuple[int, ...]], present: dict[str, tuple[int, ...]]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches between a model's state dict and a checkpoint."""
     missing = sorted(set(expected) - set(present))
     unexpected = sorted(set(present) - set(expected))
     wrong = [f"{k}: file {list(present[k])} vs model {list(expected[k])}"
-             for k in sorted(set(expected) & set(present)) if present[k] != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")] if missing else []
-        parts += [f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")] \
-            if unexpected else []
-        parts += [f"shape mismatches: {'; '.join(wrong[:5])}"] if wrong else []
-        raise CheckpointError(f"checkpoint does not match a FlashHead {config.variant} DiT: " + " | ".join(parts))
+             for k in sorted(set(expected) & set(present)) if tuple(present[k]) != tuple(expected[k])]
+    problems = [f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")] if missing else []
+    problems += [f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")] \
+        if unexpected else []
+    problems += [f"shape mismatches: {'; '.join(wrong[:5])}"] if wrong else []
+    return problems
+
+
+def require_keys(shapes: dict[str, tuple[int, ...]], keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in shapes]
+    if missing:
+        raise CheckpointError(f"checkpoint does not match {what}: missing keys: {', '.join(missing)}")
+
+
+def build_on_meta(factory: Callable[[], nn.Module], source: SafetensorsSource | DictSource | dict[str, torch.Tensor],
+                  *, device: torch.device | str, dtype: torch.dtype, what: str, file_names: Callable[[str], str] = str,
+                  skip_prefixes: tuple[str, ...] = ()) -> nn.Module:
+    """Construct `factory()` on the meta device, check the source's keys and shapes against it (before reading any
+    tensor) and assign its tensors one by one, cast to `dtype` on `device`: peak memory is one copy of the weights.
+
+    Keys under `skip_prefixes` are ignored. Problems are reported with `file_names(key)`, the file's own names.
+    device "meta" builds a weightless model for shape checks."""
+    source = DictSource(source) if isinstance(source, dict) else source
+    with torch.device("meta"):
+        model = factory()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    present = {k: s for k, s in source.shapes.items() if not k.startswith(skip_prefixes)}
+    problems = key_problems({file_names(k): s for k, s in expected.items()},
+                            {file_names(k): s for k, s in present.items()})
+    if problems:
+        raise CheckpointError(f"checkpoint does not match {what}: " + " | ".join(problems))
     state = {k: source.get(k).to(device=device, dtype=dtype) for k in expected}
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval().requires_grad_(False)
+
+
+def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu", attention: str = "auto") -> FlashHeadDiT:
+    """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`) on `device`."""
+    backend = resolve_backend(attention, torch.device(device))
+    return build_on_meta(lambda: FlashHeadDiT(config, backend), source, device=device, dtype=dtype,
+                         what=f"a FlashHead {config.variant} DiT", skip_prefixes=UNUSED_PREFIXES)
 
 
 def load_dit(path: str | Path, *, variant: str = "auto", dtype: torch.dtype = torch.float32,

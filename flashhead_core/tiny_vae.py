@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import WEIGHTS_NAME
-from .vae import VAE_LTX_DIR, VAE_WAN_FILE, build_on_meta
+from .checkpoint import WEIGHTS_NAME, build_on_meta
+from .vae import VAE_LTX_DIR, VAE_WAN_FILE
 from .vae.ltx import VERSION_090, LtxVAE
 from .vae.wan import WanVAE
 

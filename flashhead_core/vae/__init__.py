@@ -188,40 +188,6 @@ def _rename(key: str, blocks: tuple[tuple[str, str], ...], leaves: tuple[tuple[s
     return new + rest[1:]
 
 
-def key_problems(expected: dict[str, tuple[int, ...]], present: dict[str, tuple[int, ...]]) -> list[str]:
-    """Missing keys, unexpected keys and shape mismatches between a model's state dict and a checkpoint."""
-    missing = sorted(set(expected) - set(present))
-    unexpected = sorted(set(present) - set(expected))
-    wrong = [f"{k}: file {list(present[k])} vs model {list(expected[k])}"
-             for k in sorted(set(expected) & set(present)) if tuple(present[k]) != tuple(expected[k])]
-    problems = [f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")] if missing else []
-    problems += [f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")] \
-        if unexpected else []
-    problems += [f"shape mismatches: {'; '.join(wrong[:5])}"] if wrong else []
-    return problems
-
-
-def require_keys(shapes: dict[str, tuple[int, ...]], keys: tuple[str, ...], what: str) -> None:
-    missing = [k for k in keys if k not in shapes]
-    if missing:
-        raise CheckpointError(f"checkpoint does not match {what}: missing keys: {', '.join(missing)}")
-
-
-def build_on_meta(factory: Callable[[], nn.Module], state: dict[str, torch.Tensor], *, device, dtype, what: str,
-                  file_names: Callable[[str], str] = str) -> nn.Module:
-    """Construct `factory()` on the meta device, check `state` against it key by key and assign it (cast to
-    `dtype` on `device`; device "meta" builds a weightless model for shape checks). Problems are reported with
-    `file_names(key)`: the names the checkpoint file uses."""
-    with torch.device("meta"):
-        model = factory()
-    problems = key_problems({file_names(k): tuple(v.shape) for k, v in model.state_dict().items()},
-                            {file_names(k): tuple(v.shape) for k, v in state.items()})
-    if problems:
-        raise CheckpointError(f"checkpoint does not match {what}: " + " | ".join(problems))
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
 def check_config_json(config_json: dict | None, kwargs: dict, class_name: str, what: str) -> None:
     """A diffusers config.json must name `class_name` and agree with the arguments inferred from the weights."""
     if config_json is None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLLTXVideo
 
-from ..checkpoint import CheckpointError
-from . import DiffusersVAE, KeyMap, build_on_meta, check_config_json, require_keys
+from ..checkpoint import CheckpointError, build_on_meta, require_keys
+from . import DiffusersVAE, KeyMap, check_config_json
 
 VARIANT = "lite"
 WHAT = "the LTX-Video 0.9.0 VAE (VAE_LTX/)"

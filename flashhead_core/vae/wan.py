@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLWan
 
-from ..checkpoint import CheckpointError
-from . import DiffusersVAE, KeyMap, build_on_meta, check_config_json, require_keys
+from ..checkpoint import CheckpointError, build_on_meta, require_keys
+from . import DiffusersVAE, KeyMap, check_config_json
 
 VARIANT = "pro"
 WHAT = "the Wan2.1 VAE (VAE_Wan/Wan2.1_VAE.pth)"
