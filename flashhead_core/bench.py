@@ -67,6 +67,23 @@ def run(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def _add_full_size_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the full-size random-weight benches (dit, vae)."""
+    parser.add_argument("--variant", choices=["lite", "pro", "both"], default="both")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT in pixels")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+def _full_size_setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, int, int, list[str]]:
+    """(device, dtype, height, width, variants) from the shared options."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    height, width = parse_size(args.size)
+    return device, dtype, height, width, (["lite", "pro"] if args.variant == "both" else [args.variant])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmarks, one section per stage.
 
@@ -89,14 +106,10 @@ def dit_flops(config, grid: tuple[int, int, int]) -> float:
 
 
 def _dit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=["lite", "pro", "both"], default="both")
-    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT in pixels")
+    _add_full_size_options(parser)
     parser.add_argument("--frames", type=int, default=33, help="pixel frames of the chunk")
     parser.add_argument("--layers", type=int, default=None, help="fewer than 30 blocks (reported) for quick CPU runs")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--attention", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
 
 
 @benchmark("dit", _dit_options)
@@ -106,11 +119,9 @@ def bench_dit(args: argparse.Namespace) -> dict:
     from .model import FlashHeadDiT
     from .tiny import randomize_
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    height, width = parse_size(args.size)
+    device, dtype, height, width, variants = _full_size_setup(args)
     results = {}
-    for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
+    for variant in variants:
         config = PRESETS[variant]
         if args.layers:
             config = config.with_(num_layers=args.layers)
@@ -184,13 +195,8 @@ def bench_audio(args: argparse.Namespace) -> dict:
 # --- VAEs ----------------------------------------------------------------------------------------------------------
 
 def _vae_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=["lite", "pro", "both"], default="both",
-                        help="lite: LTX-Video 0.9.0 VAE, pro: Wan2.1 VAE")
-    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT in pixels")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    _add_full_size_options(parser)  # --variant lite: the LTX-Video 0.9.0 VAE, pro: the Wan2.1 VAE
     parser.add_argument("--tiling", action="store_true", help="tiled decode (opt-in; only acts above 512x512)")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
 
 
@@ -200,11 +206,9 @@ def bench_vae(args: argparse.Namespace) -> dict:
     from .config import CHUNK_FRAMES, PRESETS
     from .tiny_vae import random_ltx_vae, random_wan_vae
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    height, width = parse_size(args.size)
+    device, dtype, height, width, variants = _full_size_setup(args)
     results = {}
-    for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
+    for variant in variants:
         config = PRESETS[variant]
         build = random_wan_vae if variant == "pro" else random_ltx_vae
         vae = build(device=device, dtype=dtype, tiling=args.tiling)
