@@ -1,7 +1,22 @@
-"""ComfyUI-FlashHead: ComfyUI entry point. ComfyUI imports this folder as a package and reads
-NODE_CLASS_MAPPINGS. Relative imports only, so our `nodes/` never shadows ComfyUI's own `nodes` module."""
+"""ComfyUI-FlashHead: ComfyUI entry point (V1 node API: NODE_CLASS_MAPPINGS).
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+ComfyUI imports this folder as a package. Imports are relative, so our `nodes/` never shadows ComfyUI's own `nodes`
+module and the bundled `flashhead_core` is the one used. Outside ComfyUI the import works too (the nodes simply
+cannot run there); use `flashhead_core` or the `flashhead` command instead.
+"""
+
+# Third-party packages of requirements.txt, by import name: a missing one gets an install hint instead of a bare error.
+_REQUIREMENTS = {"numpy", "safetensors", "einops", "transformers", "av", "soxr", "PIL", "huggingface_hub"}
+
+try:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] not in _REQUIREMENTS:
+        raise
+    raise ModuleNotFoundError(
+        f"ComfyUI-FlashHead needs the Python package '{e.name}', which ComfyUI's Python lacks. Install the pack's "
+        f"requirements into the Python that runs ComfyUI (<that python> -m pip install -r requirements.txt; "
+        f"ComfyUI-Manager does this when it installs the pack) and restart ComfyUI.", name=e.name) from e
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

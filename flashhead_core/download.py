@@ -10,8 +10,8 @@ AUDIO_DIR = "wav2vec2-base-960h"
 
 
 def manual_commands(directory: Path) -> str:
-    return (f"  huggingface-cli download {MODEL_REPO} --local-dir {directory}\n"
-            f"  huggingface-cli download {AUDIO_REPO} --local-dir {directory / AUDIO_DIR}\n"
+    return (f"  hf download {MODEL_REPO} --local-dir {directory}\n"
+            f"  hf download {AUDIO_REPO} --local-dir {directory / AUDIO_DIR}\n"
             f"or download the files in a browser from https://huggingface.co/{MODEL_REPO} and "
             f"https://huggingface.co/{AUDIO_REPO} into those folders.")
 
@@ -27,5 +27,6 @@ def download(directory: str | Path) -> Path:
                           allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception as e:  # offline, proxy, missing repo: the fix is the same, say it plainly
         raise SystemExit(f"download failed ({type(e).__name__}: {e}).\nWithout network access to Hugging Face, "
-                         f"fetch the weights on another machine and copy them here:\n{manual_commands(directory)}")
+                         f"fetch the weights on another machine (the `hf` command comes with huggingface_hub) and copy "
+                         f"them here:\n{manual_commands(directory)}")
     return directory

@@ -1,0 +1,233 @@
+"""Everything the nodes need from ComfyUI, in one place: model folders, devices and dtypes, ModelPatcher wrapping,
+progress with previews, interrupts and output paths.
+
+ComfyUI is imported here and nowhere else in the pack. Outside ComfyUI (plain Python, the project's own test
+environment) the imports fail quietly: the node classes still import, and calling anything that needs the host
+raises `HostUnavailable` with a plain message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+try:  # ComfyUI's own modules; present only when the pack runs inside ComfyUI (or its Python has it on sys.path)
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+    import folder_paths
+except ImportError:  # plain Python: the pack imports, its nodes cannot run
+    mm = folder_paths = None
+
+IN_COMFYUI = folder_paths is not None
+
+# Where each kind of file lives. "flashhead" is ours (the released folders); the others are ComfyUI's own.
+FLASHHEAD_FOLDER = "flashhead"
+# Explicit extensions for our folder: the released layouts hold config.json + safetensors, Wan2.1_VAE.pth, and
+# the wav2vec2 folder's config/preprocessor json plus model.safetensors (or pytorch_model.bin).
+FLASHHEAD_EXTENSIONS = {".safetensors", ".json", ".pth", ".bin"}
+DIT_FILE_EXTENSIONS = (".safetensors",)  # single-file DiTs in models/diffusion_models (the loader reads safetensors)
+VAE_FILE_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".sft")
+AUDIO_FILE_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+SEARCH_DEPTH = 4  # how deep released folders are looked for under a model folder
+
+
+class HostUnavailable(RuntimeError):
+    """A node was called outside ComfyUI."""
+
+
+def require_host() -> None:
+    if not IN_COMFYUI:
+        raise HostUnavailable("the FlashHead nodes run inside ComfyUI (comfy and folder_paths are not importable "
+                              "here); for plain Python use flashhead_core or the `flashhead` command")
+
+
+def register_folders() -> None:
+    """Register models/flashhead/ with explicit extensions (keeping paths from extra_model_paths.yaml)."""
+    if not IN_COMFYUI:
+        return
+    default = os.path.join(folder_paths.models_dir, FLASHHEAD_FOLDER)
+    paths, extensions = folder_paths.folder_names_and_paths.get(FLASHHEAD_FOLDER, ([], set()))
+    paths = [default] + [p for p in paths if p != default]
+    folder_paths.folder_names_and_paths[FLASHHEAD_FOLDER] = (paths, set(extensions) | FLASHHEAD_EXTENSIONS)
+
+
+register_folders()
+
+
+# --- finding model files --------------------------------------------------------------------------------------------
+
+def _folder_files(folder: str) -> list[str]:
+    """Files ComfyUI lists for a registered folder ([] for an unknown one); cached by ComfyUI per mtime."""
+    if not IN_COMFYUI or folder not in folder_paths.folder_names_and_paths:
+        return []
+    return [f.replace(os.sep, "/") for f in folder_paths.get_filename_list(folder)]
+
+
+def full_path(folder: str, relative: str) -> Path | None:
+    """Resolve a file or a directory listed under one of `folder`'s search paths."""
+    for base in folder_paths.get_folder_paths(folder):
+        candidate = Path(base) / relative
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def released_dirs(folder: str, is_match: Callable[[str, set[str]], bool]) -> list[str]:
+    """Directories (relative, '/'-separated) under `folder` whose listed file names satisfy is_match(dir, names).
+
+    Built from ComfyUI's own cached file list, so symlinked folders and extra_model_paths.yaml entries count."""
+    by_dir: dict[str, set[str]] = {}
+    for file in _folder_files(folder):
+        parent, _, name = file.rpartition("/")
+        if parent.count("/") < SEARCH_DEPTH:
+            by_dir.setdefault(parent, set()).add(name)
+    return sorted(d for d, names in by_dir.items() if is_match(d, names))
+
+
+def model_options(sources: Iterable[tuple[str, list[str]]]) -> list[str]:
+    """COMBO options '<folder>/<relative path>' from (folder, entries) pairs, in order, without duplicates."""
+    options: list[str] = []
+    for folder, entries in sources:
+        options += [f"{folder}/{entry}" for entry in entries if f"{folder}/{entry}" not in options]
+    return options
+
+
+def files_in(folder: str, extensions: tuple[str, ...], exclude_dirs: Iterable[str] = ()) -> list[str]:
+    """Single files under a ComfyUI folder with one of `extensions`, leaving out those inside the sub-folders
+    `exclude_dirs` (folders that are listed as one entry)."""
+    excluded = tuple(d + "/" for d in exclude_dirs if d)
+    return [f for f in _folder_files(folder) if f.lower().endswith(extensions) and not f.startswith(excluded)]
+
+
+def resolve_option(option: str, kind: str, where: str) -> Path:
+    """'<folder>/<relative>' (a COMBO value) -> the path on disk, or FileNotFoundError saying where the file goes."""
+    require_host()
+    folder, _, relative = option.partition("/")
+    known = folder in folder_paths.folder_names_and_paths
+    path = full_path(folder, relative) if known and relative else None
+    if path is None:
+        searched = f" (searched: {', '.join(folder_paths.get_folder_paths(folder))})" if known else ""
+        raise FileNotFoundError(f"{kind} {option!r} not found{searched}. Put it in {where}, then refresh ComfyUI "
+                                f"(press R) and pick it in the list. The FlashHead README lists every file and "
+                                f"where it goes.")
+    return path
+
+
+MISSING_PREFIX = "(no "
+
+
+def missing_option(kind: str, where: str) -> list[str]:
+    """The single COMBO option shown when nothing is installed: its text says where the files go (choosing it
+    fails validation with the same advice)."""
+    return [f"{MISSING_PREFIX}{kind} found - put it in {where})"]
+
+
+# --- devices, dtypes, ModelPatcher ------------------------------------------------------------------------------------
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """'auto' follows ComfyUI's judgement of the device: bf16 where it is fast (what the official run uses), then
+    fp16, else fp32 (CPU)."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+class PatcherHolder(torch.nn.Module):
+    """The nn.Module handed to ComfyUI's ModelPatcher. ModelPatcher writes bookkeeping attributes (device,
+    model_loaded_weight_memory, ...) onto the module it manages; this holder takes them, so the flashhead_core
+    objects inside stay untouched."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+    """Wrap a core module (on offload_device) so ComfyUI moves it to load_device and evicts it when it needs memory."""
+    return comfy.model_patcher.ModelPatcher(PatcherHolder(module), load_device=load_device,
+                                            offload_device=offload_device)
+
+
+def working_memory(width: int, height: int) -> int:
+    """Bytes to keep free beside the weights while generating at width x height: a rough allowance for the largest
+    step, the VAE decode of one 33-frame chunk (about 512 bytes per output pixel and frame). ComfyUI evicts other
+    models to make room for it. An estimate, not a measurement: replace it with `flashhead bench` peak figures."""
+    return 33 * width * height * 512
+
+
+def load_to_device(patchers: list, memory_required: int = 0) -> None:
+    """Put every model of one run on its device before inference (ComfyUI frees memory for them, and for
+    `memory_required` bytes of working memory, first).
+
+    FlashHead's modules are plain PyTorch without ComfyUI's lowvram casting, so they are loaded whole; if ComfyUI
+    left part of one on the offload device (--novram), say so instead of failing later on a device mismatch."""
+    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+    for patcher in patchers:
+        devices = {p.device for p in patcher.model.parameters()}
+        if len(devices) > 1:
+            raise RuntimeError(f"ComfyUI loaded {type(patcher.model.inner).__name__} only partly onto "
+                               f"{patcher.load_device}; FlashHead needs each model whole on one device. Start ComfyUI "
+                               f"without --novram, or free VRAM.")
+
+
+def output_device() -> torch.device:
+    return mm.intermediate_device()
+
+
+# --- progress, previews, interrupts -----------------------------------------------------------------------------------
+
+PREVIEW_MAX_PX = 512
+
+
+class FrameProgress:
+    """ComfyUI's progress bar counted in video frames, updated once per chunk with the chunk's last frame as the
+    preview. Updating the bar is also one of ComfyUI's interrupt points."""
+
+    def __init__(self, total_frames: int):
+        self.total = max(1, int(total_frames))
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def update(self, frames_done: int, frames: torch.Tensor | None = None) -> None:
+        """frames_done: frames finished so far; frames: the chunk's new frames [n, H, W, 3] float 0..1 (CPU)."""
+        preview = None
+        if frames is not None and frames.shape[0]:
+            from PIL import Image
+
+            pixels = frames[-1].clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+            preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_PX)
+        self.bar.update_absolute(min(int(frames_done), self.total), self.total, preview)
+
+
+def interrupted() -> bool:
+    """The should_cancel callback for flashhead_core: True once the user pressed Cancel / POST /interrupt."""
+    return mm.processing_interrupted()
+
+
+def raise_interrupt(error: BaseException) -> None:
+    """Turn flashhead_core's GenerationCancelled into ComfyUI's own interrupt exception (reported as
+    'interrupted', not as an error); re-raise the original if the flag was cleared meanwhile."""
+    mm.throw_exception_if_processing_interrupted()
+    raise error
+
+
+def check_interrupt() -> None:
+    mm.throw_exception_if_processing_interrupted()
+
+
+def output_file(filename_prefix: str, width: int, height: int, extension: str) -> tuple[Path, str, str]:
+    """A new numbered file in ComfyUI's output folder -> (path, filename, subfolder), as SaveVideo names them."""
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+        filename_prefix, folder_paths.get_output_directory(), width, height)
+    filename = f"{name}_{counter:05}_.{extension}"
+    return Path(folder) / filename, filename, subfolder

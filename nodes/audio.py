@@ -1,0 +1,73 @@
+"""FlashHead Audio Encode: ComfyUI AUDIO (any rate, mono or stereo) -> the DiT's per-chunk audio windows."""
+
+from __future__ import annotations
+
+import torch
+
+from ..flashhead_core.audio import load_audio
+from ..flashhead_core.config import AUDIO_SAMPLE_RATE
+from ..flashhead_core.session import audio_chunks, video_frame_count
+
+from . import _host
+from ._wires import AUDIO_EMBEDS, AUDIO_ENCODER, MODEL, FlashHeadAudioEmbeds
+
+MODES = ["stream", "once"]
+MODE_TOOLTIP = ("stream: the Temporal Audio Context Cache (the official default) - each chunk re-encodes the last "
+                "context_seconds of audio, so long audio costs the same per chunk. once: the whole track is encoded "
+                "in one pass (cost grows with the square of its length; for short clips).")
+CONTEXT_TOOLTIP = ("Length of the Temporal Audio Context Cache in stream mode (8 s as released). Longer context "
+                   "costs more per chunk; ignored in once mode.")
+AUDIO_MODE_INPUTS = {  # shared with FlashHead Talking Video, which encodes the audio itself
+    "mode": (MODES, {"default": "stream", "tooltip": MODE_TOOLTIP}),
+    "context_seconds": ("FLOAT", {"default": 8.0, "min": 2.0, "max": 60.0, "step": 0.5, "tooltip": CONTEXT_TOOLTIP}),
+}
+
+
+def check_encoder_fits(encoder, config) -> None:
+    """The encoder's feature width must be what the DiT's audio projection reads (768: wav2vec2-base-960h)."""
+    width = encoder.model.config.hidden_size
+    if width != config.audio_channels:
+        raise ValueError(f"the audio encoder gives {width}-wide features but this FlashHead model reads "
+                         f"{config.audio_channels}: load the wav2vec2 that belongs to the checkpoint "
+                         f"(facebook/wav2vec2-base-960h for the released models)")
+
+
+class FlashHeadAudioEncode:
+    """Encodes speech for the FlashHead Sampler."""
+
+    CATEGORY = "FlashHead"
+    RETURN_TYPES = (AUDIO_EMBEDS,)
+    RETURN_NAMES = ("audio_embeds",)
+    OUTPUT_TOOLTIPS = ("The DiT's audio windows for every chunk (computed for the connected model's variant).",)
+    FUNCTION = "encode"
+    DESCRIPTION = ("Turns any AUDIO (LoadAudio, a TTS node; any sample rate, mono or stereo) into FlashHead's audio "
+                   "embeddings: mixed to mono, resampled to 16 kHz, wav2vec2 features per video frame, cut into the "
+                   "model's chunks. The model input only supplies the chunk geometry (Lite and Pro chunk differently). "
+                   "The result is cached: re-running the sampler with another seed or size does not re-encode.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio_encoder": (AUDIO_ENCODER,),
+            "audio": ("AUDIO", {"tooltip": "Speech; the video will last exactly as long (25 fps)."}),
+            "model": (MODEL, {"tooltip": "The FlashHead model the embeddings are for (Lite and Pro chunk the audio "
+                                         "differently)."}),
+            **AUDIO_MODE_INPUTS,
+        }}
+
+    def encode(self, audio_encoder, audio, model, mode, context_seconds):
+        _host.require_host()
+        config = model.config
+        check_encoder_fits(audio_encoder.encoder, config)
+        samples = load_audio(audio)  # a new array: the cached AUDIO input is only read
+        frames = video_frame_count(len(samples))
+        _host.load_to_device([audio_encoder.patcher])
+        progress = _host.FrameProgress(frames)
+        windows = []
+        for chunk in audio_chunks(audio_encoder.encoder, samples, mode, config.new_frames, context_seconds):
+            _host.check_interrupt()
+            windows.append(chunk.to("cpu", torch.float32))
+            progress.update(len(windows) * config.new_frames)  # approximate: the first 'once' chunk adds 33
+        return (FlashHeadAudioEmbeds(windows=tuple(windows), total_frames=frames, mode=mode,
+                                     context_seconds=float(context_seconds), variant=config.variant,
+                                     new_frames=config.new_frames, seconds=len(samples) / AUDIO_SAMPLE_RATE),)

@@ -1,0 +1,241 @@
+"""Loader nodes: the FlashHead DiT, the video VAE and the wav2vec2 audio encoder.
+
+Each lists what it finds in ComfyUI's model folders (COMBO values '<folder>/<relative path>'), loads with
+flashhead_core onto ComfyUI's offload device and hands back a ModelPatcher-wrapped object: ComfyUI moves it to the
+GPU right before inference (`_host.load_to_device`) and evicts it when another model needs the memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..flashhead_core.attention import BACKENDS, resolve_backend
+from ..flashhead_core.audio import load_wav2vec2
+from ..flashhead_core.checkpoint import load_dit
+from ..flashhead_core.vae import load_vae
+
+from . import _host
+from ._wires import AUDIO_ENCODER, MODEL, VAE, FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE
+
+CATEGORY = "FlashHead"
+RELEASE = "SoulX-FlashHead-1_3B"
+MODEL_DIR_NAMES = {"Model_Lite", "Model_Pro"}
+VAE_DIR_NAMES = {"VAE_Wan", "VAE_LTX"}
+DIT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+WHERE_DIT = (f"models/flashhead/ (the released folder, e.g. models/flashhead/{RELEASE}/Model_Lite) or "
+             f"models/diffusion_models/ (a single .safetensors file)")
+WHERE_VAE = (f"models/flashhead/ (the released VAE_LTX/ or VAE_Wan/ folder, e.g. "
+             f"models/flashhead/{RELEASE}/VAE_LTX) or models/vae/ (a single file, e.g. wan_2.1_vae.safetensors)")
+WHERE_AUDIO = (f"models/flashhead/{RELEASE}/wav2vec2-base-960h/ or models/audio_encoders/ (the "
+               f"wav2vec2-base-960h folder, or its weights as one .safetensors file)")
+
+
+def _config_class(folder: str, directory: str) -> str | None:
+    """The `_class_name` (diffusers) or `architectures[0]` (transformers) of a folder's config.json."""
+    path = _host.full_path(folder, f"{directory}/config.json" if directory else "config.json")
+    try:
+        config = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name") or (config.get("architectures") or [None])[0]
+
+
+def _basename(directory: str) -> str:
+    return directory.rpartition("/")[2]
+
+
+# --- what each loader lists ------------------------------------------------------------------------------------------
+
+def dit_options() -> list[str]:
+    """Released checkpoint roots (holding Model_Lite/ and/or Model_Pro/; the variant input picks), the model folders
+    themselves, then single files in models/diffusion_models/."""
+    def is_dit_dir(directory: str, names: set[str]) -> bool:
+        if "config.json" not in names or not names.intersection(DIT_WEIGHTS):
+            return False
+        if _basename(directory) in MODEL_DIR_NAMES:
+            return True
+        return _basename(directory) not in VAE_DIR_NAMES and \
+            _config_class(_host.FLASHHEAD_FOLDER, directory) == "WanModelAudioProject"
+
+    model_dirs = _host.released_dirs(_host.FLASHHEAD_FOLDER, is_dit_dir)
+    roots = sorted({d.rpartition("/")[0] for d in model_dirs if "/" in d and _basename(d) in MODEL_DIR_NAMES})
+    options = _host.model_options([(_host.FLASHHEAD_FOLDER, roots + [d for d in model_dirs if d]),
+                                   ("diffusion_models", _host.files_in("diffusion_models", _host.DIT_FILE_EXTENSIONS))])
+    return options or _host.missing_option("FlashHead model", WHERE_DIT)
+
+
+def vae_options() -> list[str]:
+    """Released VAE folders (VAE_LTX/ with config.json + safetensors, VAE_Wan/ with Wan2.1_VAE.pth) under
+    models/flashhead/, then single files in models/vae/."""
+    def is_vae_dir(directory: str, names: set[str]) -> bool:
+        name = _basename(directory)
+        if name == "VAE_Wan" or (name not in MODEL_DIR_NAMES and "Wan2.1_VAE.pth" in names):
+            return any(n.endswith((".pth", ".safetensors")) for n in names)
+        if "config.json" in names and "diffusion_pytorch_model.safetensors" in names:
+            return name == "VAE_LTX" or (name not in MODEL_DIR_NAMES and _config_class(
+                _host.FLASHHEAD_FOLDER, directory) == "AutoencoderKLLTXVideo")
+        return False
+
+    dirs = [d for d in _host.released_dirs(_host.FLASHHEAD_FOLDER, is_vae_dir) if d]
+    options = _host.model_options([(_host.FLASHHEAD_FOLDER, dirs),
+                                   ("vae", _host.files_in("vae", _host.VAE_FILE_EXTENSIONS))])
+    return options or _host.missing_option("FlashHead VAE", WHERE_VAE)
+
+
+def _is_wav2vec2_dir(folder: str):
+    def match(directory: str, names: set[str]) -> bool:
+        if not names.intersection(WAV2VEC2_WEIGHTS):
+            return False
+        # ComfyUI's audio_encoders folder lists weight files only: look for config.json on disk.
+        if "config.json" not in names and _host.full_path(folder, f"{directory}/config.json") is None:
+            return False
+        return "wav2vec2" in _basename(directory).lower() or \
+            (_config_class(folder, directory) or "").startswith("Wav2Vec2")
+    return match
+
+
+def audio_encoder_options() -> list[str]:
+    """wav2vec2 folders (transformers layout) under models/audio_encoders/ and models/flashhead/, then single files
+    in models/audio_encoders/ (files inside a listed folder are not listed again)."""
+    audio_dirs = _host.released_dirs("audio_encoders", _is_wav2vec2_dir("audio_encoders"))
+    flashhead_dirs = [d for d in _host.released_dirs(_host.FLASHHEAD_FOLDER, _is_wav2vec2_dir(_host.FLASHHEAD_FOLDER))
+                      if d]
+    options = _host.model_options([
+        (_host.FLASHHEAD_FOLDER, flashhead_dirs),
+        ("audio_encoders", [d for d in audio_dirs if d]
+         + _host.files_in("audio_encoders", _host.AUDIO_FILE_EXTENSIONS, exclude_dirs=audio_dirs)),
+    ])
+    return options or _host.missing_option("wav2vec2-base-960h audio encoder", WHERE_AUDIO)
+
+
+def _validate(value: str, options: list[str], kind: str, where: str) -> bool | str:
+    """VALIDATE_INPUTS body: True when the choice exists, else the message ComfyUI shows before anything runs
+    (it replaces ComfyUI's bare 'Value not in list')."""
+    if value.startswith(_host.MISSING_PREFIX):
+        return f"no {kind} is installed. Put it in {where}, then refresh ComfyUI (press R) and pick it in the list."
+    if value in options:
+        return True
+    try:
+        _host.resolve_option(value, kind, where)
+        return True
+    except FileNotFoundError as e:
+        return str(e)
+
+
+# --- nodes ------------------------------------------------------------------------------------------------------------
+
+class FlashHeadModelLoader:
+    """Loads the FlashHead DiT (Lite or Pro, detected from the weights)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The FlashHead DiT, managed by ComfyUI (moved to the GPU when used, evicted when memory is "
+                       "needed).",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads a SoulX-FlashHead DiT: the released folder (Model_Lite/, Model_Pro/ or the checkpoint root) "
+                   "from models/flashhead/, or a single .safetensors file from models/diffusion_models/. "
+                   "Lite pairs with the LTX VAE, Pro with the Wan2.1 VAE.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (dit_options(), {"tooltip": f"Where: {WHERE_DIT}."}),
+            "variant": (["auto", "lite", "pro"], {"default": "auto", "tooltip": (
+                "auto: read from the weights. Pick lite or pro to choose inside a checkpoint root that holds both "
+                "(asking for the other variant than the file is an error).")}),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": (
+                "Compute dtype. auto: bf16 where the GPU supports it (as the official release runs), else fp16, "
+                "else fp32 (CPU).")}),
+            "attention": (["auto", *BACKENDS], {"default": "auto", "tooltip": (
+                "auto: the fastest exact kernel installed (flash-attn 3 on Hopper, then flash-attn 2, then PyTorch "
+                "SDPA). sage (SageAttention) is approximate and only used when chosen. Missing kernels never "
+                "break the pack; asking for one that is missing is an error naming what is available.")}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": (
+                "torch.compile the DiT (the first chunk takes longer to compile, later chunks run faster; needs a "
+                "working compiler toolchain).")}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model):
+        return _validate(model, dit_options(), "FlashHead model", WHERE_DIT)
+
+    def load(self, model, variant, dtype, attention, compile):
+        _host.require_host()
+        path = _host.resolve_option(model, "FlashHead model", WHERE_DIT)
+        load_device, offload_device = _host.mm.get_torch_device(), _host.mm.unet_offload_device()
+        # The backend is chosen for the device the model will run on, though the weights load on the offload device.
+        backend = resolve_backend(attention, load_device)
+        dit = load_dit(path, variant=variant, dtype=_host.compute_dtype(dtype, load_device), device=offload_device,
+                       attention="sdpa")
+        dit.attention_backend = backend
+        if compile:
+            dit.compile()
+        return (FlashHeadModel(_host.make_patcher(dit, load_device, offload_device), model),)
+
+
+class FlashHeadVAELoader:
+    """Loads the video VAE: LTX-Video (for Lite) or Wan2.1 (for Pro)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The FlashHead video VAE (normalised-latent interface), managed by ComfyUI.",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads FlashHead's video VAE: the released VAE_LTX/ (Lite) or VAE_Wan/ (Pro) folder from "
+                   "models/flashhead/, or a single file from models/vae/ (e.g. wan_2.1_vae.safetensors).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": (vae_options(), {"tooltip": f"Where: {WHERE_VAE}."}),
+            "tiled_decode": ("BOOLEAN", {"default": False, "tooltip": (
+                "Decode frames larger than 512x512 in overlapping tiles: bounded memory for big videos, at the cost of "
+                "small differences from the exact decode.")}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae):
+        return _validate(vae, vae_options(), "FlashHead VAE", WHERE_VAE)
+
+    def load(self, vae, tiled_decode):
+        _host.require_host()
+        path = _host.resolve_option(vae, "FlashHead VAE", WHERE_VAE)
+        load_device, offload_device = _host.mm.vae_device(), _host.mm.vae_offload_device()
+        dtype = _host.mm.vae_dtype(load_device, allowed_dtypes=[torch.bfloat16])  # bf16 as released, else fp32
+        loaded = load_vae(path, device=offload_device, dtype=dtype, tiling=tiled_decode)
+        return (FlashHeadVAE(_host.make_patcher(loaded.model, load_device, offload_device), loaded, vae),)
+
+
+class FlashHeadAudioEncoderLoader:
+    """Loads wav2vec2-base-960h, FlashHead's audio encoder (always float32)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (AUDIO_ENCODER,)
+    RETURN_NAMES = ("audio_encoder",)
+    OUTPUT_TOOLTIPS = ("FlashHead's wav2vec2 encoder (FlashHead's own feature path; ComfyUI's AudioEncoderLoader "
+                       "computes different features).",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads facebook/wav2vec2-base-960h: the transformers folder (config.json + model.safetensors) "
+                   "from models/flashhead/ or models/audio_encoders/, or its weights as one file in "
+                   "models/audio_encoders/.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio_encoder": (audio_encoder_options(), {"tooltip": f"Where: {WHERE_AUDIO}."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, audio_encoder):
+        return _validate(audio_encoder, audio_encoder_options(), "audio encoder", WHERE_AUDIO)
+
+    def load(self, audio_encoder):
+        _host.require_host()
+        path = _host.resolve_option(audio_encoder, "audio encoder", WHERE_AUDIO)
+        load_device, offload_device = _host.mm.get_torch_device(), _host.mm.text_encoder_offload_device()
+        encoder = load_wav2vec2(path, device=offload_device)  # float32 always (spec: wav2vec2 never runs in bf16)
+        return (FlashHeadAudioEncoder(_host.make_patcher(encoder.model, load_device, offload_device), encoder,
+                                      audio_encoder),)

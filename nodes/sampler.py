@@ -1,0 +1,196 @@
+"""FlashHead Sampler (reference IMAGE + audio embeddings -> IMAGE frames, frame rate, LATENT) and FlashHead VAE Decode
+(that LATENT -> the same IMAGE frames).
+
+LATENT semantics. FlashHead generates chunk by chunk; each chunk's 33 frames start with motion frames that repeat the
+end of the previous chunk, and colour correction is applied to the decoded pixels. The Sampler's LATENT is therefore
+the per-chunk latents, batched along dim 0:
+
+    {"samples": Tensor [chunks, C, T, h, w] float32 (CPU), raw (un-normalised) VAE latents as ComfyUI keeps them,
+     "flashhead": {chunk layout needed to rebuild the video (see `latent_layout`)}}
+
+C, T = 128, 5 (LTX, Lite) or 16, 9 (Wan2.1, Pro); h, w = height / 32 or height / 8. FlashHead VAE Decode decodes each
+chunk, drops the motion frames, applies the same colour correction and trims to the audio's duration, so its IMAGE
+equals the Sampler's. Without the "flashhead" entry (e.g. a LATENT saved with SaveLatent and loaded again) it
+decodes every chunk whole, without colour correction. ComfyUI's own VAEDecode with the Wan2.1 VAE also accepts the
+Pro LATENT, giving all 33 frames of every chunk (motion frames included).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..flashhead_core.config import FPS
+from ..flashhead_core.image import check_size, match_colors
+from ..flashhead_core.sampler import GenerationCancelled, SamplerConfig
+from ..flashhead_core.session import StreamingSession, frames_to_keep, stream_frames
+from ..flashhead_core.vae import check_vae_matches_model
+from ..flashhead_core.video_io import video_to_images
+
+from . import _host
+from ._wires import AUDIO_EMBEDS, MODEL, VAE
+
+SIZE = {"default": 512, "min": 64, "max": 4096, "step": 16}
+SIZE_TOOLTIP = "Video {}: a multiple of 32 for Lite, of 16 for Pro (an off-grid value is an error naming the nearest)."
+COLOR_TOOLTIP = ("Colour correction strength (0 = off, 1 = as released): matches each frame's colours to the "
+                 "reference image in Lab space, which keeps long videos from drifting.")
+# The inputs of one generation run, shared by FlashHead Sampler and FlashHead Talking Video (same order: the UI
+# workflows store widget values by position).
+GENERATION_INPUTS = {
+    "image": ("IMAGE", {"tooltip": "The reference portrait (one image; it is resized and centre-cropped)."}),
+    "width": ("INT", {**SIZE, "tooltip": SIZE_TOOLTIP.format("width")}),
+    "height": ("INT", {**SIZE, "tooltip": SIZE_TOOLTIP.format("height")}),
+    "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+    "color_correction": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": COLOR_TOOLTIP}),
+}
+
+
+class _RecordingVAE:
+    """The VAE as the session sees it, keeping what each chunk decodes (its final latents) as raw float32 latents."""
+
+    def __init__(self, vae):
+        self._vae = vae
+        self.latents: list[torch.Tensor] = []
+
+    def __getattr__(self, name):
+        return getattr(self._vae, name)
+
+    def encode(self, frames, generator=None):
+        return self._vae.encode(frames, generator=generator)
+
+    def decode(self, latents):
+        # Un-normalised in float32 (the statistics stay in the VAE dtype), so FlashHead VAE Decode's normalise gives
+        # back the same values.
+        self.latents.append(self._vae.unnormalise(latents.float()).to("cpu", torch.float32))
+        return self._vae.decode(latents)
+
+
+def start_session(model, vae, image, width: int, height: int, seed: int, color_correction: float, *,
+                  record_latents: bool = False, also_load=()):
+    """Check the inputs, put the models on their device and return (StreamingSession with the reference prepared,
+    the latent recorder or None). ComfyUI's interrupt is checked before every denoising step."""
+    _host.require_host()
+    config = model.config
+    check_size(height, width, config.spatial_multiple)
+    check_vae_matches_model(vae.vae, config)
+    _host.load_to_device([model.patcher, vae.patcher, *also_load], _host.working_memory(width, height))
+    recorder = _RecordingVAE(vae.vae) if record_latents else None
+    session = StreamingSession(model.dit, recorder or vae.vae, height=height, width=width, seed=seed,
+                               sampler=SamplerConfig(color_correction=color_correction),
+                               should_cancel=_host.interrupted)
+    session.add_identity("reference", image)  # reads the IMAGE; prepares its own resized copy
+    return session, recorder
+
+
+def cancelled_as_interrupt(run):
+    """Run `run()`, turning flashhead_core's GenerationCancelled into ComfyUI's interrupt."""
+    try:
+        return run()
+    except GenerationCancelled as e:
+        _host.raise_interrupt(e)
+
+
+def latent_layout(session, mode: str, total_frames: int) -> dict:
+    """What FlashHead VAE Decode needs besides the latents to rebuild the Sampler's frames."""
+    identity = session.identities[session.active]
+    return {"mode": mode, "motion_frames": session.config.motion_frames, "total_frames": total_frames,
+            "variant": session.config.variant, "color_correction": session.sampler.color_correction,
+            "color_reference": identity.color_reference.to("cpu", torch.float32)}
+
+
+class FlashHeadSampler:
+    """Generates the talking-head frames (all of them in memory; for long audio use FlashHead Talking Video)."""
+
+    CATEGORY = "FlashHead"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "LATENT")
+    RETURN_NAMES = ("images", "frame_rate", "latent")
+    OUTPUT_TOOLTIPS = ("The video frames [frames, H, W, 3], exactly as long as the audio at 25 fps.",
+                       "25.0: connect to CreateVideo's fps.",
+                       "Per-chunk raw VAE latents (batch = chunks) for FlashHead VAE Decode.")
+    FUNCTION = "sample"
+    DESCRIPTION = ("Animates the reference portrait with the audio embeddings: chunks of 33 frames, 4 denoising steps "
+                   "each, every chunk continuing from the last frames of the one before. Outputs all frames as an "
+                   "IMAGE batch (about 3 MB per frame at 512x512: for long audio use FlashHead Talking Video, which "
+                   "writes the MP4 as it goes).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL,),
+            "vae": (VAE,),
+            "audio_embeds": (AUDIO_EMBEDS,),
+            **GENERATION_INPUTS,
+        }}
+
+    def sample(self, model, vae, audio_embeds, image, width, height, seed, color_correction):
+        config = model.config
+        if (audio_embeds.variant, audio_embeds.new_frames) != (config.variant, config.new_frames):
+            raise ValueError(f"these audio embeddings were made for a FlashHead {audio_embeds.variant} model, but the "
+                             f"sampler got a {config.variant} model: connect the same model to FlashHead Audio Encode "
+                             f"and to the sampler")
+        session, recorder = start_session(model, vae, image, width, height, seed, color_correction,
+                                          record_latents=True)
+        total = audio_embeds.total_frames
+        out = torch.empty((total, height, width, 3), dtype=torch.float32, device=_host.output_device())
+        progress = _host.FrameProgress(total)
+
+        def run():
+            done = 0
+            for frames in stream_frames(session, audio_embeds.windows, audio_embeds.mode, total):
+                out[done:done + len(frames)] = frames
+                done += len(frames)
+                progress.update(done, frames)
+            return done
+
+        done = cancelled_as_interrupt(run)
+        if done != total:
+            raise RuntimeError(f"the audio embeddings covered {done} of {total} frames; re-run FlashHead Audio Encode")
+        latent = {"samples": torch.cat(recorder.latents), "flashhead": latent_layout(session, audio_embeds.mode, total)}
+        return (out, float(FPS), latent)
+
+
+class FlashHeadVAEDecode:
+    """Decodes the FlashHead Sampler's LATENT into the same frames the sampler output."""
+
+    CATEGORY = "FlashHead"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "decode"
+    DESCRIPTION = ("Decodes a FlashHead LATENT (per-chunk raw latents, batch = chunks) with the FlashHead VAE: "
+                   "motion frames dropped, colour correction re-applied, trimmed to the audio: the Sampler's frames.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": (VAE,), "latent": ("LATENT",)}}
+
+    def decode(self, vae, latent):
+        _host.require_host()
+        samples, layout = latent["samples"], latent.get("flashhead")
+        channels = vae.vae.latent_channels
+        if samples.ndim != 5 or samples.shape[1] != channels:
+            raise ValueError(f"FlashHead VAE Decode needs video latents [chunks, {channels}, T, h, w] for this VAE, "
+                             f"got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the LTX VAE, a Pro "
+                             f"LATENT 16 and the Wan2.1 VAE)")
+        _host.load_to_device([vae.patcher], _host.working_memory(samples.shape[-1] * vae.vae.stride[2],
+                                                                 samples.shape[-2] * vae.vae.stride[1]))
+        run_vae = vae.vae
+        pieces, done = [], 0
+        total = layout["total_frames"] if layout else None
+        progress = _host.FrameProgress(total or samples.shape[0])
+        for index in range(samples.shape[0]):
+            _host.check_interrupt()
+            raw = samples[index:index + 1].to(run_vae.device, torch.float32)
+            frames = run_vae.decode(run_vae.normalise(raw))
+            if layout:
+                if layout["color_correction"] > 0:
+                    reference = layout["color_reference"].to(frames.device, frames.dtype)
+                    frames = match_colors(frames, reference, layout["color_correction"])
+                frames = frames[:, :, frames_to_keep(index, layout["mode"], layout["motion_frames"])]
+            images = video_to_images(frames)
+            if total is not None:
+                images = images[:total - done]
+            pieces.append(images.to(_host.output_device()))
+            done += len(images)
+            progress.update(done if total else index + 1, images)
+            if total is not None and done >= total:
+                break
+        return (torch.cat(pieces),)
