@@ -84,6 +84,26 @@ def _full_size_setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
     return device, dtype, height, width, (["lite", "pro"] if args.variant == "both" else [args.variant])
 
 
+def random_dit(config, device: torch.device, dtype: torch.dtype, attention: str = "auto"):
+    """A FlashHeadDiT of `config` with random weights, built on the meta device (one copy of the weights)."""
+    from .model import FlashHeadDiT
+    from .tiny import randomize_
+
+    with torch.device("meta"):
+        model = FlashHeadDiT(config, attention_backend=resolve_backend(attention, device))
+    return randomize_(model.to_empty(device=device).to(dtype)).eval().requires_grad_(False)
+
+
+def random_wav2vec2(device: torch.device):
+    """wav2vec2-base-960h (float32, as always) with random weights, wrapped as FlashHead's frame encoder."""
+    from .audio import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model
+    from .tiny import randomize_
+
+    with torch.device("meta"):
+        model = new_wav2vec2_model(BASE_960H_CONFIG)
+    return Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmarks, one section per stage.
 
@@ -116,8 +136,6 @@ def _dit_options(parser: argparse.ArgumentParser) -> None:
 def bench_dit(args: argparse.Namespace) -> dict:
     """One DiT evaluation of the full-size model with random weights: ms, tokens, TFLOP/s, peak memory."""
     from .config import PRESETS
-    from .model import FlashHeadDiT
-    from .tiny import randomize_
 
     device, dtype, height, width, variants = _full_size_setup(args)
     results = {}
@@ -125,9 +143,7 @@ def bench_dit(args: argparse.Namespace) -> dict:
         config = PRESETS[variant]
         if args.layers:
             config = config.with_(num_layers=args.layers)
-        with torch.device("meta"):
-            model = FlashHeadDiT(config, attention_backend=resolve_backend(args.attention, device))
-        model = randomize_(model.to_empty(device=device).to(dtype)).eval()
+        model = random_dit(config, device, dtype, args.attention)
         latent_frames = 1 + (args.frames - 1) // config.t_stride
         shape = (1, config.out_dim, latent_frames, height // config.vae_stride[1], width // config.vae_stride[2])
         z, ref = torch.randn(shape, device=device), torch.randn(shape, device=device)
@@ -164,15 +180,12 @@ def bench_audio(args: argparse.Namespace) -> dict:
     and a whole track in 'once' mode (one encoder pass, attention over the whole track)."""
     import numpy as np
 
-    from .audio import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model, once_mode_chunks
+    from .audio import once_mode_chunks
     from .audio_context_cache import AudioContextCache
     from .config import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME
-    from .tiny import randomize_
 
     device = torch.device(args.device)
-    with torch.device("meta"):
-        model = new_wav2vec2_model(BASE_960H_CONFIG)
-    encoder = Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))
+    encoder = random_wav2vec2(device)
     rng = np.random.default_rng(0)
     cache = AudioContextCache(encoder, args.context_seconds)
     piece = (0.1 * rng.standard_normal(args.new_frames * SAMPLES_PER_FRAME)).astype(np.float32)
@@ -226,6 +239,115 @@ def bench_vae(args: argparse.Namespace) -> dict:
                             "peak_memory_mb": round(peak_memory_mb(device), 1)}
         del vae
     return {"size": f"{width}x{height}", "dtype": str(dtype).replace("torch.", ""), "tiling": args.tiling, **results}
+
+
+# --- the whole loop at full size: per-stage times, FPS, time to first frame ------------------------------------------
+
+CPU_E2E_LAYERS = 2  # the CPU default: a full-width DiT with 2 of its 30 blocks (said in the output)
+CPU_E2E_SIZE = "128x128"
+
+
+def _e2e_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
+    parser.add_argument("--size", default=None, help=f"WIDTHxHEIGHT (default 512x512; {CPU_E2E_SIZE} on CPU)")
+    parser.add_argument("--chunks", type=int, default=4, help="chunks generated; the first is warm-up")
+    parser.add_argument("--layers", type=int, default=None,
+                        help=f"DiT blocks (default 30; {CPU_E2E_LAYERS} on CPU)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="DiT and VAE dtype (wav2vec2 stays float32); default bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT (the first chunk compiles)")
+    parser.add_argument("--table", action="store_true", help="also print a readable table (stderr)")
+
+
+@benchmark("e2e", _e2e_options)
+def bench_e2e(args: argparse.Namespace) -> dict:
+    """Full-size models with random weights (DiT, the variant's VAE, wav2vec2), a synthetic portrait and speech,
+    stream mode: per-stage milliseconds per chunk (median of the chunks after the first), new frames per second of
+    wall time in the steady state, time to first frame (the first chunk, cold) and peak memory."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from .audio_context_cache import stream_chunks
+    from .config import AUDIO_SAMPLE_RATE, PRESETS, SAMPLES_PER_FRAME
+    from .demo import synthetic_portrait, synthetic_speech
+    from .session import StreamingSession, frames_to_keep
+    from .stage_timer import StageTimer
+    from .tiny_vae import random_ltx_vae, random_wan_vae
+    from .video_io import video_to_images
+
+    device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
+    dtype = getattr(torch, args.dtype or ("float32" if on_cpu else "bfloat16"))
+    height, width = parse_size(args.size or (CPU_E2E_SIZE if on_cpu else "512x512"))
+    config = PRESETS[args.variant]
+    layers = args.layers or (CPU_E2E_LAYERS if on_cpu else config.num_layers)
+    config = config.with_(num_layers=layers)
+    model = random_dit(config, device, dtype, args.attention)
+    if args.compile:
+        model.compile_blocks()
+    vae = (random_wan_vae if args.variant == "pro" else random_ltx_vae)(device=device, dtype=dtype)
+    encoder = random_wav2vec2(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    timer = StageTimer(device)
+    session = StreamingSession(model, vae, height=height, width=width, seed=0, timer=timer)
+    with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
+        with timer.stage("prepare_reference"):
+            session.add_identity("portrait", synthetic_portrait(Path(tmp) / "face.png"))
+    timer.end_chunk()
+    seconds = args.chunks * config.new_frames * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE
+    windows = stream_chunks(encoder, synthetic_speech(seconds), config.new_frames)
+    chunk_walls, first_frame_ms = [], None
+    for index in range(args.chunks):
+        start = time.perf_counter()
+        with timer.stage("audio_encode"):
+            chunk_windows = next(windows)
+        frames = session.generate_chunk(chunk_windows)
+        with timer.stage("frame_handoff"):  # new frames to the CPU as [n, H, W, 3] float32 (what writers take)
+            video_to_images(frames[:, :, frames_to_keep(index, "stream", config.motion_frames)])
+        wall_ms = (time.perf_counter() - start) * 1e3  # video_to_images synchronises: the frames are on the CPU
+        chunk_walls.append(wall_ms)
+        first_frame_ms = first_frame_ms if first_frame_ms is not None else wall_ms
+        timer.end_chunk()
+
+    per_chunk = timer.per_chunk()
+    stages = timer.medians(skip_chunks=2)  # chunk 0 of the timer is the reference preparation, chunk 1 is warm-up
+    steady = sorted(chunk_walls[1:] or chunk_walls)[len(chunk_walls[1:] or chunk_walls) // 2]
+    result = {
+        "variant": args.variant, "size": f"{width}x{height}", "dtype": str(dtype).replace("torch.", ""),
+        "layers": layers, "attention": model.attention_backend, "compile": args.compile, "chunks": args.chunks,
+        "new_frames_per_chunk": config.new_frames,
+        "fps": round(config.new_frames / (steady / 1e3), 2),
+        "chunk_ms": round(steady, 1),
+        "time_to_first_frame_ms": round(first_frame_ms, 1),
+        "prepare_reference_ms": round(per_chunk[0]["prepare_reference"], 1),
+        "stages_ms": {name: round(ms, 2) for name, ms in stages.items()},
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+    if layers != PRESETS[args.variant].num_layers:
+        result["reduced"] = (f"DiT with {layers} of {PRESETS[args.variant].num_layers} blocks: the DiT stages and the "
+                             f"FPS are not the full model's")
+    if args.table:
+        print(_stage_table(result), file=sys.stderr)
+    return result
+
+
+def _stage_table(result: dict) -> str:
+    """The e2e result as a readable table: stage, ms per chunk, share of the chunk."""
+    total = sum(result["stages_ms"].values())
+    lines = [f"FlashHead {result['variant']} {result['size']} {result['dtype']}, {result['layers']} blocks, "
+             f"attention {result['attention']}, compile {result['compile']}",
+             f"{'stage':<20}{'ms/chunk':>12}{'share':>9}"]
+    lines += [f"{name:<20}{ms:>12.2f}{ms / total:>9.1%}" for name, ms in result["stages_ms"].items()]
+    lines += [f"{'FPS (steady)':<20}{result['fps']:>12.2f}",
+              f"{'first frame (ms)':<20}{result['time_to_first_frame_ms']:>12.1f}",
+              f"{'peak memory (MB)':<20}{result['peak_memory_mb']:>12.1f}"]
+    if "reduced" in result:
+        lines.append("note: " + result["reduced"])
+    return "\n".join(lines)
 
 
 # --- streaming generation on a tiny checkpoint: speed and memory versus audio length --------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +110,18 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                backend: str) -> torch.Tensor:
-        """x [B, Lq, C] attends to context [B, Lk, C] (context is x for self-attention) -> [B, Lq, C]."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, Lq, H, D]
-        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))  # [B, Lk, H, D]
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context [B, Lk, C] -> keys (RMS-normed, before RoPE) and values, each [B, Lk, H, D]."""
+        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
         v = self.v(context).unflatten(-1, (self.num_heads, -1))
+        return k, v
+
+    def forward(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor],
+                rope: tuple[torch.Tensor, torch.Tensor] | None, backend: str) -> torch.Tensor:
+        """x [B, Lq, C] attends to `keys_values` [B, Lk, H, D] each (self.keys_values(x) for self-attention)
+        -> [B, Lq, C]."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, Lq, H, D]
+        k, v = keys_values
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.o(attention(q, k, v, backend).flatten(-2))
@@ -135,20 +142,23 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(config.ffn_dim, dim))
 
-    def forward(self, x: torch.Tensor, time_mod: torch.Tensor, audio_tokens: torch.Tensor,
+    def audio_keys_values(self, audio_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio_tokens [B, T, N, C] -> this block's cross-attention keys and values [B*T, N, H, D] (one latent frame
+        per batch row)."""
+        return self.cross_attn.keys_values(audio_tokens.to(self.ffn[0].weight.dtype).flatten(0, 1))
+
+    def forward(self, x: torch.Tensor, time_mod: torch.Tensor, audio_kv: tuple[torch.Tensor, torch.Tensor],
                 rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
-        """x [B, L, C] float32 residual stream; time_mod [B, 6, C] float32; audio_tokens [B, T, N, C]."""
+        """x [B, L, C] float32 residual stream; time_mod [B, 6, C] float32; audio_kv from `audio_keys_values`."""
         dtype = self.ffn[0].weight.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + time_mod).unsqueeze(2).unbind(1)
 
         h = (_layer_norm_f32(self.norm1, x) * (1 + scale1) + shift1).to(dtype)
-        x = x + self.self_attn(h, h, rope, backend).float() * gate1
+        x = x + self.self_attn(h, self.self_attn.keys_values(h), rope, backend).float() * gate1
 
         # Each latent frame's tokens attend only to that frame's audio tokens: fold frames into the batch.
-        batch, frames = audio_tokens.shape[:2]
-        h = _layer_norm_f32(self.norm3, x).to(dtype).reshape(batch * frames, -1, x.shape[-1])
-        audio = audio_tokens.to(dtype).flatten(0, 1)  # [B*T, N, C]
-        x = x + self.cross_attn(h, audio, None, backend).reshape(x.shape).float()
+        h = _layer_norm_f32(self.norm3, x).to(dtype).reshape(audio_kv[0].shape[0], -1, x.shape[-1])
+        x = x + self.cross_attn(h, audio_kv, None, backend).reshape(x.shape).float()
 
         h = (_layer_norm_f32(self.norm2, x) * (1 + scale2) + shift2).to(dtype)
         return x + self.ffn(h).float() * gate2
@@ -205,6 +215,14 @@ class AudioProjection(nn.Module):
         return _layer_norm_f32(self.norm, tokens.unflatten(-1, (self.context_tokens, -1)))
 
 
+@dataclass(frozen=True)
+class AudioContext:
+    """A chunk's audio as the blocks read it: per block, cross-attention keys and values [B*T, N, H, D]."""
+
+    frames: int  # T, latent frames covered
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 class FlashHeadDiT(nn.Module):
     """The FlashHead transformer (`WanModelAudioProject` in the release). See the module docstring."""
 
@@ -225,19 +243,35 @@ class FlashHeadDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
 
+    def compile_blocks(self, mode: str | None = None) -> "FlashHeadDiT":
+        """torch.compile each transformer block (regional compilation: the 30 blocks share one compiled graph, so it
+        compiles in a fraction of a whole-model compile; RoPE tables, audio keys/values and the head stay eager).
+        `mode` is torch.compile's ("max-autotune", "reduce-overhead" = CUDA graphs, ...)."""
+        for block in self.blocks:
+            block.compile(mode=mode)
+        return self
+
+    def audio_context(self, audio_tokens: torch.Tensor) -> AudioContext:
+        """audio_tokens [B, T, context_tokens, dim] (from `self.audio_proj(windows)`) -> every block's
+        cross-attention keys and values. They are the same at every denoising step of a chunk, so the sampler
+        computes them once per chunk instead of once per step."""
+        return AudioContext(audio_tokens.shape[1], [block.audio_keys_values(audio_tokens) for block in self.blocks])
+
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, ref_latents: torch.Tensor,
-                audio_tokens: torch.Tensor) -> torch.Tensor:
+                audio: torch.Tensor | AudioContext) -> torch.Tensor:
         """One denoising evaluation.
 
         latents, ref_latents: [B, out_dim, T, H, W]; timestep: [B] or scalar in [0, 1000] (already shifted);
-        audio_tokens: [B, T, context_tokens, dim] from `self.audio_proj(windows)` (constant across the steps of a
-        chunk, so the sampler projects them once). Returns the flow prediction [B, out_dim, T, H, W] float32.
+        audio: the audio tokens [B, T, context_tokens, dim] from `self.audio_proj(windows)`, or their
+        `self.audio_context(tokens)` (what the sampler passes: computed once per chunk).
+        Returns the flow prediction [B, out_dim, T, H, W] float32.
         """
         batch, _, frames, height, width = latents.shape
         pt, ph, pw = self.config.patch_size
         grid = (frames // pt, height // ph, width // pw)
-        if audio_tokens.shape[1] != grid[0]:
-            raise ValueError(f"audio tokens cover {audio_tokens.shape[1]} latent frames, latents have {grid[0]}")
+        context = audio if isinstance(audio, AudioContext) else self.audio_context(audio)
+        if context.frames != grid[0]:
+            raise ValueError(f"audio tokens cover {context.frames} latent frames, latents have {grid[0]}")
 
         x = self.patch_embedding(torch.cat([latents, ref_latents], dim=1).to(self.dtype))
         x = x.flatten(2).transpose(1, 2).float()  # [B, L, C] in (T, h, w) raster order
@@ -248,8 +282,8 @@ class FlashHeadDiT(nn.Module):
         time_mod = _linear_f32(self.time_projection[1], F.silu(time_emb)).unflatten(1, (6, -1))  # [B, 6, C]
 
         rope = rope_table(grid, self.config.head_dim, x.device)
-        for block in self.blocks:
-            x = block(x, time_mod, audio_tokens, rope, self.attention_backend)
+        for block, audio_kv in zip(self.blocks, context.keys_values):
+            x = block(x, time_mod, audio_kv, rope, self.attention_backend)
 
         out = self.head(x, time_emb)  # [B, L, pt*ph*pw*C_out], C_out fastest
         out = out.reshape(batch, *grid, pt, ph, pw, -1)

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .model import FlashHeadDiT
+from .stage_timer import NO_TIMER, StageTimer
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,28 @@ def shifted_timesteps(config: SamplerConfig, dtype: torch.dtype = torch.float32)
 
 def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor,
                  motion_latents: torch.Tensor, timesteps: torch.Tensor, draw_noise: Callable[[], torch.Tensor],
-                 num_timesteps: int = 1000, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+                 num_timesteps: int = 1000, on_step: Callable[[int], None] | None = None,
+                 timer: StageTimer = NO_TIMER) -> torch.Tensor:
     """Denoise one chunk.
 
     audio_tokens [1, T, N, dim]; ref_latent [1, C, T, h, w]; motion_latents [1, C, M, h, w] (M <= T);
     timesteps [steps + 1] in the pipeline dtype; draw_noise() -> [1, C, T, h, w] in the pipeline dtype, called
     steps + 1 times in a fixed order (initial latent, then one per step). on_step(i) runs before step i (progress,
-    cancellation). Returns the denoised latents [1, C, T, h, w] with the motion latents written in.
+    cancellation). timer times the audio keys/values and each step. Returns the denoised latents [1, C, T, h, w]
+    with the motion latents written in.
     """
     frames = motion_latents.shape[2]
+    with timer.stage("audio_keys_values"):
+        audio = model.audio_context(audio_tokens)  # the blocks' audio keys/values: the same at every step
     z = draw_noise()
     sigmas = timesteps / num_timesteps
     for i in range(len(timesteps) - 1):
         if on_step is not None:
             on_step(i)
         z[:, :, :frames] = motion_latents
-        flow = model(z, timesteps[i].reshape(1), ref_latent, audio_tokens).to(z.dtype)
-        x0 = z - sigmas[i] * flow
-        z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draw_noise()
+        with timer.stage(f"dit_step_{i}"):
+            flow = model(z, timesteps[i].reshape(1), ref_latent, audio).to(z.dtype)
+            x0 = z - sigmas[i] * flow
+            z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draw_noise()
     z[:, :, :frames] = motion_latents
     return z

@@ -24,6 +24,7 @@ from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS
 from .image import check_size, match_colors, reference_tensor
 from .model import FlashHeadDiT
 from .sampler import GenerationCancelled, SamplerConfig, sample_chunk, shifted_timesteps
+from .stage_timer import NO_TIMER, StageTimer
 from .vae import VideoVAE, check_vae_matches_model
 from .video_io import video_to_images
 
@@ -44,7 +45,8 @@ class StreamingSession:
     def __init__(self, model: FlashHeadDiT, vae: VideoVAE, *, height: int = 512, width: int = 512, seed: int = 0,
                  sampler: SamplerConfig = SamplerConfig(), chunk_frames: int = CHUNK_FRAMES,
                  vae_generator_seed: int | None = None,
-                 progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None):
+                 progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
+                 timer: StageTimer = NO_TIMER):
         check_vae_matches_model(vae, model.config)
         check_size(height, width, model.config.spatial_multiple)
         self.model, self.vae, self.sampler = model, vae, sampler
@@ -58,6 +60,7 @@ class StreamingSession:
         # A stochastic VAE encode (LTX posterior sampling) draws from its own stream, so the noise stays aligned.
         self.vae_generator = torch.Generator().manual_seed(seed if vae_generator_seed is None else vae_generator_seed)
         self.progress, self.should_cancel = progress, should_cancel
+        self.timer = timer  # per-stage timings (flashhead bench e2e); NO_TIMER does nothing
         self.identities: dict[str, Identity] = {}
         self.active: str | None = None
         self.motion_latents: torch.Tensor | None = None
@@ -109,16 +112,22 @@ class StreamingSession:
             raise RuntimeError("no identity prepared: call add_identity() first")
         self._check_cancel()
         identity = self.identities[self.active]
+        timer = self.timer
         with torch.no_grad():
-            audio_tokens = self.model.audio_proj(audio_windows.to(self.device))
+            with timer.stage("audio_projection"):
+                audio_tokens = self.model.audio_proj(audio_windows.to(self.device))
             latents = sample_chunk(self.model, audio_tokens, identity.ref_latent, self.motion_latents,
                                    self.timesteps, draw_noise or self._draw_noise, self.sampler.num_timesteps,
-                                   self._on_step)
-            frames = self.vae.decode(latents.to(self.vae.dtype))
+                                   self._on_step, timer)
+            with timer.stage("vae_decode"):
+                frames = self.vae.decode(latents.to(self.vae.dtype))
             if self.sampler.color_correction > 0:
-                frames = match_colors(frames, identity.color_reference.to(frames.dtype), self.sampler.color_correction)
-            motion_clip = frames[:, :, -self.config.motion_frames:]
-            self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
+                with timer.stage("color_correction"):
+                    frames = match_colors(frames, identity.color_reference.to(frames.dtype),
+                                          self.sampler.color_correction)
+            with timer.stage("motion_reencode"):
+                motion_clip = frames[:, :, -self.config.motion_frames:]
+                self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
         self.chunk_index += 1
         return frames
 

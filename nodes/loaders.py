@@ -174,7 +174,7 @@ class FlashHeadModelLoader:
                        attention="sdpa")
         dit.attention_backend = backend
         if compile:
-            dit.compile()
+            dit.compile_blocks()
         return (FlashHeadModel(_host.make_patcher(dit, load_device, offload_device), model),)
 
 

@@ -1,0 +1,90 @@
+"""Every fast path gives the float32 eager path's numbers (on a tiny random model, CPU): per-chunk audio keys/values,
+torch.compile; and the stage timer that `flashhead bench e2e` reports with."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+import torch
+
+from flashhead_core.bench import random_dit
+from flashhead_core.sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from flashhead_core.stage_timer import NO_TIMER, StageTimer
+from flashhead_core.tiny import tiny_config
+from flashhead_core.verify import rel_error
+
+
+def _inputs(config, frames: int = 3, size: int = 64, seed: int = 0):
+    """(z, timestep, ref, audio tokens [1, T, N, dim]) for a tiny model of `config`."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, config.out_dim, frames, size // config.vae_stride[1], size // config.vae_stride[2])
+    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
+    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
+
+
+@pytest.fixture(scope="module", params=["lite", "pro"])
+def tiny_model(request):
+    return random_dit(tiny_config(request.param), torch.device("cpu"), torch.float32, "sdpa")
+
+
+def test_audio_keys_values_once_per_chunk_equal_per_step(tiny_model):
+    z, t, ref, windows = _inputs(tiny_model.config)
+    with torch.no_grad():
+        tokens = tiny_model.audio_proj(windows)
+        per_step = tiny_model(z, t, ref, tokens)
+        reused = tiny_model(z, t, ref, tiny_model.audio_context(tokens))
+    assert torch.equal(per_step, reused)
+
+
+def test_sampler_projects_audio_keys_once_per_chunk(tiny_model):
+    """4 steps, 1 chunk: each block's audio key projection runs once (not 4 times), its self-attention keys 4 times."""
+    config = tiny_model.config
+    z, _, ref, windows = _inputs(config)
+    calls = Counter()
+    block = tiny_model.blocks[0]
+    hooks = [layer.register_forward_hook(lambda module, *_: calls.update([module]))
+             for layer in (block.cross_attn.k, block.self_attn.k)]
+    noise = torch.Generator().manual_seed(1)
+    try:
+        with torch.no_grad():
+            sample_chunk(tiny_model, tiny_model.audio_proj(windows), ref, ref[:, :, :1],
+                         shifted_timesteps(SamplerConfig()), lambda: torch.randn(z.shape, generator=noise))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert (calls[block.cross_attn.k], calls[block.self_attn.k]) == (1, 4)
+
+
+def test_torch_compile_matches_eager(tiny_model):
+    """torch.compile of the DiT's blocks (inductor, CPU C++ codegen), as the Model Loader's `compile` option and
+    `bench e2e --compile` use it, within the module parity limit of the eager float32 path."""
+    z, t, ref, windows = _inputs(tiny_model.config)
+    with torch.no_grad():
+        context = tiny_model.audio_context(tiny_model.audio_proj(windows))
+        eager = tiny_model(z, t, ref, context)
+        compiled = copy.deepcopy(tiny_model).compile_blocks()(z, t, ref, context)
+    assert rel_error(compiled, eager) < 1e-5
+
+
+def test_stage_timer_medians_skip_warm_up():
+    timer = StageTimer("cpu")
+    for chunk_ms in (50, 1, 3, 2):
+        with timer.stage("decode"):
+            torch.tensor(0.0)
+        timer.chunks[-1]["decode"] = [(0.0, chunk_ms / 1e3)]  # replace the measured time with a known one
+        with timer.stage("step"):
+            pass
+        timer.end_chunk()
+    per_chunk = timer.per_chunk()
+    assert len(per_chunk) == 4 and set(per_chunk[0]) == {"decode", "step"}
+    assert timer.medians(skip_chunks=1)["decode"] == pytest.approx(2.0)
+    assert timer.medians(skip_chunks=0)["decode"] == pytest.approx(2.5)
+
+
+def test_disabled_timer_records_nothing():
+    with NO_TIMER.stage("anything"):
+        pass
+    NO_TIMER.end_chunk()
+    assert NO_TIMER.per_chunk() == []
