@@ -209,7 +209,8 @@ def bench_audio(args: argparse.Namespace) -> dict:
 
 def _vae_options(parser: argparse.ArgumentParser) -> None:
     _add_full_size_options(parser)  # --variant lite: the LTX-Video 0.9.0 VAE, pro: the Wan2.1 VAE
-    parser.add_argument("--tiling", action="store_true", help="tiled decode (opt-in; only acts above 512x512)")
+    parser.add_argument("--tiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="the exact tiled decode (only acts above 512x512; --no-tiling decodes whole frames)")
     parser.add_argument("--warmup", type=int, default=1)
 
 

@@ -51,7 +51,7 @@ def _random(factory: Callable[[], nn.Module], seed: int, device, dtype) -> nn.Mo
 
 
 def random_wan_vae(base_dim: int = 96, *, seed: int = 0, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, tiling: bool = False) -> WanVAE:
+                   dtype: torch.dtype = torch.float32, tiling: bool = True) -> WanVAE:
     """A Wan2.1 VAE (released size by default) with random weights."""
     from diffusers import AutoencoderKLWan
 
@@ -66,7 +66,7 @@ def ltx_kwargs(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tuple[i
 
 def random_ltx_vae(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tuple[int, ...] = (4, 3, 3, 3, 4), *,
                    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   tiling: bool = False) -> LtxVAE:
+                   tiling: bool = True) -> LtxVAE:
     """An LTX-Video 0.9.0 VAE (released size by default) with random weights and random latent statistics."""
     from diffusers import AutoencoderKLLTXVideo
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from flashhead_core.checkpoint import WEIGHTS_NAME, CheckpointError
 from flashhead_core.config import LITE, PRO
 from flashhead_core.tiny import write_tiny_dit
-from flashhead_core.tiny_vae import write_tiny_ltx_vae, write_tiny_wan_vae
-from flashhead_core.vae import TILE_PIXELS, check_vae_matches_model, load_vae, tiled_decode
+from flashhead_core.tiny_vae import TINY_LTX_CHANNELS, random_ltx_vae, write_tiny_ltx_vae, write_tiny_wan_vae
+from flashhead_core.vae import TILE_PIXELS, check_vae_matches_model, halo_tiled, load_vae, receptive_radius
 from flashhead_core.vae import ltx, wan
 from flashhead_core.verify import rel_error, verify_file
 
@@ -122,8 +122,9 @@ def test_key_maps_are_one_to_one(tiny_root):
 
 def test_bfloat16_loading_rounds_the_statistics_in_bfloat16(tiny_root):
     vae = load_vae(tiny_root, variant="pro", dtype=torch.bfloat16)
-    assert vae.dtype == torch.bfloat16 and vae.inv_std.dtype == torch.bfloat16
-    assert torch.equal(vae.inv_std.flatten(), 1.0 / torch.tensor(wan.LATENT_STD, dtype=torch.bfloat16))
+    mean, inv_std = vae.statistics()
+    assert vae.dtype == torch.bfloat16 and inv_std.dtype == torch.bfloat16 and mean.dtype == torch.bfloat16
+    assert torch.equal(inv_std.flatten(), 1.0 / torch.tensor(wan.LATENT_STD, dtype=torch.bfloat16))
     assert vae.encode(_frames(5)).dtype == torch.float32
 
 
@@ -133,6 +134,21 @@ def _truncate(src, dst):
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
     return dst
+
+
+@pytest.mark.parametrize("variant", ["lite", "pro"])
+def test_the_wrapper_follows_its_network_when_a_host_moves_it(tiny_root, variant):
+    """ComfyUI's ModelPatcher moves the network (.to) behind the wrapper's back: dtype, device and the latent
+    statistics must follow, and encode/decode keep working."""
+    vae = load_vae(tiny_root, variant=variant)
+    frames = _frames(1 + vae.stride[0])
+    before = vae.encode(frames)
+    vae.model.to(torch.bfloat16)
+    mean, spread = vae.statistics()
+    assert vae.dtype == torch.bfloat16 and mean.dtype == spread.dtype == torch.bfloat16
+    after = vae.encode(frames)
+    assert after.dtype == torch.float32 and torch.allclose(after, before, atol=0.1, rtol=0.05)
+    assert vae.decode(after).shape[2] == frames.shape[2]
 
 
 def test_missing_and_truncated_files(tiny_root, tmp_path):
@@ -242,29 +258,96 @@ def test_ltx_deterministic_and_stochastic_encode(tiny_root):
 
 # --- tiled decode --------------------------------------------------------------------------------------------------
 
-def test_tiled_decode_blends_a_local_decoder_exactly():
-    def decode(z):  # a purely local "decoder": each latent pixel becomes an 8x8 block
-        return z[:, :3].repeat_interleave(8, -1).repeat_interleave(8, -2)
+def _local_chain(levels: list[int], seed: int = 0):
+    """A spatially local network on [B, 4, T, h, w]: levels[i] random 3x3 convolutions at level i, a 2x nearest
+    upsampling between levels."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [[torch.randn(4, 4, 3, 3, generator=g) / 6 for _ in range(n)] for n in levels]
 
-    z = torch.randn(1, 4, 2, 150, 170)
-    assert torch.allclose(tiled_decode(decode, z, 8), decode(z), atol=1e-6)
+    def run(x):
+        b, c, t, h, w = x.shape
+        x = x.transpose(1, 2).reshape(b * t, c, h, w)
+        for i, level in enumerate(weights):
+            if i:
+                x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            for weight in level:
+                x = torch.tanh(torch.nn.functional.conv2d(x, weight, padding=1))
+        return x.reshape(b, t, c, *x.shape[-2:]).transpose(1, 2)
+
+    return run
 
 
-# Tiling is approximate (tiles see zero padding, Wan's mid-block attention sees one tile). With these random tiny
-# weights the error is ~0.03 (Wan) and ~0.13 (LTX); a misplaced or mis-weighted tile gives ~1.
-@pytest.mark.parametrize("variant, limit", [("pro", 0.05), ("lite", 0.3)])
-def test_tiled_decode_is_bounded_and_close_to_untiled(tiny_root, variant, limit):
-    vae = load_vae(tiny_root, variant=variant)
-    s = vae.stride[1]
-    z = torch.randn(1, vae.latent_channels, 1, 640 // s, 576 // s, generator=torch.Generator().manual_seed(0))
+def _measured_radius(run, x: torch.Tensor, scale: int) -> int:
+    """How far (in x's pixels) run's output changes when one pixel in the middle of x [B, C, T, h, w] changes."""
+    h, w = x.shape[-2:]
+    poked = x.clone()
+    poked[..., h // 2, w // 2] += 1
+    changed = (run(poked) - run(x)).abs().amax(dim=(0, 1, 2)) > 0
+    rows, cols = (torch.nonzero(changed.any(dim=axis)).flatten() // scale for axis in (1, 0))
+    return max(h // 2 - rows.min(), rows.max() - h // 2, w // 2 - cols.min(), cols.max() - w // 2).item()
+
+
+@pytest.mark.parametrize("levels", [[1], [2, 1], [1, 2, 3], [0, 0, 3], [6, 7, 8], [3, 9]])
+def test_halo_tiling_of_a_local_network_is_exact(levels):
+    run = _local_chain(levels)
+    radius = receptive_radius(levels)
+    x = torch.randn(1, 4, 2, 2 * radius + 9, 2 * radius + 14, generator=torch.Generator().manual_seed(1))
+    assert _measured_radius(run, x, 2 ** (len(levels) - 1)) == radius  # the formula is the true radius, not a bound
+    full = run(x)
+    for tile in (radius // 2 + 2, radius + 3):
+        assert rel_error(halo_tiled(run, x, tile, radius), full) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def released_depth_vaes(tiny_root):
+    """Tiny channels, released block structure: the tiny Wan checkpoint (only its width is reduced) and an LTX VAE
+    with the released resnets per block (4, 3, 3, 3, 4) (the tiny LTX checkpoint has one per block)."""
+    return {"pro": load_vae(tiny_root, variant="pro"), "lite": random_ltx_vae(TINY_LTX_CHANNELS, seed=3)}
+
+
+@pytest.mark.parametrize("variant, latent, halo", [("pro", (1, 16, 1, 14, 13), 12), ("lite", (1, 128, 2, 5, 5), 8)])
+def test_the_halo_is_the_receptive_radius_of_the_tiled_half(released_depth_vaes, variant, latent, halo):
+    """Measured on the network: one changed feature pixel moves the output exactly `halo` pixels away, and no further.
+    The two halves together are diffusers' decode, bit for bit."""
+    vae = released_depth_vaes[variant]
+    z = torch.randn(latent, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = vae._decode_low_resolution(z)
+        assert features.shape[-1] * vae.tiled_scale == z.shape[-1] * vae.stride[2]
+        assert vae.halo() == halo and _measured_radius(vae._decode_high_resolution, features, vae.tiled_scale) == halo
+        both = vae._decode_high_resolution(features)
+        assert torch.equal(both.clamp(-1, 1) if vae.clamp_output else both, vae._decode_unnormalised(z))
+
+
+# Several tiles in each direction, sizes no multiple of the tile, non-square; each side has tiles that do not reach
+# across the frame, so the halo is really cut. Wan: 3 latent frames (feature chunks of 1, 2, 2 frames).
+@pytest.mark.parametrize("variant, latent, tile_pixels, grid", [("pro", (1, 16, 3, 11, 14), 40, (3, 3)),
+                                                                 ("lite", (1, 128, 2, 5, 7), 64, (3, 4))])
+def test_tiled_decode_equals_untiled_and_is_bounded(released_depth_vaes, variant, latent, tile_pixels, grid):
+    vae = released_depth_vaes[variant]
+    z = torch.randn(latent, generator=torch.Generator().manual_seed(0))
+    vae.tiling = False
     full = vae.decode(z)
-    tile_sizes = []
-    decode = vae._decode_unnormalised
-    vae._decode_unnormalised = lambda part: tile_sizes.append(part.shape[-2:]) or decode(part)
-    vae.tiling = True
-    tiled = vae.decode(z)
-    assert len(tile_sizes) == 4 and max(max(size) for size in tile_sizes) * s <= TILE_PIXELS
-    assert tiled.shape == full.shape and rel_error(tiled, full) < limit
-    tile_sizes.clear()
-    vae.decode(z[..., : 512 // s, : 512 // s])
-    assert tile_sizes == [(512 // s, 512 // s)]  # 512x512 is decoded whole, exactly as untiled
+    tiles = []
+    high = vae._decode_high_resolution
+    vae._decode_high_resolution = lambda features: tiles.append(tuple(features.shape[-2:])) or high(features)
+    try:
+        vae.tiling, vae.tile_pixels = True, tile_pixels
+        tiled = vae.decode(z)
+        assert tiled.shape == full.shape and tiled.dtype == torch.float32 and rel_error(tiled, full) < 1e-5
+        # bounded: the high-resolution half never sees more than a tile core + the halo on both sides
+        side = tile_pixels // vae.tiled_scale + 2 * vae.halo()
+        height, width = (n * vae.stride[1] // vae.tiled_scale for n in latent[-2:])
+        assert len(tiles) == grid[0] * grid[1] and all(h <= side and w <= side for h, w in tiles)
+        assert min(h for h, _ in tiles) < height and min(w for _, w in tiles) < width
+        tiles.clear()
+        vae.tile_pixels = max(latent[-2:]) * vae.stride[1]
+        assert torch.equal(vae.decode(z), full) and not tiles  # up to tile_pixels: decoded whole, as untiled
+    finally:
+        del vae._decode_high_resolution
+        vae.tiling, vae.tile_pixels = True, TILE_PIXELS
+
+
+def test_tiling_is_on_by_default(tiny_root):
+    assert load_vae(tiny_root, variant="pro").tiling and load_vae(tiny_root, variant="lite").tiling
+    assert not load_vae(tiny_root, variant="pro", tiling=False).tiling

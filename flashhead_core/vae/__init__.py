@@ -3,7 +3,7 @@
 Every VAE works in *normalised* latent space (spec §5): encode() returns latents already normalised with the
 checkpoint's per-channel statistics, decode() takes normalised latents. Both networks are diffusers' classes
 (`AutoencoderKLWan`, `AutoencoderKLLTXVideo`); this package adds the normalisation, the loaders for the released
-file layouts and an optional tiled decode.
+file layouts and an exact tiled decode for frames above 512x512 (bounded memory).
 
     vae = load_vae("SoulX-FlashHead-1_3B", variant="pro", dtype=torch.bfloat16, device="cuda")
     latents = vae.encode(frames)      # [B, 3, 1 + 4k, H, W] in [-1, 1] -> [B, 16, 1 + k, H/8, W/8], float32
@@ -35,9 +35,8 @@ from ..checkpoint import WEIGHTS_NAME, CheckpointError, DictSource, SafetensorsS
 VAE_WAN_FILE = Path("VAE_Wan") / "Wan2.1_VAE.pth"
 VAE_LTX_DIR = Path("VAE_LTX")
 NEEDED_VAE = {"pro": f"the Wan2.1 VAE ({VAE_WAN_FILE})", "lite": f"the LTX-Video 0.9.0 VAE ({VAE_LTX_DIR}/)"}
-# Tiled decode (opt-in): tiles of 512x512 output pixels overlapping by 192, blended with linear ramps.
+# Tiled decode: frames with a side above 512 px are decoded in tiles of at most 512x512 output pixels (plus halo).
 TILE_PIXELS = 512
-TILE_OVERLAP_PIXELS = 192
 
 
 class VideoVAE(Protocol):
@@ -56,23 +55,39 @@ class VideoVAE(Protocol):
 # --- the shared wrapper -----------------------------------------------------------------------------------------
 
 class DiffusersVAE:
-    """What Wan and LTX share: input checks, dtype/device handling, decode (optionally tiled). Subclasses define
-    `normalise` / `unnormalise` (in the VAE dtype), `encode` and the class constants below.
+    """What Wan and LTX share: input checks, dtype/device handling, decode (tiled above `tile_pixels`). Subclasses
+    define `normalise` / `unnormalise` (in the VAE dtype), `encode`, the two halves of the tiled decode and the class
+    constants below.
 
     Inputs may come in any float dtype and device; they are moved to the VAE's. Outputs are float32 on the VAE's
-    device whatever the VAE dtype (callers cast: the DiT to its dtype, colour correction works in float32)."""
+    device whatever the VAE dtype (callers cast: the DiT to its dtype, colour correction works in float32).
+
+    Tiled decode (`tiling`, on by default, for frames with a side above `tile_pixels`): the decoder is split in two.
+    Its start (`_decode_low_resolution`: up to 1/4 (Wan) or 1/8 (LTX) of the output resolution, Wan's frame-wide
+    attention included) runs on whole frames; the rest (`_decode_high_resolution`: the high-resolution layers, where
+    most of the compute and memory go) is spatially local and runs tile by tile with a halo of `halo()` pixels, its
+    receptive radius, so the result equals the untiled decode up to float rounding (`halo_tiled`)."""
 
     family: str  # "wan" or "ltx"
     variant: str  # the FlashHead variant this VAE belongs to: "pro" or "lite"
     latent_channels: int
     stride: tuple[int, int, int]
     clamp_output: bool  # Wan clamps decoded frames to [-1, 1], LTX does not
+    tiled_scale: int  # output pixels per pixel of the high-resolution half's input
 
-    def __init__(self, model: nn.Module, tiling: bool = False):
+    def __init__(self, model: nn.Module, tiling: bool = True):
         self.model = model
-        weight = next(model.parameters())
-        self.dtype, self.device = weight.dtype, weight.device
-        self.tiling = tiling  # decode frames larger than TILE_PIXELS in blended tiles (bounded memory, not exact)
+        self.tiling = tiling  # decode frames with a side above tile_pixels tile by tile (bounded memory, exact)
+        self.tile_pixels = TILE_PIXELS  # the largest tile core, in output pixels (the halo comes on top)
+
+    # Read from the network each time, so the wrapper follows it when a host (ComfyUI) moves it between devices.
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @torch.no_grad()
     def posterior(self, frames: torch.Tensor):
@@ -86,15 +101,30 @@ class DiffusersVAE:
         """normalised latents [B, C, t, h, w] -> frames [B, 3, 1 + (t-1)*stride_t, h*s, w*s], float32."""
         _check_shape("latents", latents, self.latent_channels, (1, 1, 1))
         z = self.unnormalise(latents.to(self.device, self.dtype))
-        spatial = self.stride[1]
-        if self.tiling and max(z.shape[-2:]) * spatial > TILE_PIXELS:
-            frames = tiled_decode(self._decode_unnormalised, z, spatial)
+        if self.tiling and max(z.shape[-2:]) * self.stride[1] > self.tile_pixels:
+            features = self._decode_low_resolution(z)
+            tile = max(1, self.tile_pixels // self.tiled_scale)
+            frames = halo_tiled(self._decode_high_resolution, features, tile, self.halo())
         else:
             frames = self._decode_unnormalised(z).float()
         return frames.clamp(-1, 1) if self.clamp_output else frames
 
     def _decode_unnormalised(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z).sample
+
+    def _decode_low_resolution(self, z: torch.Tensor) -> torch.Tensor:
+        """Unnormalised latents [B, C, t, h, w] -> the decoder's features where the spatially local rest starts,
+        [B, C', T', h*k, w*k] with k = stride / tiled_scale."""
+        raise NotImplementedError
+
+    def _decode_high_resolution(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [B, C', T', h', w'] (all of them or one tile) -> frames [B, 3, T, h'*tiled_scale,
+        w'*tiled_scale]. Spatially local: an output pixel depends on the features within `halo()` pixels."""
+        raise NotImplementedError
+
+    def halo(self) -> int:
+        """The receptive radius of `_decode_high_resolution`, in pixels of its input."""
+        raise NotImplementedError
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -113,48 +143,43 @@ def _check_shape(name: str, x: torch.Tensor, channels: int, stride: tuple[int, i
                          f"{stride[1]} for this VAE")
 
 
-def tiled_decode(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, spatial_stride: int,
-                 tile_pixels: int = TILE_PIXELS, overlap_pixels: int = TILE_OVERLAP_PIXELS) -> torch.Tensor:
-    """Decode unnormalised latents z [B, C, t, h, w] in overlapping spatial tiles of `tile_pixels` output pixels and
-    blend the overlaps with linear ramps -> frames [B, 3, T, h*s, w*s] float32.
+def halo_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int) -> torch.Tensor:
+    """run(x) for a spatially local `run`, computed tile by tile: x [B, C, T, h, w] -> [B, C', T', h*k, w*k] float32
+    (k: run's upsampling factor).
 
-    Peak memory is one tile's decode plus the float32 output. Not exact: each tile sees zero padding instead of its
-    neighbours (and Wan's mid-block attention only its own tile); see README for the measured error."""
-    s = spatial_stride
-    tile, overlap = tile_pixels // s, overlap_pixels // s
-    h, w = z.shape[-2:]
-    out = weight = None
-    for top in _tile_starts(h, tile, tile - overlap):
-        for left in _tile_starts(w, tile, tile - overlap):
-            part = decode(z[..., top:top + tile, left:left + tile]).float()
-            ph, pw = part.shape[-2:]
-            ramp = (_ramp(ph, overlap * s, top > 0, top + tile < h)[:, None]
-                    * _ramp(pw, overlap * s, left > 0, left + tile < w)[None, :]).to(part.device)
+    x is cut into a grid of cores of at most `tile` x `tile` pixels. Each core is run together with up to `halo`
+    pixels of its neighbours on every side, and only the core's part of the result is kept: when `halo` is at least
+    run's receptive radius, every kept pixel sees exactly the inputs it sees in run(x), so the result equals run(x)
+    up to float summation order. Peak memory: run on (tile + 2*halo)^2 pixels, plus the output."""
+    h, w = x.shape[-2:]
+    out = None
+    for top, bottom in _cores(h, tile):
+        for left, right in _cores(w, tile):
+            y0, y1 = max(top - halo, 0), min(bottom + halo, h)
+            x0, x1 = max(left - halo, 0), min(right + halo, w)
+            part = run(x[..., y0:y1, x0:x1])
+            k = part.shape[-1] // (x1 - x0)
             if out is None:
-                out = part.new_zeros(*part.shape[:-2], h * s, w * s)
-                weight = part.new_zeros(h * s, w * s)
-            rows, cols = slice(top * s, top * s + ph), slice(left * s, left * s + pw)
-            out[..., rows, cols] += part * ramp
-            weight[rows, cols] += ramp
-    return out / weight
+                out = part.new_empty(*part.shape[:-2], h * k, w * k, dtype=torch.float32)
+            out[..., top * k:bottom * k, left * k:right * k] = part[..., (top - y0) * k:(bottom - y0) * k,
+                                                                    (left - x0) * k:(right - x0) * k]
+    return out
 
 
-def _tile_starts(size: int, tile: int, step: int) -> list[int]:
-    """Tile offsets covering [0, size): every `step`, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    return list(range(0, size - tile, step)) + [size - tile]
+def _cores(size: int, tile: int) -> list[tuple[int, int]]:
+    """[start, end) of the fewest equal-as-possible pieces of at most `tile` that cover [0, size)."""
+    n = -(-size // tile)
+    return [(size * i // n, size * (i + 1) // n) for i in range(n)]
 
 
-def _ramp(n: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
-    """[n] blending weights: 1, rising linearly over the first `overlap` entries / falling over the last ones."""
-    weights = torch.ones(n)
-    edge = (torch.arange(min(overlap, n)) + 0.5) / overlap
-    if rise:
-        weights[:len(edge)] = edge
-    if fall:
-        weights[n - len(edge):] = torch.minimum(weights[n - len(edge):], edge.flip(0))
-    return weights
+def receptive_radius(convs_per_level: list[int]) -> int:
+    """Receptive radius, in pixels of the first level, of a chain of 3x3 convolutions (padding 1) with a 2x spatial
+    upsampling (nearest or depth-to-space) from each level to the next: convs_per_level[i] convolutions run at
+    level i. Radius r at level i+1 needs ceil(r/2) pixels around the parent pixel at level i."""
+    radius = 0
+    for convs in reversed(convs_per_level):
+        radius = (radius + 1) // 2 + convs
+    return radius
 
 
 # --- key layouts and building -----------------------------------------------------------------------------------
@@ -205,9 +230,10 @@ def check_config_json(config_json: dict | None, kwargs: dict, class_name: str, w
 # --- loading ----------------------------------------------------------------------------------------------------
 
 def load_vae(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-             variant: str = "auto", tiling: bool = False) -> DiffusersVAE:
+             variant: str = "auto", tiling: bool = True) -> DiffusersVAE:
     """Load the Wan2.1 or LTX-Video VAE from any accepted layout (module docstring). variant: "auto", "pro" (Wan)
-    or "lite" (LTX); a file of the other kind is an error. tiling: opt-in tiled decode above 512x512."""
+    or "lite" (LTX); a file of the other kind is an error. tiling: the exact tiled decode above 512x512 (False:
+    always decode whole frames)."""
     if variant not in ("auto", "lite", "pro"):
         raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
     file, config_json = find_vae_file(path, variant)
@@ -263,7 +289,7 @@ def _open(file: Path) -> SafetensorsSource | DictSource:
 
 def vae_from_state_dict(source: SafetensorsSource | DictSource | dict[str, torch.Tensor], *,
                         config_json: dict | None = None, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, variant: str = "auto", tiling: bool = False,
+                        dtype: torch.dtype = torch.float32, variant: str = "auto", tiling: bool = True,
                         origin: str = "state dict") -> DiffusersVAE:
     """Recognise the VAE in a state dict (any accepted key layout) and build it."""
     from . import ltx, wan

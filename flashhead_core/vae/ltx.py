@@ -9,6 +9,12 @@ beyond [-1, 1] occur). The statistics are the checkpoint's `latents_mean` / `lat
 Key layouts: the released `VAE_LTX/` uses diffusers' names (`encoder.down_blocks.0.resnets.0...`, `latents_mean`);
 the original LTX-Video names (`encoder.down_blocks.0.res_blocks.0...`, `norm3.norm`, `conv_shortcut`, statistics as
 `per_channel_statistics.mean-of-means` or the buffers `mean_of_means`) convert one to one through `KEYS`.
+
+Tiled decode: the 0.9.0 decoder is spatially local throughout (3x3 convolutions, per-pixel RMS / layer norms,
+depth-to-space upsampling, no attention, no timestep conditioning), but its receptive radius measured from the
+latents is 24 latent pixels (768 px), far too wide for a halo. So conv_in, mid_block and up blocks 0-2 (up to 1/8
+of the output resolution) run whole, and up block 3 + the head (most of the compute and memory) run tile by tile,
+all frames at once (the decoder is not causal).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from diffusers import AutoencoderKLLTXVideo
 
 from ..checkpoint import CheckpointError, build_on_meta, require_keys
-from . import DiffusersVAE, KeyMap, check_config_json
+from . import DiffusersVAE, KeyMap, check_config_json, receptive_radius
 
 VARIANT = "lite"
 WHAT = "the LTX-Video 0.9.0 VAE (VAE_LTX/)"
@@ -43,6 +49,7 @@ KEYS = KeyMap(
 _STATISTICS = {"per_channel_statistics.mean-of-means": "mean_of_means",
                "per_channel_statistics.std-of-means": "std_of_means"}
 _TIMESTEP_KEYS = ("time_embedder", "scale_shift_table", "timestep_scale_multiplier")
+TILED_FROM_BLOCK = 3  # tiled decode: up_blocks[3:] and the head run in tiles, on features at 1/8 resolution
 
 
 def layout(shapes: dict[str, tuple[int, ...]]) -> str | None:
@@ -80,7 +87,7 @@ def to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json: dict | None = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    tiling: bool = False) -> "LtxVAE":
+                    tiling: bool = True) -> "LtxVAE":
     timestep = [k for k in state if any(t in k for t in _TIMESTEP_KEYS)]
     if timestep:
         raise CheckpointError(f"this is an LTX-Video 0.9.1 or later VAE (timestep-conditioned decoder: {timestep[0]});"
@@ -99,12 +106,15 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
 
 class LtxVAE(DiffusersVAE):
     family, variant, latent_channels, stride, clamp_output = "ltx", VARIANT, 128, (8, 32, 32), False
+    tiled_scale = 8  # up blocks 1 and 2 upsample 2x each: the tiles are cut at 1/8 of the output resolution
 
-    def __init__(self, model: AutoencoderKLLTXVideo, tiling: bool = False, sample_posterior: bool = False):
+    def __init__(self, model: AutoencoderKLLTXVideo, tiling: bool = True, sample_posterior: bool = False):
         super().__init__(model, tiling)
         self.sample_posterior = sample_posterior  # True: the official stochastic encode
-        self.mean = model.latents_mean.view(1, -1, 1, 1, 1)
-        self.std = model.latents_std.view(1, -1, 1, 1, 1)
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), each [1, 128, 1, 1, 1]: the network's buffers, wherever it is."""
+        return self.model.latents_mean.view(1, -1, 1, 1, 1), self.model.latents_std.view(1, -1, 1, 1, 1)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None,
@@ -124,7 +134,45 @@ class LtxVAE(DiffusersVAE):
         return self.normalise(z).float()
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        mean, std = self.statistics()
+        return (z - mean) / std
 
     def unnormalise(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+        mean, std = self.statistics()
+        return z * std + mean
+
+    # --- tiled decode: diffusers' LTXVideoDecoder3d.forward in two halves (0.9.0: no timestep conditioning) ----------
+
+    def _decode_low_resolution(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, 128, t, h, w] -> [B, 256, 4t - 3, 4h, 4w] (conv_in, mid_block, up blocks 0-2)."""
+        decoder = self.model.decoder
+        x = decoder.mid_block(decoder.conv_in(z))
+        for block in decoder.up_blocks[:TILED_FROM_BLOCK]:
+            x = block(x)
+        return x
+
+    def _decode_high_resolution(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, 256, T', h', w'] -> frames [B, 3, 2T' - 1, 8h', 8w'] (up block 3, norm_out, conv_out and the 4x4
+        unpatchify)."""
+        decoder = self.model.decoder
+        x = features
+        for block in decoder.up_blocks[TILED_FROM_BLOCK:]:
+            x = block(x)
+        x = decoder.conv_out(decoder.conv_act(decoder.norm_out(x.movedim(1, -1)).movedim(-1, 1)))
+        p, p_t = decoder.patch_size, decoder.patch_size_t
+        batch, _, frames, height, width = x.shape  # unpatchify as in diffusers
+        x = x.reshape(batch, -1, p_t, p, p, frames, height, width)
+        return x.permute(0, 1, 5, 2, 6, 4, 7, 3).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def halo(self) -> int:
+        """8 pixels at 1/8 resolution for the released depths: 3 then 9 3x3 convolutions (before / after the last
+        upsampling)."""
+        levels = [0]
+        for block in self.model.decoder.up_blocks[TILED_FROM_BLOCK:]:
+            levels[-1] += 2 * (block.conv_in is not None)
+            if block.upsamplers is not None:
+                levels[-1] += 1  # the upsampler's convolution runs before its depth-to-space
+                levels.append(0)
+            levels[-1] += 2 * len(block.resnets)
+        levels[-1] += 1  # conv_out
+        return receptive_radius(levels)

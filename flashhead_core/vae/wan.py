@@ -5,6 +5,12 @@ wrapper's arithmetic). decode: decoder(z / inv_std + mean), clamped to [-1, 1]. 
 diffusers encodes frame 0 alone and then groups of 4 frames, decodes one latent frame at a time, and resets its
 feature cache at the start of every call, as the official code does.
 
+Tiled decode: the mid-block attention spans the whole frame, so conv_in, mid_block and up block 0 (latent
+resolution, then 1/4 of the output's, where the features are small) run whole; up blocks 1-3 and the head are
+spatially local (3x3 convolutions, per-pixel RMS norms, nearest upsampling, time-only causal convolutions) and run
+tile by tile. Each half streams the latent frames exactly as diffusers' `_decode` does, with its own feature cache
+(the high-resolution half: one per tile, each tile running through all frames before the next).
+
 Key layouts: the released `Wan2.1_VAE.pth` (and ComfyUI's `wan_2.1_vae.safetensors`) use the original Wan names
 (`encoder.downsamples.0.residual.2.weight`, `decoder.head.2.weight`, `conv1.weight`); diffusers files use
 diffusers' names. `KEYS` maps one to the other.
@@ -12,14 +18,18 @@ diffusers' names. `KEYS` maps one to the other.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d
 
 from ..checkpoint import CheckpointError, build_on_meta, require_keys
-from . import DiffusersVAE, KeyMap, check_config_json
+from . import DiffusersVAE, KeyMap, check_config_json, receptive_radius
 
 VARIANT = "pro"
 WHAT = "the Wan2.1 VAE (VAE_Wan/Wan2.1_VAE.pth)"
+TILED_FROM_BLOCK = 1  # tiled decode: up_blocks[1:] and the head run in tiles, on features at 1/4 resolution
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
@@ -65,7 +75,7 @@ def model_kwargs(shapes: dict[str, tuple[int, ...]]) -> dict:
 
 def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json: dict | None = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    tiling: bool = False) -> "WanVAE":
+                    tiling: bool = True) -> "WanVAE":
     if layout == "original":
         state = {KEYS.to_diffusers(k): v for k, v in state.items()}
     kwargs = model_kwargs({k: tuple(v.shape) for k, v in state.items()})
@@ -80,12 +90,14 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
 
 class WanVAE(DiffusersVAE):
     family, variant, latent_channels, stride, clamp_output = "wan", VARIANT, 16, (4, 8, 8), True
+    tiled_scale = 4  # up block 0 upsamples 2x: the tiles are cut at 1/4 of the output resolution
 
-    def __init__(self, model: AutoencoderKLWan, tiling: bool = False):
-        super().__init__(model, tiling)
-        channels = (1, -1, 1, 1, 1)
-        self.mean = torch.tensor(LATENT_MEAN, dtype=self.dtype, device=self.device).view(channels)
-        self.inv_std = (1.0 / torch.tensor(LATENT_STD, dtype=self.dtype, device=self.device)).view(channels)
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, inv_std), each [1, 16, 1, 1, 1] in the VAE's dtype on its device."""
+        dtype, device = self.dtype, self.device
+        mean = torch.tensor(LATENT_MEAN, dtype=dtype, device=device).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(LATENT_STD, dtype=dtype, device=device).view(1, -1, 1, 1, 1)
+        return mean, inv_std
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -94,7 +106,66 @@ class WanVAE(DiffusersVAE):
         return self.normalise(self.posterior(frames).mean).float()
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) * self.inv_std
+        mean, inv_std = self.statistics()
+        return (z - mean) * inv_std
 
     def unnormalise(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.inv_std + self.mean
+        mean, inv_std = self.statistics()
+        return z / inv_std + mean
+
+    # --- tiled decode: diffusers' WanDecoder3d.forward in two halves --------------------------------------------
+
+    def _decode_low_resolution(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, 16, t, h, w] -> [B, 192, 1 + 2(t-1), 2h, 2w] (post_quant_conv, conv_in, mid_block, up block 0)."""
+        decoder = self.model.decoder
+
+        def step(x, cache, index):
+            x = decoder.mid_block(_cached_conv(decoder.conv_in, x, cache, index), feat_cache=cache, feat_idx=index)
+            for block in decoder.up_blocks[:TILED_FROM_BLOCK]:
+                x = block(x, feat_cache=cache, feat_idx=index)  # first_chunk only matters to Wan2.2's up blocks
+            return x
+
+        return self._stream(step, self.model.post_quant_conv(z).split(1, 2))
+
+    def _decode_high_resolution(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, 192, 1 + 2(t-1), h', w'] -> frames [B, 3, 1 + 4(t-1), 4h', 4w'], unclamped (up blocks 1-3, norm_out,
+        conv_out). Up block 0 doubled each latent frame but the first: the chunks are 1, 2, 2, ... frames."""
+        decoder = self.model.decoder
+
+        def step(x, cache, index):
+            for block in decoder.up_blocks[TILED_FROM_BLOCK:]:
+                x = block(x, feat_cache=cache, feat_idx=index)
+            return _cached_conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(x)), cache, index)
+
+        frames = features.shape[2]
+        return self._stream(step, features.split([1] + [2] * ((frames - 1) // 2), 2))
+
+    def _stream(self, step: Callable, chunks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Run `step(chunk, cache, index)` over the chunks of one latent frame each, in order, as diffusers' `_decode`
+        runs the decoder: one fresh feature cache (a slot per causal convolution) for the clip, the slot index reset
+        for every chunk -> the outputs concatenated in time."""
+        cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in self.model.decoder.modules())
+        return torch.cat([step(chunk, cache, [0]) for chunk in chunks], 2)
+
+    def halo(self) -> int:
+        """12 pixels at 1/4 resolution for Wan2.1: 3x3 convolutions per level in up blocks 1-3 + head, 6 / 7 / 8."""
+        levels = [0]
+        for block in self.model.decoder.up_blocks[TILED_FROM_BLOCK:]:
+            levels[-1] += 2 * len(block.resnets)
+            if block.upsamplers is not None:
+                levels.append(1)  # the upsampler's 3x3 convolution runs after the 2x nearest upsampling
+        levels[-1] += 1  # conv_out
+        return receptive_radius(levels)
+
+
+def _cached_conv(conv: WanCausalConv3d, x: torch.Tensor, cache: list, index: list[int]) -> torch.Tensor:
+    """One causal convolution with diffusers' feature cache (as around conv_in / conv_out in WanDecoder3d.forward):
+    the cached frames of the previous chunk are prepended, and the last CACHE_T frames of x are cached."""
+    i = index[0]
+    cached = x[:, :, -CACHE_T:].clone()
+    if cached.shape[2] < 2 and cache[i] is not None:
+        cached = torch.cat([cache[i][:, :, -1:].to(cached.device), cached], 2)
+    x = conv(x, cache[i])
+    cache[i] = cached
+    index[0] += 1
+    return x
