@@ -13,6 +13,7 @@ whatever the DiT's dtype.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from .config import AUDIO_SAMPLE_RATE, AUDIO_WINDOW, CHUNK_FRAMES, FPS, SAMPLES_
 
 NORMALISATION_EPS = 1e-7  # Wav2Vec2FeatureExtractor: (x - mean) / sqrt(var + 1e-7)
 RESAMPLE_QUALITY = "soxr_hq"  # librosa.load's default resampler
+DECODE_FRAME = 1 << 18  # samples per decoded piece (1 MB per channel)
 
 
 class AudioInputError(ValueError):
@@ -115,23 +117,26 @@ def _decode_file(path: Path) -> tuple[np.ndarray, float]:
             if not container.streams.audio:
                 raise AudioInputError(f"{path} has no audio stream; choose a file with sound")
             stream = container.streams.audio[0]
-            planar_float = av.AudioResampler(format="fltp")  # same layout and rate, planar float32 samples
-            for frame in container.decode(stream):
-                pieces += [f.to_ndarray() for f in planar_float.resample(frame)]
-            pieces += [f.to_ndarray() for f in planar_float.resample(None)]
+            # Interleaved float32 in the same layout and rate, [samples, channels] per frame. Not planar: PyAV (18.1)
+            # lists one plane too many for 8 channels and crashes the process reading it. Frames of DECODE_FRAME
+            # samples: freed pieces that large go back to the system, small ones would stay resident as heap.
+            packed_float = av.AudioResampler(format="flt", frame_size=DECODE_FRAME)
+            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+                pieces += [f.to_ndarray().reshape(-1, len(f.layout.channels)) for f in packed_float.resample(frame)]
             rate = stream.rate
     except av.FFmpegError as e:
         raise AudioInputError(f"cannot decode {path}: {e}. Re-export it as WAV, FLAC or MP3") from e
     if not pieces:
         raise AudioInputError(f"{path} decodes to no samples; choose a file with some duration")
-    return _as_channels(np.concatenate(pieces, axis=1), str(path)), rate
+    return _as_channels(np.concatenate(pieces).T, str(path)), rate
 
 
 def to_mono_16k(channels: np.ndarray, sample_rate: float) -> np.ndarray:
-    """[C, T] float32 at `sample_rate` -> [N] float32 at 16 kHz: mean of channels, then soxr HQ like librosa."""
+    """[C, T] float32 at `sample_rate` -> [N] float32 at 16 kHz: mean of channels, then soxr HQ like librosa.
+    Mono 16 kHz input comes back as a view of `channels` (no copy: an hour of audio is 220 MB)."""
     import soxr
 
-    mono = channels.mean(axis=0)
+    mono = channels[0] if channels.shape[0] == 1 else channels.mean(axis=0)
     if sample_rate == AUDIO_SAMPLE_RATE:
         return np.ascontiguousarray(mono)
     length = int(np.ceil(mono.shape[0] * (float(AUDIO_SAMPLE_RATE) / sample_rate)))  # librosa's fix_length

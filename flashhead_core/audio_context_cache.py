@@ -13,7 +13,6 @@ Memory and cost per chunk are constant, whatever the length of the track.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import numpy as np
@@ -53,17 +52,19 @@ class AudioContextCache:
         return frame_windows(features, len(features) - CHUNK_FRAMES, len(features))
 
 
-def stream_slices(samples: np.ndarray, new_frames: int) -> np.ndarray:
-    """[N] -> [ceil(N / slice), slice] with slice = new_frames * 640: the track zero-padded, one row per chunk."""
+def stream_slices(samples: np.ndarray, new_frames: int) -> Iterator[np.ndarray]:
+    """[N] -> ceil(N / S) slices [S] float32, S = new_frames * 640, one per chunk, the last one zero-padded. Cut as
+    they are needed: the track is never copied whole (an hour at 16 kHz is 220 MB)."""
     step = new_frames * SAMPLES_PER_FRAME
-    padded = np.pad(np.asarray(samples, dtype=np.float32), (0, math.ceil(len(samples) / step) * step - len(samples)))
-    return padded.reshape(-1, step)
+    for start in range(0, len(samples), step):
+        piece = np.asarray(samples[start:start + step], dtype=np.float32)
+        yield np.pad(piece, (0, step - len(piece)))
 
 
 def stream_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, new_frames: int,
                   context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
-    """A whole track in stream mode: one [1, 33, 5, 12, H] window tensor per slice of new_frames * 640 samples;
-    each chunk's last new_frames frames are its slice's audio."""
+    """A whole track in stream mode: one [1, 33, 5, 12, H] window tensor per slice of `stream_slices`; each chunk's
+    last new_frames frames are its slice's audio."""
     cache = AudioContextCache(encoder, context_seconds)
     for piece in stream_slices(samples, new_frames):
         yield cache.push(piece)

@@ -101,7 +101,8 @@ def find_model_files(path: str | Path, variant: str = "auto") -> tuple[dict | No
         files = [path / WEIGHTS_NAME]
     missing = [f for f in files if not f.exists()]
     if missing:
-        raise CheckpointError(f"weights missing in {path}: {', '.join(f.name for f in missing)}")
+        raise CheckpointError(f"weights missing in {path}: {', '.join(f.name for f in missing)}; download them "
+                              f"again (the released names are expected: a renamed file is not found)")
     return config, files
 
 
@@ -112,7 +113,8 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | N
                 "audio_proj.proj1.weight", "audio_proj.proj1_vf.weight", "audio_proj.proj3.weight")
     absent = [k for k in required if k not in shapes]
     if absent:
-        raise CheckpointError(f"not a FlashHead DiT checkpoint: missing {', '.join(absent)}")
+        raise CheckpointError(f"not a FlashHead DiT checkpoint: missing {', '.join(absent)}. Use the FlashHead "
+                              f"weights: Model_Lite/ or Model_Pro/ {WEIGHTS_NAME} of Soul-AILab/SoulX-FlashHead-1_3B")
     dim, in_dim, *patch = shapes["patch_embedding.weight"]
     patch_size = tuple(patch)
     out_dim = shapes["head.head.weight"][0] // math.prod(patch_size)

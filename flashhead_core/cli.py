@@ -133,9 +133,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Bad input, a missing or foreign file or a full disk (the package raises ValueError or
+    OSError subclasses for all of them, with the problem and the fix in the message) print one line to stderr and
+    exit 1; Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("flashhead: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as e:
+        print(f"flashhead: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ AUDIO_WINDOW = 5  # each video frame sees audio frames i-2..i+2
 WAV2VEC2_LAYERS = 12
 WAV2VEC2_CHANNELS = 768
 DIT_HEAD_DIM = 128  # num_heads = dim / 128 when a checkpoint does not say
+MAX_SEED = 2**64 - 1  # torch.Generator's range and ComfyUI's seed widget (0xFFFFFFFFFFFFFFFF)
 
 
 @dataclass(frozen=True)

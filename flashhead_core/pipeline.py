@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .audio import Wav2Vec2FrameEncoder, load_audio, load_wav2vec2, read_audio
+from .audio import Wav2Vec2FrameEncoder, load_wav2vec2, read_audio, to_mono_16k
 from .audio_context_cache import DEFAULT_CONTEXT_SECONDS
 from .checkpoint import CheckpointError, load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
@@ -21,7 +21,7 @@ from .download import AUDIO_DIR
 from .model import FlashHeadDiT
 from .sampler import SamplerConfig
 from .session import StreamingSession, stream_talking_head, video_frame_count
-from .vae import VideoVAE, check_vae_matches_model, load_vae
+from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .video_io import VideoWriter
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
@@ -41,7 +41,11 @@ def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str 
     `<checkpoint>/wav2vec2-base-960h`, where `flashhead download` puts it). wav2vec2 always runs in float32."""
     checkpoint = Path(checkpoint)
     model = load_dit(checkpoint, variant=variant, dtype=dtype, device=device, attention=attention)
-    vae = load_vae(checkpoint, device=device, dtype=dtype, variant=model.config.variant)
+    found = model.config.variant
+    try:
+        vae = load_vae(checkpoint, device=device, dtype=dtype, variant=found)
+    except CheckpointError as e:  # e.g. a root holding only the other variant's VAE
+        raise CheckpointError(f"the FlashHead {found} model in {checkpoint} needs {NEEDED_VAE[found]}: {e}") from e
     check_vae_matches_model(vae, model.config)
     audio_path = Path(wav2vec2) if wav2vec2 else checkpoint / AUDIO_DIR
     if not audio_path.exists():
@@ -50,12 +54,11 @@ def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str 
     return Pipeline(model, vae, load_wav2vec2(audio_path, device=device))
 
 
-def _muxable_audio(source) -> tuple:
+def _muxable_audio(channels, rate: float, samples) -> tuple:
     """The original track for the MP4 (AAC: <= 2 channels at a standard rate), else the 16 kHz mono mixdown."""
-    channels, rate = read_audio(source)
     if channels.shape[0] <= 2 and rate in AAC_SAMPLE_RATES:
         return channels, int(rate)
-    return load_audio(source)[None], AUDIO_SAMPLE_RATE
+    return samples[None], AUDIO_SAMPLE_RATE
 
 
 def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, height: int = 512, width: int = 512,
@@ -69,13 +72,16 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     dict, an array with sample_rate). on_chunk(frames written, frames total, seconds elapsed) after each chunk.
     The MP4 appears only when complete: on error or cancellation nothing is left behind.
     """
-    samples = load_audio(audio)
+    # The cheap checks first (size, seed, model/VAE pair), then the audio, decoded once (the model hears the 16 kHz
+    # mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel)
-    session.add_identity("reference", image)
+    channels, rate = read_audio(audio)
+    samples = to_mono_16k(channels, rate)
     total = video_frame_count(len(samples))
+    session.add_identity("reference", image)
     start = time.perf_counter()
-    with VideoWriter(out, width, height, fps=FPS, audio=_muxable_audio(audio)) as writer:
+    with VideoWriter(out, width, height, fps=FPS, audio=_muxable_audio(channels, rate, samples)) as writer:
         for frames in stream_talking_head(session, pipeline.audio_encoder, samples, mode, context_seconds):
             writer.write(frames)
             if on_chunk is not None:

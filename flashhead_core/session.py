@@ -12,15 +12,18 @@ chunk as soon as they are decoded. This module knows no file formats.
 
 from __future__ import annotations
 
+import operator
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from .audio import Wav2Vec2FrameEncoder, once_mode_chunks
+from .audio import AudioInputError, Wav2Vec2FrameEncoder, once_mode_chunks
 from .audio_context_cache import DEFAULT_CONTEXT_SECONDS, stream_chunks
-from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS
+from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS, MAX_SEED, SAMPLES_PER_FRAME
 from .image import check_size, match_colors, reference_tensor
 from .model import FlashHeadDiT
 from .sampler import GenerationCancelled, SamplerConfig, sample_chunk, shifted_timesteps
@@ -29,6 +32,31 @@ from .vae import VideoVAE, check_vae_matches_model
 from .video_io import video_to_images
 
 ProgressCallback = Callable[[int, int], None]  # (chunk index, step index)
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """A seed in 0..2**64-1, ComfyUI's range. torch.Generator would take a negative seed as its 64-bit two's
+    complement (-1 gives the noise of 2**64-1), so negatives are refused instead of silently aliased."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number, got {seed!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be between 0 and {MAX_SEED} (2**64 - 1), got {value}: pick a seed in that "
+                         f"range")
+    return value
+
+
+_vae_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_vae_locks_guard = threading.Lock()
+
+
+def vae_lock(vae: VideoVAE) -> threading.Lock:
+    """The lock of one VAE network. diffusers' Wan VAE keeps its causal-convolution feature cache on the module
+    during a call, so sessions sharing a VAE in different threads take turns in encode/decode."""
+    network = getattr(vae, "model", vae)
+    with _vae_locks_guard:
+        return _vae_locks.setdefault(network, threading.Lock())
 
 
 @dataclass
@@ -40,7 +68,8 @@ class Identity:
 
 
 class StreamingSession:
-    """Chunked autoregressive generation for one stream. Not thread-safe: one session per stream."""
+    """Chunked autoregressive generation for one stream. Not thread-safe: one session per stream (sessions sharing
+    a model and VAE may run in parallel threads)."""
 
     def __init__(self, model: FlashHeadDiT, vae: VideoVAE, *, height: int = 512, width: int = 512, seed: int = 0,
                  sampler: SamplerConfig = SamplerConfig(), chunk_frames: int = CHUNK_FRAMES,
@@ -56,9 +85,11 @@ class StreamingSession:
         self.device, self.dtype = next(model.parameters()).device, model.dtype
         self.timesteps = shifted_timesteps(sampler, self.dtype).to(self.device)
         # Noise is drawn on the CPU in float32 and then cast: the same seed gives the same noise on any device.
-        self.noise_generator = torch.Generator().manual_seed(seed)
+        self.noise_generator = torch.Generator().manual_seed(check_seed(seed))
         # A stochastic VAE encode (LTX posterior sampling) draws from its own stream, so the noise stays aligned.
-        self.vae_generator = torch.Generator().manual_seed(seed if vae_generator_seed is None else vae_generator_seed)
+        self.vae_generator = torch.Generator().manual_seed(
+            check_seed(seed if vae_generator_seed is None else vae_generator_seed, "vae_generator_seed"))
+        self.vae_lock = vae_lock(vae)
         self.progress, self.should_cancel = progress, should_cancel
         self.timer = timer  # per-stage timings (flashhead bench e2e); NO_TIMER does nothing
         self.identities: dict[str, Identity] = {}
@@ -76,7 +107,7 @@ class StreamingSession:
         """Prepare a reference (any input `image.load_image` takes); the first one added becomes active."""
         color_reference = reference_tensor(image, self.height, self.width).to(self.device)
         clip = color_reference.to(self.vae.dtype).expand(-1, -1, self.chunk_frames, -1, -1)
-        with torch.no_grad():
+        with torch.no_grad(), self.vae_lock:
             ref_latent = self.vae.encode(clip, generator=self.vae_generator).to(self.dtype)
         self.identities[name] = Identity(color_reference, ref_latent)
         if self.active is None:
@@ -119,13 +150,13 @@ class StreamingSession:
             latents = sample_chunk(self.model, audio_tokens, identity.ref_latent, self.motion_latents,
                                    self.timesteps, draw_noise or self._draw_noise, self.sampler.num_timesteps,
                                    self._on_step, timer)
-            with timer.stage("vae_decode"):
+            with timer.stage("vae_decode"), self.vae_lock:
                 frames = self.vae.decode(latents.to(self.vae.dtype))
             if self.sampler.color_correction > 0:
                 with timer.stage("color_correction"):
                     frames = match_colors(frames, identity.color_reference.to(frames.dtype),
                                           self.sampler.color_correction)
-            with timer.stage("motion_reencode"):
+            with timer.stage("motion_reencode"), self.vae_lock:
                 motion_clip = frames[:, :, -self.config.motion_frames:]
                 self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
         self.chunk_index += 1
@@ -143,23 +174,33 @@ def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
 def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor], mode: str,
                   total_frames: int) -> Iterator[torch.Tensor]:
     """Run the session over the chunk windows and yield each chunk's new frames as [n, H, W, 3] float32 in 0..1 on
-    the CPU, stopping at exactly `total_frames` (the audio's duration; the padding is trimmed)."""
+    the CPU, stopping at exactly `total_frames` (the audio's duration; the padding is trimmed). No chunk is taken
+    from `audio_chunks` after the last one needed (in stream mode, taking one encodes its audio)."""
+    if total_frames <= 0:
+        return
     emitted = 0
     for index, windows in enumerate(audio_chunks):
-        if emitted >= total_frames:
-            break
         frames = session.generate_chunk(windows)[0, :, frames_to_keep(index, mode, session.config.motion_frames)]
         frames = frames[:, : total_frames - emitted]
         emitted += frames.shape[1]
         yield video_to_images(frames[None])
+        if emitted >= total_frames:
+            return
 
 
 AUDIO_MODES = ("stream", "once")
 
 
 def video_frame_count(num_samples: int) -> int:
-    """Frames that cover a 16 kHz track exactly: round(seconds * 25)."""
-    return round(num_samples * FPS / AUDIO_SAMPLE_RATE)
+    """Frames that cover a 16 kHz track exactly: round(seconds * 25). A track that rounds to no frame at all (320
+    samples, 20 ms, or less) raises AudioInputError: there would be no video to write."""
+    frames = round(num_samples * FPS / AUDIO_SAMPLE_RATE)
+    if frames < 1:
+        milliseconds = num_samples / AUDIO_SAMPLE_RATE * 1000
+        raise AudioInputError(f"the audio lasts {milliseconds:.1f} ms ({num_samples} samples at 16 kHz), less than "
+                              f"one video frame ({1000 // FPS} ms, {SAMPLES_PER_FRAME} samples): use a longer track "
+                              f"(padding it with silence is fine)")
+    return frames
 
 
 def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, mode: str, new_frames: int,

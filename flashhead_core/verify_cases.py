@@ -136,6 +136,8 @@ def _resize_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor
 def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Tiny wav2vec2 from the JSON config, `weights.*` through our loader; once mode (padding, normalised input,
     features, windows of all frames) and every stream chunk (normalised 8-s buffer, windows)."""
+    import numpy as np
+
     from .audio import build_wav2vec2, frame_windows, pad_for_once_mode
     from .audio_context_cache import AudioContextCache, stream_slices
     from .checkpoint import DictSource
@@ -150,8 +152,8 @@ def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, tor
              "once.input_values": (torch.from_numpy(encoder.normalize(padded)), ref["output.once.input_values"]),
              "once.audio_emb": (features, ref["output.once.audio_emb"]),
              "once.embedding": (frame_windows(features, 0, len(features)), ref["output.once.embedding"])}
-    slices = stream_slices(waveform, new_frames)
-    pairs["stream.padded_waveform"] = (torch.from_numpy(slices.reshape(-1)), ref["input.stream.padded_waveform"])
+    slices = list(stream_slices(waveform, new_frames))
+    pairs["stream.padded_waveform"] = (torch.from_numpy(np.concatenate(slices)), ref["input.stream.padded_waveform"])
     cache = AudioContextCache(encoder, context)
     for chunk in fixture.meta["stream_mode"]["chunks"]:
         index = chunk["chunk"]
