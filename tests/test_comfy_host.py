@@ -5,8 +5,9 @@ random-weight checkpoints are written with `flashhead make-tiny-checkpoint` in t
 models/flashhead/SoulX-FlashHead-1_3B. Every check goes through the shared check_pack.py: the pack is pip-installed
 (requirements.txt, as ComfyUI-Manager does), imports, registers every FlashHead node, and each shipped API workflow
 runs end to end; the MP4 it writes is read back (frame count, audio track). One run is interrupted mid-video and must
-end as interrupted with no file left; one UI workflow is dropped on the real web frontend (headless Chromium). The
-node unit tests (tests/test_nodes.py) run here too, in the host's Python, where `comfy` is importable.
+end as interrupted with no file left; 20 prompts queued in one ComfyUI keep its memory flat and an unchanged graph
+re-executes nothing; one UI workflow is dropped on the real web frontend (headless Chromium). The node unit tests
+(tests/test_nodes.py) run here too, in the host's Python, where `comfy` is importable.
 
 Where ../shared/comfy_host is absent (a user's checkout) everything here skips; where it is present, any failure
 fails. Speed: the workflows run at 64x64 (the shipped 512x512 is set back to 64 in a copy) on 1-3 s of audio.
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.skipif(not (SHARED_HOST / "setup.sh").is_file(),
 # models can make the gap visible). This runs check_pack unchanged, except that an empty history after a finished run
 # is read again for up to 20 s.
 CHECK_PACK_RUNNER = f"""
-import sys, time
+import json, os, sys, time
 sys.path.insert(0, {str(SHARED_HOST)!r})
 import check_pack
 
@@ -71,6 +72,33 @@ def run_prompt(cp, port, prompt, *args, **kwargs):
     return run
 
 check_pack.run_prompt = run_prompt
+
+
+def rss_mb(pid):
+    for line in open(f"/proc/{{pid}}/status"):
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+
+
+# FLASHHEAD_QUEUE=<prompts.json>: after the workflow, queue each prompt of that list in the same ComfyUI, one after
+# the other, and write what each did (outcome, nodes executed, RSS of ComfyUI afterwards) to <prompts.json>.out.
+queue = os.environ.get("FLASHHEAD_QUEUE")
+if queue:
+    _first = check_pack.run_prompt
+
+    def run_queue(cp, port, prompt, *args, **kwargs):
+        run = _first(cp, port, prompt, *args, **kwargs)
+        runs = [{{"outcome": run["outcome"], "executed": run["order"], "rss_mb": rss_mb(cp.pid)}}]
+        for queued in json.load(open(queue)):
+            if runs[-1]["outcome"] != "success":
+                break
+            later = _first(cp, port, queued, *args, **kwargs)
+            runs.append({{"outcome": later["outcome"], "executed": later["order"], "rss_mb": rss_mb(cp.pid),
+                         "error": later["error"]}})
+        json.dump(runs, open(queue + ".out", "w"))
+        return run
+
+    check_pack.run_prompt = run_queue
 sys.exit(check_pack.main(sys.argv[1:]))
 """
 
@@ -318,6 +346,50 @@ def test_node_unit_tests_pass_inside_the_host(installed, host):
                              "tests/test_nodes.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " skipped" not in result.stdout.splitlines()[-1], result.stdout[-3000:]
+
+
+# --- many prompts in one ComfyUI --------------------------------------------------------------------------------------
+
+QUEUED_PROMPTS = 20
+QUEUE_AUDIO = {f"speech_{i}.wav": (0.8 + 0.3 * i, 22050 * (1 + i % 2), 1 + i % 2) for i in range(4)}
+
+
+def test_twenty_prompts_keep_memory_flat_and_an_unchanged_graph_reruns_nothing(installed, host, work,
+                                                                               tiny_checkpoint, monkeypatch):
+    """20 prompts, each with another seed and one of four speech files (0.8-1.7 s, 22/44 kHz, mono/stereo), queued one
+    after the other in one ComfyUI: all complete; ComfyUI's RSS after the 20th is within 10% of after the 2nd (the
+    first run loads the models); the 20th queued again unchanged executes no node (ComfyUI's cache)."""
+    folder = work / "inputs_queue"
+    folder.mkdir()
+    _portrait(folder / "portrait.png")
+    for name, (seconds, rate, channels) in QUEUE_AUDIO.items():
+        _write_wav(folder / name, seconds, rate, channels)
+    base, _ = _api_prompt_for_test(REPO / "workflows" / "api" / "flashhead_lite.json")
+    prompts = []
+    for index in range(QUEUED_PROMPTS):
+        prompt = json.loads(json.dumps(base))
+        prompt["5"]["inputs"]["audio"] = sorted(QUEUE_AUDIO)[index % len(QUEUE_AUDIO)]
+        prompt["6"]["inputs"]["seed"] = 1000 + index
+        prompts.append(prompt)
+    first_prompt = work / "queue_first.json"
+    first_prompt.write_text(json.dumps(prompts[0]))
+    queue = work / "queue.json"
+    queue.write_text(json.dumps(prompts[1:] + [prompts[-1]]))  # the last one twice: the repeat must be all cached
+    monkeypatch.setenv("FLASHHEAD_QUEUE", str(queue))  # read by CHECK_PACK_RUNNER in the check_pack process
+    code, summary, log = check_pack(host, work, "queue", "--no-install-requirements", "--workflow", str(first_prompt),
+                                    "--inputs", str(folder), *_models(tiny_checkpoint),
+                                    "--output-dir", str(work / "output_queue"))
+    assert code == 0, log
+    runs = json.loads(Path(str(queue) + ".out").read_text())
+    assert [r["outcome"] for r in runs] == ["success"] * (QUEUED_PROMPTS + 1), runs
+    assert all("6" in r["executed"] for r in runs[:QUEUED_PROMPTS]), "a new seed or audio must run the video node"
+    assert runs[-1]["executed"] == [], f"the unchanged graph re-executed {runs[-1]['executed']}"
+    second, twentieth = runs[1]["rss_mb"], runs[QUEUED_PROMPTS - 1]["rss_mb"]
+    print(f"\nComfyUI RSS after prompt 2: {second} MB, after prompt 20: {twentieth} MB "
+          f"(ratio {twentieth / second:.3f}); all: {[r['rss_mb'] for r in runs]}")
+    assert twentieth <= 1.1 * second, [r["rss_mb"] for r in runs]
+    videos = list((work / "output_queue").rglob("*.mp4"))
+    assert len(videos) == QUEUED_PROMPTS and not [p for p in (work / "output_queue").rglob("*") if "partial" in p.name]
 
 
 # --- memory: peak RSS for 10 s vs 60 s of speech (opt-in) -------------------------------------------------------------
