@@ -414,7 +414,7 @@ def test_bad_audio_and_image_inputs(pack, lite, comfy_folders):
 
 
 @needs_comfy
-def test_interrupt_mid_video_leaves_no_file(pack, lite, comfy_folders, progress_events):
+def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, comfy_folders, progress_events):
     """Cancel in ComfyUI after the first chunk: the node raises ComfyUI's interrupt and removes its partial MP4."""
     original_update = comfy.utils.ProgressBar.update_absolute
 
@@ -433,6 +433,12 @@ def test_interrupt_mid_video_leaves_no_file(pack, lite, comfy_folders, progress_
     assert len(progress_events) == 1  # stopped at the first step check after the first chunk
     assert not comfy.model_management.processing_interrupted()  # the flag was consumed, as ComfyUI expects
     assert [p for p in comfy_folders.rglob("*") if p.is_file()] == []
+    # the next prompt in the same process runs normally
+    out = node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(0.5, 44100, 2), image=image(), width=SIZE,
+                                                       height=SIZE, seed=0, color_correction=1.0, mode="stream",
+                                                       context_seconds=8.0, filename_prefix="after")
+    (saved,) = out["ui"]["images"]
+    assert video_info(pack, comfy_folders / saved["filename"]).frames == round(0.5 * 25)
 
 
 @needs_comfy
