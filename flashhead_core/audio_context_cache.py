@@ -6,20 +6,21 @@ include the leading zeros) and takes the windows of its last 33 frames:
 
     cache = AudioContextCache(encoder)
     windows = cache.push(slice_samples)                # [1, 33, 5, 12, hidden]
-    for windows in stream_chunks(encoder, samples, new_frames): ...   # a whole track, one chunk per slice
+    for windows in stream_chunks(encoder, samples, new_frames): ...   # a whole track ([N] or pieces), a chunk per slice
 
 Memory and cost per chunk are constant, whatever the length of the track.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .audio import Wav2Vec2FrameEncoder, frame_windows
 from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
+from .sample_reader import SampleReader
 
 DEFAULT_CONTEXT_SECONDS = 8.0
 
@@ -52,19 +53,21 @@ class AudioContextCache:
         return frame_windows(features, len(features) - CHUNK_FRAMES, len(features))
 
 
-def stream_slices(samples: np.ndarray, new_frames: int) -> Iterator[np.ndarray]:
-    """[N] -> ceil(N / S) slices [S] float32, S = new_frames * 640, one per chunk, the last one zero-padded. Cut as
-    they are needed: the track is never copied whole (an hour at 16 kHz is 220 MB)."""
+def stream_slices(samples: np.ndarray | Iterable[np.ndarray], new_frames: int) -> Iterator[np.ndarray]:
+    """A track of N samples -> ceil(N / S) slices [S] float32, S = new_frames * 640, one per chunk, the last one
+    zero-padded. The track is a whole array [N] or an iterable of pieces [t] (any sizes, e.g. a file decoded as a
+    stream); slices are cut as they are needed, so the track is never copied or held whole (an hour at 16 kHz is
+    220 MB)."""
     step = new_frames * SAMPLES_PER_FRAME
-    for start in range(0, len(samples), step):
-        piece = np.asarray(samples[start:start + step], dtype=np.float32)
+    reader = SampleReader([samples] if isinstance(samples, np.ndarray) else samples)
+    while len(piece := np.asarray(reader.read(step), dtype=np.float32)):
         yield np.pad(piece, (0, step - len(piece)))
 
 
-def stream_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, new_frames: int,
+def stream_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray | Iterable[np.ndarray], new_frames: int,
                   context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
-    """A whole track in stream mode: one [1, 33, 5, 12, H] window tensor per slice of `stream_slices`; each chunk's
-    last new_frames frames are its slice's audio."""
+    """A whole track (an array [N] or pieces [t], as `stream_slices` takes) in stream mode: one [1, 33, 5, 12, H]
+    window tensor per slice of `stream_slices`; each chunk's last new_frames frames are its slice's audio."""
     cache = AudioContextCache(encoder, context_seconds)
     for piece in stream_slices(samples, new_frames):
         yield cache.push(piece)

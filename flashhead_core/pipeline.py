@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
-from .audio import Wav2Vec2FrameEncoder, load_wav2vec2, read_audio, to_mono_16k
+from .audio import (AudioFile, Wav2Vec2FrameEncoder, decode_pieces, load_wav2vec2, mono_16k_pieces, probe_audio_file,
+                    read_audio, to_mono_16k)
 from .audio_context_cache import DEFAULT_CONTEXT_SECONDS
 from .checkpoint import CheckpointError, load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
@@ -22,9 +25,7 @@ from .model import FlashHeadDiT
 from .sampler import SamplerConfig
 from .session import StreamingSession, stream_talking_head, video_frame_count
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
-from .video_io import VideoWriter
-
-AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+from .video_io import AAC_SAMPLE_RATES, AudioStream, VideoWriter
 
 
 @dataclass
@@ -61,6 +62,27 @@ def _muxable_audio(channels, rate: float, samples) -> tuple:
     return samples[None], AUDIO_SAMPLE_RATE
 
 
+def _muxable_stream(track: AudioFile) -> AudioStream:
+    """`_muxable_audio` for a probed file, decoded again as a stream: pieces [t, C] at the original rate, else
+    [t] of the 16 kHz mono mixdown."""
+    if track.channels <= 2 and track.sample_rate in AAC_SAMPLE_RATES:
+        return AudioStream((piece.T for piece in decode_pieces(track)), track.sample_rate, track.channels)
+    return AudioStream(mono_16k_pieces(decode_pieces(track), track.sample_rate), AUDIO_SAMPLE_RATE, 1)
+
+
+def _speech_and_soundtrack(audio, mode: str) -> tuple[np.ndarray | Iterable[np.ndarray], int, tuple | AudioStream]:
+    """The model's 16 kHz mono speech (an array [N], or pieces [t] for a file in stream mode), N, and the MP4's
+    audio. A file in stream mode is checked in a first decoding pass and then decoded as two streams (the model's,
+    the MP4's), so memory does not grow with its length; other inputs are decoded whole."""
+    if mode == "stream" and isinstance(audio, (str, os.PathLike)):
+        track = probe_audio_file(audio)
+        speech = mono_16k_pieces(decode_pieces(track), track.sample_rate)
+        return speech, track.length_16k, _muxable_stream(track)
+    channels, rate = read_audio(audio)
+    samples = to_mono_16k(channels, rate)
+    return samples, len(samples), _muxable_audio(channels, rate, samples)
+
+
 def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, height: int = 512, width: int = 512,
                         seed: int = 0, mode: str = "stream", color_correction: float = 1.0,
                         context_seconds: float = DEFAULT_CONTEXT_SECONDS,
@@ -72,17 +94,17 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     dict, an array with sample_rate). on_chunk(frames written, frames total, seconds elapsed) after each chunk.
     The MP4 appears only when complete: on error or cancellation nothing is left behind.
     """
-    # The cheap checks first (size, seed, model/VAE pair), then the audio, decoded once (the model hears the 16 kHz
-    # mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
+    # The cheap checks first (size, seed, model/VAE pair), then the audio, checked in full (the model hears the
+    # 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel)
-    channels, rate = read_audio(audio)
-    samples = to_mono_16k(channels, rate)
-    total = video_frame_count(len(samples))
+    speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
+    total = video_frame_count(num_samples)
     session.add_identity("reference", image)
     start = time.perf_counter()
-    with VideoWriter(out, width, height, fps=FPS, audio=_muxable_audio(channels, rate, samples)) as writer:
-        for frames in stream_talking_head(session, pipeline.audio_encoder, samples, mode, context_seconds):
+    with VideoWriter(out, width, height, fps=FPS, audio=soundtrack) as writer:
+        for frames in stream_talking_head(session, pipeline.audio_encoder, speech, mode, context_seconds,
+                                          num_samples):
             writer.write(frames)
             if on_chunk is not None:
                 on_chunk(writer.frames_written, total, time.perf_counter() - start)

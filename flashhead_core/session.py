@@ -203,10 +203,11 @@ def video_frame_count(num_samples: int) -> int:
     return frames
 
 
-def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, mode: str, new_frames: int,
-                 context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
+def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray | Iterable[np.ndarray], mode: str,
+                 new_frames: int, context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
     """The chunk windows [1, 33, 5, 12, 768] of a 16 kHz mono track in 'stream' (Temporal Audio Context Cache) or
-    'once' mode, lazily: stream mode encodes each chunk's 8-s context only when the chunk is generated."""
+    'once' mode, lazily: stream mode encodes each chunk's 8-s context only when the chunk is generated. The track is
+    an array [N]; stream mode also takes it as an iterable of pieces [t] (read as the chunks need them)."""
     if mode == "stream":
         return stream_chunks(encoder, samples, new_frames, context_seconds)
     if mode == "once":
@@ -214,15 +215,17 @@ def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray, mode: str, 
     raise ValueError(f"audio mode must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
 
 
-def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder, samples: np.ndarray,
-                        mode: str = "stream", context_seconds: float = DEFAULT_CONTEXT_SECONDS
+def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder,
+                        samples: np.ndarray | Iterable[np.ndarray], mode: str = "stream",
+                        context_seconds: float = DEFAULT_CONTEXT_SECONDS, num_samples: int | None = None
                         ) -> Iterator[torch.Tensor]:
     """Speech [N] float32 at 16 kHz -> the video's frames, chunk by chunk, as [n, H, W, 3] float32 0..1 on the CPU;
-    round(N / 16000 * 25) frames in all."""
+    round(N / 16000 * 25) frames in all. In stream mode the speech may come as pieces [t] (e.g. a file decoded as a
+    stream), with their total N given as num_samples."""
     hidden = encoder.model.config.hidden_size
     if hidden != session.config.audio_channels:
         raise ValueError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
                          f"{session.config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
                          f"(facebook/wav2vec2-base-960h for the released models)")
     chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
-    return stream_frames(session, chunks, mode, video_frame_count(len(samples)))
+    return stream_frames(session, chunks, mode, video_frame_count(len(samples) if num_samples is None else num_samples))

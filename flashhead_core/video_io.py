@@ -1,6 +1,6 @@
 """Video files with PyAV (no ffmpeg subprocess): frame conversions, an incremental MP4 writer, and file facts.
 
-    with VideoWriter("out.mp4", width=512, height=512, audio=(samples, 16000)) as writer:
+    with VideoWriter("out.mp4", width=512, height=512, audio=(samples, 16000)) as writer:   # or audio=AudioStream
         for chunk in stream_of_chunks:          # [n, H, W, 3] uint8, or float 0..1
             writer.write(chunk)                 # encoded at once: memory does not grow with the video's length
     info = read_video_info("out.mp4")           # frames, fps, size, audio duration/rate/channels
@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import av
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace
 
 from .config import FPS
+from .sample_reader import SampleReader
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _BT709 = 1  # AVCOL_PRI/TRC/SPC_BT709: the tag matches the RGB -> YUV matrix we convert with
@@ -81,13 +83,14 @@ class VideoWriter:
     included), a failing `write()`/`close()` or `abort()` removes the partial file.
 
     audio: (samples, sample_rate) with samples float [N] (mono), [N, C] or [C, N] (C = 1 or 2), numpy or a CPU
-    tensor. The array is referenced, not copied: each `write()` encodes the audio up to the video written so far,
-    so the file is interleaved and memory stays flat. At close the audio is cut (or padded with silence) to exactly
-    the video's duration, frames / fps.
+    tensor, or an `AudioStream` that yields the track in pieces. The array is referenced, not copied, and a stream
+    is read only as far as needed: each `write()` encodes the audio up to the video written so far, so the file is
+    interleaved and memory stays flat. At close the audio is cut (or padded with silence) to exactly the video's
+    duration, frames / fps.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS,
-                 audio: tuple[np.ndarray | torch.Tensor, int] | None = None, crf: int = 18):
+                 audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream | None = None, crf: int = 18):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"video size {width}x{height}: H.264 (yuv420p) needs positive even sizes; use even "
                              f"sizes (the model produces multiples of 16 or 32)")
@@ -95,7 +98,9 @@ class VideoWriter:
         if not self.path.parent.is_dir():
             raise VideoWriteError(f"cannot write {self.path}: the folder {self.path.parent} does not exist")
         self.width, self.height, self.fps = width, height, Fraction(fps)
-        self._audio, self._sample_rate = _audio_samples(audio) if audio is not None else (None, 0)
+        soundtrack = _audio_stream(audio) if audio is not None else None
+        self._audio = SampleReader(soundtrack.pieces) if soundtrack else None
+        self._sample_rate = soundtrack.sample_rate if soundtrack else 0
         self.partial_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.partial")
         self.frames_written = 0
         self._audio_written = 0  # samples
@@ -110,7 +115,8 @@ class VideoWriter:
             codec.color_primaries = codec.color_trc = codec.colorspace = _BT709
             codec.color_range = _LIMITED_RANGE
             if self._audio is not None:
-                self._audio_layout = "mono" if self._audio.shape[1] == 1 else "stereo"
+                self._audio_channels = soundtrack.channels
+                self._audio_layout = "mono" if soundtrack.channels == 1 else "stereo"
                 self._audio_stream = self._container.add_stream("aac", rate=self._sample_rate,
                                                                 layout=self._audio_layout)
 
@@ -189,9 +195,9 @@ class VideoWriter:
         if self._audio is None or end <= self._audio_written:
             return
         start = self._audio_written
-        block = np.zeros((self._audio.shape[1], end - start), dtype=np.float32)
-        available = self._audio[start:end].T
-        block[:, :available.shape[1]] = available
+        block = np.zeros((self._audio_channels, end - start), dtype=np.float32)
+        available = self._audio.read(end - start)  # [n] or [n, C], n <= end - start
+        block[:, :len(available)] = available.reshape(len(available), -1).T
         if not np.isfinite(block).all():
             raise ValueError(f"the audio contains NaN or infinite samples between {start} and {end}")
         frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self._audio_layout)
@@ -200,12 +206,26 @@ class VideoWriter:
         self._audio_written = end
 
 
-def _audio_samples(audio: tuple[np.ndarray | torch.Tensor, int]) -> tuple[np.ndarray, int]:
-    """(samples, rate) -> a [N, C] view of the caller's samples (no copy) and the rate, validated."""
+@dataclass(frozen=True)
+class AudioStream:
+    """A soundtrack read lazily: `pieces` yields float arrays [t] (mono) or [t, channels], any t, at `sample_rate`
+    (one of AAC_SAMPLE_RATES); channels is 1 or 2."""
+
+    pieces: Iterable[np.ndarray]
+    sample_rate: int
+    channels: int
+
+
+def _audio_stream(audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream) -> AudioStream:
+    """The writer's audio argument, validated, as an AudioStream (an array becomes one piece: a [N, C] view of the
+    caller's samples, no copy)."""
+    if isinstance(audio, AudioStream):
+        _check_aac_rate(audio.sample_rate)
+        if audio.channels not in (1, 2):
+            raise ValueError(f"audio must have 1 or 2 channels, got {audio.channels}")
+        return audio
     samples, sample_rate = audio
-    if sample_rate not in AAC_SAMPLE_RATES:
-        raise ValueError(f"audio sample rate {sample_rate} Hz cannot be stored as AAC; resample to one of "
-                         f"{', '.join(map(str, AAC_SAMPLE_RATES))} (16000 is the model's rate)")
+    _check_aac_rate(sample_rate)
     samples = np.asarray(samples)
     if samples.ndim == 1:
         samples = samples[:, None]
@@ -214,7 +234,13 @@ def _audio_samples(audio: tuple[np.ndarray | torch.Tensor, int]) -> tuple[np.nda
     if samples.ndim != 2 or samples.shape[1] not in (1, 2) or not np.issubdtype(samples.dtype, np.floating):
         raise ValueError(f"audio must be float samples [N] (mono) or [N, C] / [C, N] with 1 or 2 channels, got "
                          f"{samples.dtype} {list(samples.shape)}")
-    return samples, int(sample_rate)
+    return AudioStream([samples], int(sample_rate), samples.shape[1])
+
+
+def _check_aac_rate(sample_rate: int) -> None:
+    if sample_rate not in AAC_SAMPLE_RATES:
+        raise ValueError(f"audio sample rate {sample_rate} Hz cannot be stored as AAC; resample to one of "
+                         f"{', '.join(map(str, AAC_SAMPLE_RATES))} (16000 is the model's rate)")
 
 
 # --- reading -------------------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashhead_core.audio import (AudioInputError, build_wav2vec2, frame_windows, load_audio, load_wav2vec2,
-                                  once_mode_chunks, once_mode_length, pad_for_once_mode, read_audio)
+from flashhead_core.audio import (AudioInputError, build_wav2vec2, decode_pieces, frame_windows, load_audio,
+                                  load_wav2vec2, mono_16k_pieces, once_mode_chunks, once_mode_length,
+                                  pad_for_once_mode, probe_audio_file, read_audio)
 from flashhead_core.audio_context_cache import AudioContextCache, stream_chunks, stream_slices
 from flashhead_core.checkpoint import CheckpointError, DictSource
 from flashhead_core.tiny_audio import TINY_WAV2VEC2, write_tiny_wav2vec2
@@ -189,6 +190,19 @@ def test_audio_file_is_decoded_with_pyav(tmp_path):
     np.testing.assert_allclose(load_audio(str(tmp_path / "mono.wav")), tone(0.25, 16000), atol=1e-4)
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 44100])
+def test_audio_file_as_a_stream_gives_the_whole_file_numbers(tmp_path, rate):
+    """Probe (counts, nothing kept), then decode and resample piece by piece: the numbers `load_audio` gives."""
+    left = tone(7.0, rate)  # several decoded pieces at 44.1 kHz
+    with wave.open(str(tmp_path / "voice.wav"), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(np.round(np.stack([left, 0.5 * left], axis=1) * 32767).astype("<i2").tobytes())
+    track = probe_audio_file(tmp_path / "voice.wav")
+    assert (track.sample_rate, track.channels, track.length, track.length_16k) == (rate, 2, 7 * rate, 112000)
+    pieces = list(mono_16k_pieces(decode_pieces(track), track.sample_rate))
+    assert np.array_equal(np.concatenate(pieces), load_audio(tmp_path / "voice.wav"))
+
+
 @pytest.mark.parametrize("source, kwargs, message", [
     (np.zeros(0, dtype=np.float32), {"sample_rate": 16000}, "empty"),
     (np.array([0.0, np.nan, 0.1], dtype=np.float32), {"sample_rate": 16000}, "1 NaN or infinite"),
@@ -287,6 +301,8 @@ def test_stream_mode_over_a_track(encoder, speech):
     joined = np.concatenate(slices)
     assert [len(piece) for piece in slices] == [17920, 17920]
     assert np.array_equal(joined[:30000], track) and not joined[30000:].any()
+    in_pieces = list(stream_slices(iter(np.split(track, [1000, 1000, 20000])), new_frames))  # one piece empty
+    assert len(in_pieces) == 2 and all(np.array_equal(a, b) for a, b in zip(in_pieces, slices))
     chunks = list(stream_chunks(encoder, track, new_frames))
     assert len(chunks) == len(slices)
     # chunk 1 = the last 33 frames of the default 8-s context: zeros, then slices 0 and 1

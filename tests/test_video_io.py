@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from flashhead_core.video_io import (VideoWriteError, VideoWriter, images_to_uint8, read_video_info, video_to_images,
-                                     video_to_uint8)
+from flashhead_core.video_io import (AudioStream, VideoWriteError, VideoWriter, images_to_uint8, read_video_info,
+                                     video_to_images, video_to_uint8)
 
 WIDTH, HEIGHT = 64, 48
 
@@ -46,6 +46,24 @@ def test_short_stereo_audio_is_padded_to_the_video(tmp_path, channels_first):
         w.write(_frames(30))
     info = read_video_info(tmp_path / "out.mp4")
     assert (info.frames, info.audio_duration, info.audio_sample_rate, info.audio_channels) == (30, 1.2, 44100, 2)
+
+
+def test_audio_stream_is_read_as_the_video_goes(tmp_path):
+    """An AudioStream's pieces (any sizes) are pulled only as far as the frames written need."""
+    pulled = []
+
+    def pieces():
+        for index in range(100):  # 100 x 0.1 s at 16 kHz, far more than the video needs
+            pulled.append(index)
+            yield np.full((1600, 1), 0.1, np.float32)
+
+    with VideoWriter(tmp_path / "out.mp4", WIDTH, HEIGHT, audio=AudioStream(pieces(), 16000, 1)) as writer:
+        writer.write(_frames(5))
+        assert len(pulled) == 2  # 0.2 s of video
+        writer.write(_frames(20))
+    info = read_video_info(tmp_path / "out.mp4")
+    assert (info.frames, info.audio_duration, info.audio_sample_rate, info.audio_channels) == (25, 1.0, 16000, 1)
+    assert len(pulled) == 10
 
 
 def test_video_without_audio_and_decoded_colours(tmp_path):
@@ -153,10 +171,10 @@ def test_many_small_chunks_do_not_accumulate(tmp_path):
     150 kept chunks would be 1.4 MB)."""
     audio = np.zeros(16000 * 20, np.float32)
     with VideoWriter(tmp_path / "out.mp4", WIDTH, HEIGHT, audio=(audio, 16000)) as writer:
-        assert np.shares_memory(writer._audio, audio)  # the caller's audio is referenced, not copied
         tracemalloc.start()
         for _ in range(10):
             writer.write(_frames(1))
+        assert np.shares_memory(writer._audio._queue[0], audio)  # the audio still to mux is a view, not a copy
         warm = tracemalloc.get_traced_memory()[0]
         for i in range(150):
             writer.write(_frames(1, value=i))

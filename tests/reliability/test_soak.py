@@ -65,7 +65,7 @@ def test_memory_stays_flat_over_a_long_stream(checkpoints, portrait, tmp_path):
                "baseline_peak_mb": round(baseline.peak_mb, 1), "soak_peak_mb": round(soak.peak_mb, 1),
                "ratio": round(soak.peak_mb / baseline.peak_mb, 3), "rss_max_per_quarter_mb": quarters,
                "samples": len(soak.rss_mb),
-               "decoded_track_mb": round(SOAK_SECONDS * AUDIO_SAMPLE_RATE * 4 / 2**20, 1)}  # float32, held in memory
+               "decoded_track_mb": round(SOAK_SECONDS * AUDIO_SAMPLE_RATE * 4 / 2**20, 1)}  # float32, if held whole
     print("\nsoak:", json.dumps(figures))
 
     frames = round(SOAK_SECONDS * FPS)
