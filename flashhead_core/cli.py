@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         bp.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("generate", help="portrait + speech -> talking-head MP4")
-    p.add_argument("--checkpoint", required=True, help="the released checkpoint root (or a Model_Lite/Model_Pro folder)")
+    p.add_argument("--checkpoint", required=True,
+                   help="the released checkpoint root (or a Model_Lite/Model_Pro folder)")
     p.add_argument("--variant", choices=["auto", "lite", "pro"], default="auto")
     p.add_argument("--image", required=True, help="the portrait (png, jpg, ...)")
     p.add_argument("--audio", required=True, help="the speech (wav, mp3, flac, m4a, ...)")

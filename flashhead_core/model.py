@@ -205,7 +205,8 @@ class AudioProjection(nn.Module):
         (768 = audio_channels, the wav2vec2 hidden size.)"""
         batch, n_audio = windows.shape[:2]
         if (n_audio - 1) % self.t_stride:
-            raise ValueError(f"audio windows cover {n_audio} frames; expected 1 + {self.t_stride} * (latent frames - 1)")
+            raise ValueError(f"audio windows cover {n_audio} frames; expected 1 + {self.t_stride} * "
+                             f"(latent frames - 1)")
         windows = windows.to(self.proj1.weight.dtype)
         first = windows[:, :1].flatten(2)  # [B, 1, 5*12*768]
         groups = windows[:, 1:].unflatten(1, (-1, self.t_stride))  # [B, T-1, t_stride, 5, 12, 768]
