@@ -5,7 +5,7 @@ Everything that differs between Lite and Pro is a field here; no other module fo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 # Video / audio constants of the published model (spec §1).
 FPS = 25
@@ -74,12 +74,6 @@ class ModelConfig:
 
     def with_(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["patch_size"] = list(self.patch_size)
-        d["vae_stride"] = list(self.vae_stride)
-        return d
 
 
 PRO = ModelConfig(variant="pro", in_dim=32, out_dim=16, patch_size=(1, 2, 2), vae_stride=(4, 8, 8))
