@@ -88,3 +88,19 @@ def test_disabled_timer_records_nothing():
         pass
     NO_TIMER.end_chunk()
     assert NO_TIMER.per_chunk() == []
+
+
+def test_bench_e2e_reports_every_stage(capsys):
+    """`flashhead bench e2e` end to end (full-size VAE and wav2vec2, a 1-block DiT, 64x64): one JSON line with every
+    stage of the chunk, the FPS and the reduced-model warning."""
+    import json
+
+    from flashhead_core.cli import main
+
+    assert main(["bench", "e2e", "--variant", "lite", "--chunks", "2", "--size", "64x64", "--layers", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(result["stages_ms"]) == ["audio_encode", "audio_projection", "audio_keys_values", "dit_step_0",
+                                         "dit_step_1", "dit_step_2", "dit_step_3", "vae_decode", "color_correction",
+                                         "motion_reencode", "frame_handoff"]
+    assert result["fps"] > 0 and result["time_to_first_frame_ms"] > 0 and result["layers"] == 1
+    assert "1 of 30 blocks" in result["reduced"]
