@@ -25,7 +25,7 @@ from .model import FlashHeadDiT
 from .sampler import SamplerConfig
 from .session import StreamingSession, stream_talking_head, video_frame_count
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
-from .video_io import AAC_SAMPLE_RATES, AudioStream, VideoWriter
+from .video_io import AudioStream, VideoWriter, aac_can_store
 
 
 @dataclass
@@ -57,7 +57,7 @@ def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str 
 
 def _muxable_audio(channels, rate: float, samples) -> tuple:
     """The original track for the MP4 (AAC: <= 2 channels at a standard rate), else the 16 kHz mono mixdown."""
-    if channels.shape[0] <= 2 and rate in AAC_SAMPLE_RATES:
+    if aac_can_store(rate, channels.shape[0]):
         return channels, int(rate)
     return samples[None], AUDIO_SAMPLE_RATE
 
@@ -65,7 +65,7 @@ def _muxable_audio(channels, rate: float, samples) -> tuple:
 def _muxable_stream(track: AudioFile) -> AudioStream:
     """`_muxable_audio` for a probed file, decoded again as a stream: pieces [t, C] at the original rate, else
     [t] of the 16 kHz mono mixdown."""
-    if track.channels <= 2 and track.sample_rate in AAC_SAMPLE_RATES:
+    if aac_can_store(track.sample_rate, track.channels):
         return AudioStream((piece.T for piece in decode_pieces(track)), track.sample_rate, track.channels)
     return AudioStream(mono_16k_pieces(decode_pieces(track), track.sample_rate), AUDIO_SAMPLE_RATE, 1)
 

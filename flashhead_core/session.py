@@ -215,6 +215,15 @@ def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray | Iterable[n
     raise ValueError(f"audio mode must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
 
 
+def check_encoder_fits(encoder: Wav2Vec2FrameEncoder, config) -> None:
+    """The encoder's feature width must be what the DiT's audio projection reads (768: wav2vec2-base-960h)."""
+    hidden = encoder.model.config.hidden_size
+    if hidden != config.audio_channels:
+        raise ValueError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
+                         f"{config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
+                         f"(facebook/wav2vec2-base-960h for the released models)")
+
+
 def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder,
                         samples: np.ndarray | Iterable[np.ndarray], mode: str = "stream",
                         context_seconds: float = DEFAULT_CONTEXT_SECONDS, num_samples: int | None = None
@@ -222,10 +231,6 @@ def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder
     """Speech [N] float32 at 16 kHz -> the video's frames, chunk by chunk, as [n, H, W, 3] float32 0..1 on the CPU;
     round(N / 16000 * 25) frames in all. In stream mode the speech may come as pieces [t] (e.g. a file decoded as a
     stream), with their total N given as num_samples."""
-    hidden = encoder.model.config.hidden_size
-    if hidden != session.config.audio_channels:
-        raise ValueError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
-                         f"{session.config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
-                         f"(facebook/wav2vec2-base-960h for the released models)")
+    check_encoder_fits(encoder, session.config)
     chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
     return stream_frames(session, chunks, mode, video_frame_count(len(samples) if num_samples is None else num_samples))

@@ -28,6 +28,12 @@ from .config import FPS
 from .sample_reader import SampleReader
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def aac_can_store(sample_rate: float, channels: int) -> bool:
+    """Whether the MP4's AAC track can carry audio as it is (a standard rate, mono or stereo); callers fall back to
+    the 16 kHz mono track the model heard."""
+    return sample_rate in AAC_SAMPLE_RATES and channels in (1, 2)
 _BT709 = 1  # AVCOL_PRI/TRC/SPC_BT709: the tag matches the RGB -> YUV matrix we convert with
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 

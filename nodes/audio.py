@@ -6,7 +6,7 @@ import torch
 
 from ..flashhead_core.audio import load_audio
 from ..flashhead_core.config import AUDIO_SAMPLE_RATE
-from ..flashhead_core.session import audio_chunks, video_frame_count
+from ..flashhead_core.session import audio_chunks, check_encoder_fits, video_frame_count
 
 from . import _host
 from ._wires import AUDIO_EMBEDS, AUDIO_ENCODER, MODEL, FlashHeadAudioEmbeds
@@ -21,15 +21,6 @@ AUDIO_MODE_INPUTS = {  # shared with FlashHead Talking Video, which encodes the 
     "mode": (MODES, {"default": "stream", "tooltip": MODE_TOOLTIP}),
     "context_seconds": ("FLOAT", {"default": 8.0, "min": 2.0, "max": 60.0, "step": 0.5, "tooltip": CONTEXT_TOOLTIP}),
 }
-
-
-def check_encoder_fits(encoder, config) -> None:
-    """The encoder's feature width must be what the DiT's audio projection reads (768: wav2vec2-base-960h)."""
-    width = encoder.model.config.hidden_size
-    if width != config.audio_channels:
-        raise ValueError(f"the audio encoder gives {width}-wide features but this FlashHead model reads "
-                         f"{config.audio_channels}: load the wav2vec2 that belongs to the checkpoint "
-                         f"(facebook/wav2vec2-base-960h for the released models)")
 
 
 class FlashHeadAudioEncode:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from ..flashhead_core.audio import load_audio
 from ..flashhead_core.config import AUDIO_SAMPLE_RATE, FPS
-from ..flashhead_core.session import stream_talking_head, video_frame_count
-from ..flashhead_core.video_io import AAC_SAMPLE_RATES, VideoWriter
+from ..flashhead_core.session import check_encoder_fits, stream_talking_head, video_frame_count
+from ..flashhead_core.video_io import VideoWriter, aac_can_store
 
 from . import _host
 from ._wires import AUDIO_ENCODER, MODEL, VAE
-from .audio import AUDIO_MODE_INPUTS, check_encoder_fits
+from .audio import AUDIO_MODE_INPUTS
 from .sampler import GENERATION_INPUTS, cancelled_as_interrupt, start_session
 
 
@@ -22,7 +22,7 @@ def soundtrack(audio: dict, samples_16k):
     """The audio muxed into the MP4: the original AUDIO (its rate and up to 2 channels, not copied) when AAC can
     store it, else the 16 kHz mono track the model heard."""
     waveform, rate = audio["waveform"], int(audio["sample_rate"])
-    if rate in AAC_SAMPLE_RATES and waveform.shape[1] in (1, 2) and waveform.is_floating_point():
+    if aac_can_store(rate, waveform.shape[1]) and waveform.is_floating_point():
         return waveform[0].detach().cpu(), rate  # [C, T]
     return samples_16k, AUDIO_SAMPLE_RATE
 
