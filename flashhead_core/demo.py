@@ -49,11 +49,11 @@ def synthetic_speech(seconds: float = DEMO_SECONDS, seed: int = 0) -> np.ndarray
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -> Path:
-    """16-bit PCM mono WAV (stdlib writer: the demo needs nothing else)."""
+    """samples [T] (mono) or [T, C] in [-1, 1] -> a 16-bit PCM WAV (stdlib writer: the demo needs nothing else)."""
     import wave
 
     with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
+        f.setnchannels(1 if samples.ndim == 1 else samples.shape[1])
         f.setsampwidth(2)
         f.setframerate(sample_rate)
         f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())

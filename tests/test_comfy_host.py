@@ -22,11 +22,12 @@ import os
 import shutil
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from flashhead_core.demo import write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_HOST = Path(os.environ.get("FLASHHEAD_SHARED_HOST", REPO.parent / "shared" / "comfy_host"))
@@ -144,12 +145,7 @@ def _write_wav(path: Path, seconds: float, rate: int, channels: int) -> None:
     """16-bit PCM with a speech-like envelope (LoadAudio decodes it with PyAV like any user file)."""
     t = np.arange(int(round(seconds * rate))) / rate
     voice = 0.3 * np.sin(2 * np.pi * 170 * t) * (0.55 + 0.45 * np.sin(2 * np.pi * 3.5 * t))
-    data = np.repeat(voice[:, None], channels, axis=1)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((data * 32767).astype("<i2").tobytes())
+    write_wav(path, np.repeat(voice[:, None], channels, axis=1), rate)
 
 
 def _portrait(path: Path) -> None:
