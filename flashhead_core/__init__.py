@@ -1,13 +1,19 @@
 """flashhead_core: SoulX-FlashHead inference in plain PyTorch (no ComfyUI import anywhere in this package).
 
-Module map (data flows top to bottom):
-    config      Lite/Pro geometry and constants        image           reference resize/crop, colour correction
-    audio       audio input, wav2vec2, windows         audio_context_cache   the stream-mode ring buffer
-    model       the DiT                                attention       SDPA / flash-attn / Sage behind one function
-    checkpoint  loading DiT weights                    vae/            Wan2.1 (Pro) and LTX-Video (Lite) VAEs
-    sampler     the 4-step flow-matching update        session         the streaming session across chunks
-    pipeline    load everything, write the MP4         video_io        PyAV writing and reading
-Tooling: verify + verify_cases (reference parity), bench, tiny* (random checkpoints), demo, download, cli.
+    pipeline = load_pipeline("SoulX-FlashHead-1_3B", variant="lite", device="cuda", dtype=torch.bfloat16)
+    write_talking_video(pipeline, "face.png", "speech.wav", "out.mp4", height=512, width=512, seed=42)
+
+The README's module map says where each stage lives; docs/algorithm.md explains the algorithm.
 """
 
+from .audio import load_audio, load_wav2vec2
+from .checkpoint import load_dit
+from .errors import FlashHeadError
+from .pipeline import Pipeline, load_pipeline, write_talking_video
+from .session import StreamingSession
+from .streaming import stream_talking_head
+from .vae import load_vae
+
 __version__ = "0.1.0"
+__all__ = ["FlashHeadError", "Pipeline", "StreamingSession", "load_audio", "load_dit", "load_pipeline", "load_vae",
+           "load_wav2vec2", "stream_talking_head", "write_talking_video"]

@@ -1,5 +1,7 @@
+"""`python -m flashhead_core` is the `flashhead` command."""
+
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import AttentionBackendError
+
 BACKENDS = ("sdpa", "flash_attn_3", "flash_attn_2", "sage")
 AUTO_PREFERENCE = ("flash_attn_3", "flash_attn_2", "sdpa")  # exact kernels only, fastest first
 INSTALL_HINT = {
@@ -25,10 +27,6 @@ INSTALL_HINT = {
     "flash_attn_2": "pip install flash-attn (CUDA, SM80+)",
     "sage": "pip install sageattention (CUDA)",
 }
-
-
-class AttentionBackendError(ValueError):
-    """An attention backend was asked for that does not exist or cannot run here."""
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

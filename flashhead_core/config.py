@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .errors import InputError
+
 # Video / audio constants of the published model (spec §1).
 FPS = 25
 AUDIO_SAMPLE_RATE = 16_000
@@ -89,5 +91,5 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 512x512, not {text!r}") from None
+        raise InputError(f"size must be WIDTHxHEIGHT, e.g. 512x512, not {text!r}") from None
     return height, width

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .video_io import images_to_uint8
+from .errors import ImageError, InputError, SizeError
+from .frames import images_to_uint8
 
 MIN_SIDE = 16  # smaller sources are rejected: nothing of a face survives, and the resize would be pure blur
 # Above this many source pixels (16.8 MP, e.g. 8k x 8k or a 50 MP photo) the resize is approximate but memory-light:
@@ -29,14 +30,6 @@ MIN_SIDE = 16  # smaller sources are rejected: nothing of a face survives, and t
 # resize. Everything up to 16.8 MP (a 12 MP phone photo included) takes the exact official path.
 LARGE_IMAGE_PIXELS = 4096 * 4096
 REDUCING_GAP = 3.0
-
-
-class ImageError(ValueError):
-    """An image input that cannot be used as a reference."""
-
-
-class SizeError(ValueError):
-    """A video size the model cannot produce."""
 
 
 # --- loading -------------------------------------------------------------------------------------------------------
@@ -157,7 +150,7 @@ def resize_and_centercrop(image: Image.Image | torch.Tensor, height: int, width:
         pixels = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
         return _center_crop(pixels, height, width)[None, :, None]
     if image.ndim != 3:
-        raise ValueError(f"a tensor image must be [C, H, W], got {list(image.shape)}")
+        raise ImageError(f"a tensor image must be [C, H, W], got {list(image.shape)}")
     new_h, new_w = _resized_size(image.shape[1], image.shape[2], height, width)
     resized = F.interpolate(image[None], size=(new_h, new_w), mode="nearest")[0]
     return _center_crop(resized, height, width)
@@ -252,7 +245,7 @@ def match_colors(frames: torch.Tensor, reference: torch.Tensor, strength: float)
     in at least float32).
     """
     if not 0 <= strength <= 1:
-        raise ValueError(f"colour-correction strength must be between 0 and 1, got {strength}")
+        raise InputError(f"colour-correction strength must be between 0 and 1, got {strength}")
     if frames.ndim != 5 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B, 3, T, H, W], got {list(frames.shape)}")
     if reference.ndim != 5 or reference.shape[1:3] != (3, 1) or reference.shape[-2:] != frames.shape[-2:]:

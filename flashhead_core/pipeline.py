@@ -15,15 +15,16 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .audio import (AudioFile, Wav2Vec2FrameEncoder, decode_pieces, load_wav2vec2, mono_16k_pieces, probe_audio_file,
-                    read_audio, to_mono_16k)
-from .audio_context_cache import DEFAULT_CONTEXT_SECONDS
-from .checkpoint import CheckpointError, load_dit
+from .audio import (DEFAULT_CONTEXT_SECONDS, AudioFile, Wav2Vec2FrameEncoder, decode_pieces, load_wav2vec2,
+                    mono_16k_pieces, probe_audio_file, read_audio, to_mono_16k)
+from .checkpoint import load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
-from .download import AUDIO_DIR
+from .errors import CheckpointError
 from .model import FlashHeadDiT
+from .release import AUDIO_DIR
 from .sampler import SamplerConfig
-from .session import StreamingSession, stream_talking_head, video_frame_count
+from .session import StreamingSession
+from .streaming import stream_talking_head, video_frame_count
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .video_io import AudioStream, VideoWriter, aac_can_store
 

@@ -12,12 +12,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
 
 from .model import FlashHeadDiT
-from .stage_timer import NO_TIMER, StageTimer
+from .errors import InputError
+
+# Wraps one named stage of a chunk (audio_projection, dit_step_0, vae_decode, ...); `flashhead bench e2e` times them.
+StageHook = Callable[[str], AbstractContextManager]
+
+
+def untimed(name: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 @dataclass(frozen=True)
@@ -29,9 +37,9 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise InputError(f"steps must be at least 1, got {self.steps}")
         if not 0.0 <= self.color_correction <= 1.0:
-            raise ValueError(f"colour-correction strength must be in [0, 1], got {self.color_correction}")
+            raise InputError(f"colour-correction strength must be in [0, 1], got {self.color_correction}")
 
 
 class GenerationCancelled(Exception):
@@ -49,17 +57,17 @@ def shifted_timesteps(config: SamplerConfig, dtype: torch.dtype = torch.float32)
 def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor,
                  motion_latents: torch.Tensor, timesteps: torch.Tensor, draw_noise: Callable[[], torch.Tensor],
                  num_timesteps: int = 1000, on_step: Callable[[int], None] | None = None,
-                 timer: StageTimer = NO_TIMER) -> torch.Tensor:
+                 stage: StageHook = untimed) -> torch.Tensor:
     """Denoise one chunk.
 
     audio_tokens [1, T, N, dim]; ref_latent [1, C, T, h, w]; motion_latents [1, C, M, h, w] (M <= T);
     timesteps [steps + 1] in the pipeline dtype; draw_noise() -> [1, C, T, h, w] in the pipeline dtype, called
     steps + 1 times in a fixed order (initial latent, then one per step). on_step(i) runs before step i (progress,
-    cancellation). timer times the audio keys/values and each step. Returns the denoised latents [1, C, T, h, w]
+    cancellation). stage wraps the audio keys/values and each step. Returns the denoised latents [1, C, T, h, w]
     with the motion latents written in.
     """
     frames = motion_latents.shape[2]
-    with timer.stage("audio_keys_values"):
+    with stage("audio_keys_values"):
         audio = model.audio_context(audio_tokens)  # the blocks' audio keys/values: the same at every step
     z = draw_noise()
     sigmas = timesteps / num_timesteps
@@ -67,7 +75,7 @@ def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: to
         if on_step is not None:
             on_step(i)
         z[:, :, :frames] = motion_latents
-        with timer.stage(f"dit_step_{i}"):
+        with stage(f"dit_step_{i}"):
             flow = model(z, timesteps[i].reshape(1), ref_latent, audio).to(z.dtype)
             x0 = z - sigmas[i] * flow
             z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draw_noise()

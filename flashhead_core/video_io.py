@@ -1,12 +1,9 @@
-"""Video files with PyAV (no ffmpeg subprocess): frame conversions, an incremental MP4 writer, and file facts.
+"""Video files with PyAV (no ffmpeg subprocess): an incremental MP4 writer, and file facts.
 
     with VideoWriter("out.mp4", width=512, height=512, audio=(samples, 16000)) as writer:   # or audio=AudioStream
         for chunk in stream_of_chunks:          # [n, H, W, 3] uint8, or float 0..1
             writer.write(chunk)                 # encoded at once: memory does not grow with the video's length
     info = read_video_info("out.mp4")           # frames, fps, size, audio duration/rate/channels
-
-The conversions between the model's frames ([-1, 1], [B, 3, T, H, W]), ComfyUI IMAGE batches (float [T, H, W, 3]
-in 0..1) and uint8 pixels live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +22,9 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace
 
 from .config import FPS
-from .sample_reader import SampleReader
+from .audio.sample_reader import SampleReader
+from .errors import AudioInputError, FlashHeadError, SizeError, VideoWriteError
+from .frames import images_to_uint8
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
@@ -34,52 +33,13 @@ def aac_can_store(sample_rate: float, channels: int) -> bool:
     """Whether the MP4's AAC track can carry audio as it is (a standard rate, mono or stereo); callers fall back to
     the 16 kHz mono track the model heard."""
     return sample_rate in AAC_SAMPLE_RATES and channels in (1, 2)
+
+
 _BT709 = 1  # AVCOL_PRI/TRC/SPC_BT709: the tag matches the RGB -> YUV matrix we convert with
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 
 
-# --- frame conversions ---------------------------------------------------------------------------------------------
-
-def video_to_images(video: torch.Tensor) -> torch.Tensor:
-    """Model frames [1, 3, T, H, W] or [3, T, H, W] in [-1, 1] -> float32 [T, H, W, 3] in 0..1 on the CPU (the
-    ComfyUI IMAGE layout). Values outside [-1, 1] (the LTX VAE does not clamp) are clamped."""
-    if video.ndim == 5:
-        if video.shape[0] != 1:
-            raise ValueError(f"expected one video [1, 3, T, H, W], got a batch of {video.shape[0]}")
-        video = video[0]
-    if video.ndim != 4 or video.shape[0] != 3:
-        raise ValueError(f"expected frames [1, 3, T, H, W] or [3, T, H, W], got {list(video.shape)}")
-    return ((video.detach().float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).contiguous().cpu()
-
-
-def images_to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """uint8, or float in 0..1 (clamped, rounded), of any shape (numpy or torch) -> uint8 numpy, same shape.
-    uint8 numpy input is returned as is (no copy)."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images
-    images = torch.as_tensor(images).detach()
-    if images.dtype == torch.uint8:
-        return images.cpu().numpy()
-    if not images.is_floating_point():
-        raise ValueError(f"pixels must be uint8 (0..255) or float (0..1), got {images.dtype}")
-    if images.numel() and bool(torch.isnan(images).any()):
-        raise ValueError("pixels contain NaN")
-    if images.numel() and images.max().item() > 1.5:
-        raise ValueError(f"float pixels must be in 0..1, got values up to {images.max().item():g} "
-                         f"(for 0..255 values divide by 255 or pass uint8)")
-    return images.float().clamp(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
-
-
-def video_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """Model frames [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (what the writer encodes)."""
-    return images_to_uint8(video_to_images(video))
-
-
 # --- writing -------------------------------------------------------------------------------------------------------
-
-class VideoWriteError(OSError):
-    """The video file could not be written (disk full, folder not writable, ...). Nothing was left behind."""
-
 
 class VideoWriter:
     """Incremental H.264 (libx264, yuv420p, BT.709) MP4 with optional AAC audio; use it as a context manager.
@@ -98,7 +58,7 @@ class VideoWriter:
     def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS,
                  audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream | None = None, crf: int = 18):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
-            raise ValueError(f"video size {width}x{height}: H.264 (yuv420p) needs positive even sizes; use even "
+            raise SizeError(f"video size {width}x{height}: H.264 (yuv420p) needs positive even sizes; use even "
                              f"sizes (the model produces multiples of 16 or 32)")
         self.path = Path(path)
         if not self.path.parent.is_dir():
@@ -205,7 +165,7 @@ class VideoWriter:
         available = self._audio.read(end - start)  # [n] or [n, C], n <= end - start
         block[:, :len(available)] = available.reshape(len(available), -1).T
         if not np.isfinite(block).all():
-            raise ValueError(f"the audio contains NaN or infinite samples between {start} and {end}")
+            raise AudioInputError(f"the audio contains NaN or infinite samples between {start} and {end}")
         frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self._audio_layout)
         frame.sample_rate, frame.pts, frame.time_base = self._sample_rate, start, Fraction(1, self._sample_rate)
         self._container.mux(self._audio_stream.encode(frame))
@@ -228,7 +188,7 @@ def _audio_stream(audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream) ->
     if isinstance(audio, AudioStream):
         _check_aac_rate(audio.sample_rate)
         if audio.channels not in (1, 2):
-            raise ValueError(f"audio must have 1 or 2 channels, got {audio.channels}")
+            raise AudioInputError(f"audio must have 1 or 2 channels, got {audio.channels}")
         return audio
     samples, sample_rate = audio
     _check_aac_rate(sample_rate)
@@ -238,14 +198,14 @@ def _audio_stream(audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream) ->
     elif samples.ndim == 2 and samples.shape[0] in (1, 2) and samples.shape[1] > 2:
         samples = samples.T  # channels first -> [N, C]
     if samples.ndim != 2 or samples.shape[1] not in (1, 2) or not np.issubdtype(samples.dtype, np.floating):
-        raise ValueError(f"audio must be float samples [N] (mono) or [N, C] / [C, N] with 1 or 2 channels, got "
+        raise AudioInputError(f"audio must be float samples [N] (mono) or [N, C] / [C, N] with 1 or 2 channels, got "
                          f"{samples.dtype} {list(samples.shape)}")
     return AudioStream([samples], int(sample_rate), samples.shape[1])
 
 
 def _check_aac_rate(sample_rate: int) -> None:
     if sample_rate not in AAC_SAMPLE_RATES:
-        raise ValueError(f"audio sample rate {sample_rate} Hz cannot be stored as AAC; resample to one of "
+        raise AudioInputError(f"audio sample rate {sample_rate} Hz cannot be stored as AAC; resample to one of "
                          f"{', '.join(map(str, AAC_SAMPLE_RATES))} (16000 is the model's rate)")
 
 
@@ -275,7 +235,7 @@ def read_video_info(path: str | Path) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
+                raise FlashHeadError(f"{path} has no video stream")
             video = container.streams.video[0]
             fps = video.average_rate or video.guessed_rate
             frames = video.frames or sum(1 for packet in container.demux(video) if packet.size)
@@ -288,4 +248,4 @@ def read_video_info(path: str | Path) -> VideoInfo:
                             audio_sample_rate=audio.sample_rate, audio_channels=audio.channels)
             return VideoInfo(**info)
     except av.FFmpegError as e:
-        raise ValueError(f"cannot read {path} as a video: {e}") from e
+        raise FlashHeadError(f"cannot read {path} as a video: {e}") from e

@@ -6,7 +6,7 @@ import torch
 
 from ..flashhead_core.audio import load_audio
 from ..flashhead_core.config import AUDIO_SAMPLE_RATE
-from ..flashhead_core.session import audio_chunks, check_encoder_fits, video_frame_count
+from ..flashhead_core.streaming import audio_chunks, check_encoder_fits, video_frame_count
 
 from . import _host
 from ._wires import AUDIO_EMBEDS, AUDIO_ENCODER, MODEL, FlashHeadAudioEmbeds

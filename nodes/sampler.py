@@ -22,9 +22,10 @@ import torch
 from ..flashhead_core.config import FPS
 from ..flashhead_core.image import check_size, match_colors
 from ..flashhead_core.sampler import GenerationCancelled, SamplerConfig
-from ..flashhead_core.session import StreamingSession, frames_to_keep, stream_frames
+from ..flashhead_core.session import StreamingSession
+from ..flashhead_core.streaming import frames_to_keep, stream_frames
 from ..flashhead_core.vae import check_vae_matches_model
-from ..flashhead_core.video_io import video_to_images
+from ..flashhead_core.frames import video_to_images
 
 from . import _host
 from ._wires import AUDIO_EMBEDS, MODEL, VAE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..flashhead_core.audio import load_audio
 from ..flashhead_core.config import AUDIO_SAMPLE_RATE, FPS
-from ..flashhead_core.session import check_encoder_fits, stream_talking_head, video_frame_count
+from ..flashhead_core.streaming import check_encoder_fits, stream_talking_head, video_frame_count
 from ..flashhead_core.video_io import VideoWriter, aac_can_store
 
 from . import _host

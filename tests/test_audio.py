@@ -12,13 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashhead_core.audio import (AudioInputError, build_wav2vec2, decode_pieces, frame_windows, load_audio,
-                                  load_wav2vec2, mono_16k_pieces, once_mode_chunks, once_mode_length,
-                                  pad_for_once_mode, probe_audio_file, read_audio)
-from flashhead_core.audio_context_cache import AudioContextCache, stream_chunks, stream_slices
-from flashhead_core.checkpoint import CheckpointError, DictSource
-from flashhead_core.tiny_audio import TINY_WAV2VEC2, write_tiny_wav2vec2
-from flashhead_core.verify import verify_file
+from flashhead_core.audio.context_cache import AudioContextCache, stream_chunks, stream_slices
+from flashhead_core.audio.decode import decode_pieces, load_audio, mono_16k_pieces, probe_audio_file, read_audio
+from flashhead_core.audio.wav2vec2 import build_wav2vec2, load_wav2vec2
+from flashhead_core.audio.windows import frame_windows, once_mode_chunks, once_mode_length, pad_for_once_mode
+from flashhead_core.errors import AudioInputError, CheckpointError
+from flashhead_core.testing.wav2vec2 import TINY_WAV2VEC2, write_tiny_wav2vec2
+from flashhead_core.tools.parity import verify_file
+from flashhead_core.weights import DictSource
 
 POS_CONV = "wav2vec2.encoder.pos_conv_embed.conv."
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashhead_core.demo import write_wav
+from flashhead_core.testing.media import write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_HOST = Path(os.environ.get("FLASHHEAD_SHARED_HOST", REPO.parent / "shared" / "comfy_host"))

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashhead_core.attention import AttentionBackendError, attention, available_backends, resolve_backend
-from flashhead_core.checkpoint import CheckpointError, load_dit
-from flashhead_core.cli import main as cli_main
+from flashhead_core.attention import attention, available_backends, resolve_backend
+from flashhead_core.checkpoint import load_dit
 from flashhead_core.config import LITE, PRO
+from flashhead_core.errors import AttentionBackendError, CheckpointError
 from flashhead_core.model import apply_rope, rope_table
-from flashhead_core.tiny import write_tiny_dit
-from flashhead_core.verify import verify_file
-
+from flashhead_core.testing.dit import write_tiny_dit
+from flashhead_core.tools.cli import main as cli_main
+from flashhead_core.tools.parity import verify_file
 
 # --- reference parity ----------------------------------------------------------------------------------------------
 

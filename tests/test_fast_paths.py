@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 import torch
 
-from flashhead_core.bench import random_dit
 from flashhead_core.sampler import SamplerConfig, sample_chunk, shifted_timesteps
-from flashhead_core.stage_timer import NO_TIMER, StageTimer
-from flashhead_core.tiny import tiny_config
-from flashhead_core.verify import rel_error
+from flashhead_core.testing.dit import tiny_config
+from flashhead_core.testing.random import random_dit
+from flashhead_core.tools.parity import rel_error
+from flashhead_core.tools.stage_timer import StageTimer
 
 
 def _inputs(config, frames: int = 3, size: int = 64, seed: int = 0):
@@ -83,19 +83,12 @@ def test_stage_timer_medians_skip_warm_up():
     assert timer.medians(skip_chunks=0)["decode"] == pytest.approx(2.5)
 
 
-def test_disabled_timer_records_nothing():
-    with NO_TIMER.stage("anything"):
-        pass
-    NO_TIMER.end_chunk()
-    assert NO_TIMER.per_chunk() == []
-
-
 def test_bench_e2e_reports_every_stage(capsys):
     """`flashhead bench e2e` end to end (full-size VAE and wav2vec2, a 1-block DiT, 64x64): one JSON line with every
     stage of the chunk, the FPS and the reduced-model warning."""
     import json
 
-    from flashhead_core.cli import main
+    from flashhead_core.tools.cli import main
 
     assert main(["bench", "e2e", "--variant", "lite", "--chunks", "2", "--size", "64x64", "--layers", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

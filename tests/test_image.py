@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from support import write_png16
 
-from flashhead_core.image import (LARGE_IMAGE_PIXELS, MIN_SIDE, ImageError, SizeError, check_size, load_image,
-                                  match_colors, reference_tensor, resize_and_centercrop)
-from flashhead_core.verify import verify_file
+from flashhead_core.errors import ImageError, SizeError
+from flashhead_core.image import (
+    LARGE_IMAGE_PIXELS,
+    MIN_SIDE,
+    check_size,
+    load_image,
+    match_colors,
+    reference_tensor,
+    resize_and_centercrop,
+)
+from flashhead_core.tools.parity import verify_file
 
 
 def _random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def _write_png16(path, pixels: np.ndarray) -> None:
-    """A 16-bit PNG (Pillow cannot write 16-bit RGB): pixels uint16 [H, W, C], C = 1 (grey), 3 or 4."""
-    height, width, channels = pixels.shape
-    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2, 4: 6}[channels], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                     + chunk(b"IEND", b""))
 
 
 # --- reference parity ----------------------------------------------------------------------------------------------
@@ -122,7 +115,7 @@ def test_palette_with_transparency_is_composited_on_white():
 
 def test_16bit_grey_png_keeps_the_high_byte(tmp_path):
     values = np.array([[0x0000, 0x07FF, 0x8001, 0xFF00]], np.uint16).repeat(16, 0).repeat(4, 1)[..., None]
-    _write_png16(tmp_path / "grey16.png", values)
+    write_png16(tmp_path / "grey16.png", values)
     out = np.asarray(load_image(tmp_path / "grey16.png"))
     assert out.shape == (16, 16, 3)
     assert list(out[0, ::4, 0]) == [0, 7, 128, 255]  # Pillow's own convert would clip everything to 0 or 255
@@ -131,7 +124,7 @@ def test_16bit_grey_png_keeps_the_high_byte(tmp_path):
 def test_16bit_rgb_png(tmp_path):
     pixels = np.zeros((16, 16, 3), np.uint16)
     pixels[...] = (65535, 32896, 257 * 7)
-    _write_png16(tmp_path / "rgb16.png", pixels)
+    write_png16(tmp_path / "rgb16.png", pixels)
     assert (np.asarray(load_image(tmp_path / "rgb16.png")) == (255, 128, 7)).all()
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import SIZE, generated_frames
 
-from flashhead_core.audio import AudioInputError
-from flashhead_core.cli import main as cli_main
-from flashhead_core.demo import synthetic_portrait, synthetic_speech, write_wav
-from flashhead_core.image import ImageError, SizeError, reference_tensor
+from flashhead_core.errors import AudioInputError, ImageError, InputError, SizeError
+from flashhead_core.image import reference_tensor
 from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.sampler import GenerationCancelled
-from flashhead_core.session import StreamingSession, stream_talking_head, video_frame_count
-from flashhead_core.tiny import write_tiny_checkpoint
+from flashhead_core.session import StreamingSession
+from flashhead_core.streaming import video_frame_count
+from flashhead_core.testing import write_tiny_checkpoint
+from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
+from flashhead_core.tools.cli import main as cli_main
 from flashhead_core.video_io import read_video_info
-
-SIZE = 64
 
 
 @pytest.fixture(scope="module")
@@ -33,30 +33,24 @@ def pipeline(request, tmp_path_factory):
     return load_pipeline(root, variant=request.param)
 
 
-def _frames(pipeline, image, samples, mode="stream", seed=0):
-    session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE, seed=seed)
-    session.add_identity("face", image)
-    return torch.cat(list(stream_talking_head(session, pipeline.audio_encoder, samples, mode)))
-
-
 @pytest.mark.parametrize("mode", ["stream", "once"])
 def test_frame_count_covers_the_audio_exactly(pipeline, assets, mode):
-    frames = _frames(pipeline, assets["image"], assets["samples"], mode)
+    frames = generated_frames(pipeline, assets["image"], assets["samples"], mode)
     assert frames.shape == (video_frame_count(len(assets["samples"])), SIZE, SIZE, 3)
     assert frames.shape[0] == round(1.3 * 25)
     assert frames.dtype == torch.float32 and 0 <= frames.min() and frames.max() <= 1
 
 
 def test_reproducible_from_seed(pipeline, assets):
-    a = _frames(pipeline, assets["image"], assets["samples"], seed=3)
-    assert torch.equal(a, _frames(pipeline, assets["image"], assets["samples"], seed=3))
-    assert not torch.equal(a, _frames(pipeline, assets["image"], assets["samples"], seed=4))
+    a = generated_frames(pipeline, assets["image"], assets["samples"], seed=3)
+    assert torch.equal(a, generated_frames(pipeline, assets["image"], assets["samples"], seed=3))
+    assert not torch.equal(a, generated_frames(pipeline, assets["image"], assets["samples"], seed=4))
 
 
 def test_colours_follow_the_reference(pipeline, assets, tmp_path):
     """Colour correction pulls every frame's colour statistics to the reference (random weights make no face)."""
     reference = (reference_tensor(assets["image"], SIZE, SIZE)[0, :, 0] + 1) / 2  # [3, H, W]
-    frames = _frames(pipeline, assets["image"], assets["samples"])
+    frames = generated_frames(pipeline, assets["image"], assets["samples"])
     first = frames[0].permute(2, 0, 1)
     assert torch.allclose(first.mean(dim=(1, 2)), reference.mean(dim=(1, 2)), atol=0.05)
 
@@ -76,7 +70,7 @@ def test_identity_switch_between_chunks(pipeline, assets, tmp_path):
     assert session.motion_latents.shape[2] == 2
     red_mean, face_mean = red_chunk[0, 0].mean().item(), face_chunk[0, 0].mean().item()  # red channel in [-1, 1]
     assert red_mean > face_mean + 0.3
-    with pytest.raises(KeyError, match="unknown identity 'nobody'; prepared: face, red"):
+    with pytest.raises(InputError, match="unknown identity 'nobody'; prepared: face, red"):
         session.use_identity("nobody")
 
 

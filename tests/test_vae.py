@@ -9,13 +9,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashhead_core.checkpoint import WEIGHTS_NAME, CheckpointError
 from flashhead_core.config import LITE, PRO
-from flashhead_core.tiny import write_tiny_dit
-from flashhead_core.tiny_vae import TINY_LTX_CHANNELS, random_ltx_vae, write_tiny_ltx_vae, write_tiny_wan_vae
-from flashhead_core.vae import TILE_PIXELS, check_vae_matches_model, halo_tiled, load_vae, receptive_radius
+from flashhead_core.errors import CheckpointError
+from flashhead_core.release import WEIGHTS_NAME
+from flashhead_core.testing.dit import write_tiny_dit
+from flashhead_core.testing.random import random_ltx_vae
+from flashhead_core.testing.vae import TINY_LTX_CHANNELS, write_tiny_ltx_vae, write_tiny_wan_vae
+from flashhead_core.tools.parity import rel_error, verify_file
 from flashhead_core.vae import ltx, wan
-from flashhead_core.verify import rel_error, verify_file
+from flashhead_core.vae.base import TILE_PIXELS
+from flashhead_core.vae.loading import check_vae_matches_model, load_vae
+from flashhead_core.vae.tiling import halo_tiled, receptive_radius
 
 # --- reference parity ----------------------------------------------------------------------------------------------
 

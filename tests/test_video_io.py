@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from flashhead_core.video_io import (AudioStream, VideoWriteError, VideoWriter, images_to_uint8, read_video_info,
-                                     video_to_images, video_to_uint8)
+from flashhead_core.errors import VideoWriteError
+from flashhead_core.frames import images_to_uint8, video_to_images
+from flashhead_core.video_io import AudioStream, VideoWriter, read_video_info
 
 WIDTH, HEIGHT = 64, 48
 
@@ -191,7 +192,7 @@ def test_frame_conversions():
     images = video_to_images(video)
     assert images.shape == (5, 2, 4, 3) and images.dtype == torch.float32
     assert images[:, 0, 0, 0].tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
-    assert video_to_uint8(video)[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+    assert images_to_uint8(video_to_images(video))[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
     assert torch.equal(video_to_images(video[0]), images)
     pixels = np.arange(256, dtype=np.uint8)
     assert images_to_uint8(pixels) is pixels

@@ -22,8 +22,11 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLLTXVideo
 
-from ..checkpoint import CheckpointError, build_on_meta, require_keys
-from . import DiffusersVAE, KeyMap, check_config_json, receptive_radius
+from ..errors import CheckpointError
+from ..weights import build_on_meta, require_keys
+from .base import VideoVAE
+from .keymap import KeyMap, check_config_json
+from .tiling import receptive_radius
 
 VARIANT = "lite"
 WHAT = "the LTX-Video 0.9.0 VAE (VAE_LTX/)"
@@ -104,7 +107,7 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
     return LtxVAE(model, tiling)
 
 
-class LtxVAE(DiffusersVAE):
+class LtxVAE(VideoVAE):
     family, variant, latent_channels, stride, clamp_output = "ltx", VARIANT, 128, (8, 32, 32), False
     tiled_scale = 8  # up blocks 1 and 2 upsample 2x each: the tiles are cut at 1/8 of the output resolution
 

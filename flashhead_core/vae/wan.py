@@ -24,8 +24,11 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d
 
-from ..checkpoint import CheckpointError, build_on_meta, require_keys
-from . import DiffusersVAE, KeyMap, check_config_json, receptive_radius
+from ..errors import CheckpointError
+from ..weights import build_on_meta, require_keys
+from .base import VideoVAE
+from .keymap import KeyMap, check_config_json
+from .tiling import receptive_radius
 
 VARIANT = "pro"
 WHAT = "the Wan2.1 VAE (VAE_Wan/Wan2.1_VAE.pth)"
@@ -88,7 +91,7 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
     return WanVAE(model, tiling)
 
 
-class WanVAE(DiffusersVAE):
+class WanVAE(VideoVAE):
     family, variant, latent_channels, stride, clamp_output = "wan", VARIANT, 16, (4, 8, 8), True
     tiled_scale = 4  # up block 0 upsamples 2x: the tiles are cut at 1/4 of the output resolution
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashhead_core.demo import synthetic_portrait, synthetic_speech, write_wav
 from flashhead_core.pipeline import Pipeline, load_pipeline
 from flashhead_core.session import StreamingSession
-from flashhead_core.tiny import write_tiny_checkpoint
+from flashhead_core.testing import write_tiny_checkpoint
+from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
 
 VARIANTS = ("lite", "pro")
 SPEECH_SECONDS = 0.96  # 24 frames: one Lite chunk, one Pro chunk

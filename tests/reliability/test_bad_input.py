@@ -20,22 +20,27 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from support import (
+    SIZE,
+    assert_user_error,
+    flashhead,
+    generate_args,
+    generated_frames,
+    run_child,
+    write_audio,
+    write_png16,
+)
 
-from flashhead_core.attention import AttentionBackendError
-from flashhead_core.audio import AudioInputError, load_audio
-from flashhead_core.checkpoint import CheckpointError
-from flashhead_core.cli import main as cli_main
+from flashhead_core.audio.decode import load_audio
 from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS, MAX_SEED
-from flashhead_core.demo import synthetic_speech, write_wav
-from flashhead_core.image import ImageError, SizeError
+from flashhead_core.errors import AttentionBackendError, AudioInputError, CheckpointError, ImageError, SizeError
 from flashhead_core.pipeline import Pipeline, load_pipeline, write_talking_video
-from flashhead_core.tiny_vae import write_tiny_wan_vae
+from flashhead_core.testing.media import synthetic_speech, write_wav
+from flashhead_core.testing.vae import write_tiny_wan_vae
+from flashhead_core.tools.cli import main as cli_main
 from flashhead_core.video_io import read_video_info
-from test_image import _write_png16
-from test_pipeline import _frames as generated_frames  # (pipeline, image, samples, mode, seed)
 
 from .conftest import SPEECH_SECONDS
-from .support import SIZE, assert_user_error, flashhead, generate_args, run_child, write_audio
 
 FRAMES = round(SPEECH_SECONDS * FPS)
 
@@ -285,12 +290,12 @@ def rgba_image(folder: Path, portrait: Path) -> Path:
 
 def grey16_image(folder: Path, portrait: Path) -> Path:
     grey = np.asarray(Image.open(portrait).convert("L")).astype(np.uint16) * 257
-    _write_png16(folder / "grey16.png", grey[..., None])
+    write_png16(folder / "grey16.png", grey[..., None])
     return folder / "grey16.png"
 
 
 def rgb16_image(folder: Path, portrait: Path) -> Path:
-    _write_png16(folder / "rgb16.png", np.asarray(Image.open(portrait).convert("RGB")).astype(np.uint16) * 257)
+    write_png16(folder / "rgb16.png", np.asarray(Image.open(portrait).convert("RGB")).astype(np.uint16) * 257)
     return folder / "rgb16.png"
 
 

@@ -15,17 +15,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from support import SIZE, Child, assert_user_error, flashhead, generate_args, generated_frames, run_child
 
-from flashhead_core.audio import load_audio
+from flashhead_core.audio.decode import load_audio
 from flashhead_core.config import FPS
-from flashhead_core.demo import synthetic_speech, write_wav
 from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.sampler import GenerationCancelled
+from flashhead_core.testing.media import synthetic_speech, write_wav
 from flashhead_core.video_io import read_video_info
-from test_pipeline import _frames as generated_frames  # (pipeline, image, samples, mode, seed)
 
 from .conftest import VARIANTS
-from .support import SIZE, Child, assert_user_error, flashhead, generate_args, run_child
 
 TWO_CHUNKS_SECONDS = 1.6  # 40 frames: two chunks of either variant
 FILE_SIZE_LIMIT = 32 * 1024  # bytes: the MP4 of 4 s of speech outgrows it after a few frames

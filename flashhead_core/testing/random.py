@@ -1,25 +1,35 @@
-"""VAEs with seeded random weights: tiny checkpoints written in the released layouts (tests, demos) and full-size
-networks for benchmarks. Nothing here is a trained model."""
+"""Seeded random weights of a sensible scale, for tiny test checkpoints and full-size benchmark models. Models are
+built through the loaders' meta-device path (no random init, one copy of the weights). Nothing here is trained."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save_file
+from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
 from torch import nn
 
-from .checkpoint import WEIGHTS_NAME, build_on_meta
-from .vae import VAE_LTX_DIR, VAE_WAN_FILE
-from .vae.ltx import VERSION_090, LtxVAE
-from .vae.wan import WanVAE
+from ..attention import resolve_backend
+from ..audio.wav2vec2 import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model
+from ..model import FlashHeadDiT
+from ..vae.ltx import VERSION_090, LtxVAE
+from ..vae.wan import WanVAE
+from ..weights import build_on_meta
 
-TINY_WAN_DIM = 4  # the fixture's size; the released VAE has 96
-TINY_LTX_CHANNELS = (4, 8, 16, 16)  # released: (128, 256, 512, 512)
-TINY_LTX_LAYERS = (1, 1, 1, 1, 1)  # released: (4, 3, 3, 3, 4)
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every parameter with seeded random values of a sensible scale (norm gains near 1, the rest small)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        values = torch.randn(param.shape, generator=generator)
+        if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight", "norm.weight")):
+            values = 1 + 0.1 * values
+        else:
+            fan_in = param.shape[1] if param.dim() > 1 else param.shape[-1]
+            values = values * min(0.1, fan_in ** -0.5)
+        param.data.copy_(values.to(param.dtype))
+    return model
 
 
 def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -53,8 +63,6 @@ def _random(factory: Callable[[], nn.Module], seed: int, device, dtype) -> nn.Mo
 def random_wan_vae(base_dim: int = 96, *, seed: int = 0, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32, tiling: bool = True) -> WanVAE:
     """A Wan2.1 VAE (released size by default) with random weights."""
-    from diffusers import AutoencoderKLWan
-
     return WanVAE(_random(lambda: AutoencoderKLWan(base_dim=base_dim, z_dim=16), seed, device, dtype), tiling)
 
 
@@ -68,35 +76,19 @@ def random_ltx_vae(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tup
                    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                    tiling: bool = True) -> LtxVAE:
     """An LTX-Video 0.9.0 VAE (released size by default) with random weights and random latent statistics."""
-    from diffusers import AutoencoderKLLTXVideo
-
     kwargs = ltx_kwargs(channels, layers)
     return LtxVAE(_random(lambda: AutoencoderKLLTXVideo(**kwargs), seed, device, dtype), tiling)
 
 
-def write_tiny_wan_vae(directory: str | Path, *, seed: int = 0) -> Path:
-    """Write `<directory>/VAE_Wan/Wan2.1_VAE.pth`: a plain state dict in the original Wan key layout (as released),
-    base dim 4. Returns the file."""
-    from .vae.wan import KEYS
-
-    file = Path(directory) / VAE_WAN_FILE
-    file.parent.mkdir(parents=True, exist_ok=True)
-    state = random_wan_vae(TINY_WAN_DIM, seed=seed).model.state_dict()
-    torch.save({KEYS.to_original(k): v.contiguous() for k, v in state.items()}, file)
-    return file
+def random_dit(config, device: torch.device, dtype: torch.dtype, attention: str = "auto"):
+    """A FlashHeadDiT of `config` with random weights, built on the meta device (one copy of the weights)."""
+    with torch.device("meta"):
+        model = FlashHeadDiT(config, attention_backend=resolve_backend(attention, device))
+    return randomize_(model.to_empty(device=device).to(dtype)).eval().requires_grad_(False)
 
 
-def write_tiny_ltx_vae(directory: str | Path, *, seed: int = 0) -> Path:
-    """Write `<directory>/VAE_LTX/` in the released diffusers layout (config.json + diffusion_pytorch_model.safetensors
-    with latents_mean/latents_std): latent 128, real strides, base channels 4. Returns the folder."""
-    folder = Path(directory) / VAE_LTX_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    kwargs = ltx_kwargs(TINY_LTX_CHANNELS, TINY_LTX_LAYERS)
-    config = {"_class_name": "AutoencoderKLLTXVideo", "_diffusers_version": "0.32.0.dev0", "scaling_factor": 1.0,
-              **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
-                 if k not in ("decoder_block_out_channels", "decoder_layers_per_block", "timestep_conditioning",
-                              "decoder_spatio_temporal_scaling")}}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    state = random_ltx_vae(TINY_LTX_CHANNELS, TINY_LTX_LAYERS, seed=seed).model.state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    return folder
+def random_wav2vec2(device: torch.device):
+    """wav2vec2-base-960h (float32, as always) with random weights, wrapped as FlashHead's frame encoder."""
+    with torch.device("meta"):
+        model = new_wav2vec2_model(BASE_960H_CONFIG)
+    return Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))

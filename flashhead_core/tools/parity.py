@@ -1,24 +1,118 @@
-"""The fixture runners and manifest checkers behind `flashhead verify`, one section per module.
+"""Parity with the official implementation: replay its golden fixtures and check its key/shape manifests.
 
-A fixture runner gets a `Fixture` (its `weights.*`, `input.*`, `output.*` tensors and JSON metadata), builds our own
-module from the JSON config, loads `weights.*` through our own loader, runs the case and returns
-{output name: (ours, reference)}. A manifest checker builds the full-size model on the meta device with our own
-classes and returns the list of key/shape problems.
+`flashhead verify FILE...` takes fixture `.safetensors` files (each with its `.json` beside it) and manifest `.json`
+files. Every fixture case and every manifest model has one entry in FIXTURE_CASES / MANIFEST_CASES (at the bottom);
+an unknown one fails loudly.
+Each result is one JSON line: {"file", "case", "rel": {output: rel error}, "limit", "ok"}.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
-from .verify import Fixture, PIPELINE_LIMIT, compare_state_dict_shapes, fixture_runner, manifest_checker  # noqa: F401
+from ..audio import AudioContextCache, frame_windows, pad_for_once_mode, stream_slices
+from ..audio.wav2vec2 import BASE_960H_CONFIG, build_wav2vec2
+from ..audio.wav2vec2 import config_from_shapes as wav2vec2_config_from_shapes
+from ..checkpoint import UNUSED_PREFIXES, build_dit, config_from_shapes
+from ..errors import CheckpointError
+from ..image import match_colors, resize_and_centercrop
+from ..model import FlashHeadDiT
+from ..sampler import SamplerConfig
+from ..session import StreamingSession
+from ..vae import ltx, wan, vae_from_state_dict
+from ..weights import DictSource
+
+MODULE_LIMIT = 1e-5  # single modules (DiT forward, VAE, audio encoder, colour correction, resize)
+PIPELINE_LIMIT = 1e-4  # multi-step pipeline outputs
+
+
+@dataclass
+class Fixture:
+    """One golden fixture: tensors from `<case>.safetensors` and the metadata from `<case>.json`."""
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Fixture":
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return cls(path=path, meta=meta, tensors=load_file(str(path)))
+
+    @property
+    def case(self) -> str:
+        return self.meta.get("case", self.path.stem)
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors whose name starts with `prefix`, with the prefix removed (e.g. group('weights.'))."""
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """||ours - ref|| / ||ref|| over the whole tensor, in float64."""
+    if tuple(ours.shape) != tuple(ref.shape):
+        raise ValueError(f"shape mismatch: ours {tuple(ours.shape)} vs reference {tuple(ref.shape)}")
+    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
+    denom = ref.norm().item()
+    diff = (ours - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def compare_state_dict_shapes(manifest: dict, ours: dict[str, torch.Size], ignored_prefixes=()) -> list[str]:
+    """Problems between a manifest's `params`+`buffers` and our {key: shape}; manifest keys under
+    `ignored_prefixes` (weights the forward never uses) may be absent from ours."""
+    theirs = {k: tuple(v[:-1]) for k, v in {**manifest.get("params", {}), **manifest.get("buffers", {})}.items()}
+    problems = []
+    for key, shape in theirs.items():
+        if key not in ours:
+            if not key.startswith(tuple(ignored_prefixes)):
+                problems.append(f"missing in ours: {key} {list(shape)}")
+        elif tuple(ours[key]) != shape:
+            problems.append(f"shape of {key}: ours {list(ours[key])} vs manifest {list(shape)}")
+    problems += [f"not in manifest: {k} {list(ours[k])}" for k in ours if k not in theirs]
+    return problems
+
+
+def verify_file(path: str | Path) -> dict:
+    """Check one fixture (.safetensors) or manifest (.json). Never raises for a failing check: ok=False."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        fixture = Fixture.load(path)
+        if fixture.case not in FIXTURE_CASES:
+            return {"file": path.name, "case": fixture.case, "ok": False,
+                    "error": f"unknown fixture case {fixture.case!r}; known: {sorted(FIXTURE_CASES)}"}
+        runner, limit = FIXTURE_CASES[fixture.case]
+        with torch.no_grad():
+            pairs = runner(fixture)
+        rel = {name: rel_error(ours, ref) for name, (ours, ref) in pairs.items()}
+        ok = bool(rel) and all(math.isfinite(r) and r < limit for r in rel.values())
+        return {"file": path.name, "case": fixture.case, "rel": rel, "limit": limit, "ok": ok}
+    if path.suffix == ".json":
+        manifest = json.loads(path.read_text())
+        if "state_dict_keys_in_order" not in manifest:
+            return {"file": path.name, "ok": False,
+                    "error": "not a manifest; for a fixture pass its .safetensors file"}
+        name = path.stem
+        if name not in MANIFEST_CASES:
+            return {"file": path.name, "case": name, "ok": False,
+                    "error": f"unknown manifest {name!r}; known: {sorted(MANIFEST_CASES)}"}
+        problems = MANIFEST_CASES[name](manifest)
+        return {"file": path.name, "case": name, "keys": len(manifest["state_dict_keys_in_order"]),
+                "problems": problems[:20], "ok": not problems}
+    return {"file": path.name, "ok": False, "error": "expected a fixture .safetensors or a manifest .json"}
 
 
 # --- DiT -----------------------------------------------------------------------------------------------------------
 
 def _dit_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """One DiT forward: weights through our loader (config from shapes, heads from the JSON), then compare."""
-    from .checkpoint import DictSource, build_dit, config_from_shapes
-
     source = DictSource(fixture.group("weights."))
     config = config_from_shapes(source.shapes, fixture.meta["config"])
     model = build_dit(config, source, attention="sdpa")
@@ -29,15 +123,8 @@ def _dit_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             "audio_context_tokens": (audio_tokens, fixture.tensors["output.audio_context_tokens"])}
 
 
-fixture_runner("dit_forward_wan")(_dit_case)
-fixture_runner("dit_forward_ltx")(_dit_case)
-
-
 def _dit_manifest(manifest: dict) -> list[str]:
     """Build the full-size DiT on the meta device from the manifest's config and compare keys/shapes."""
-    from .checkpoint import UNUSED_PREFIXES, config_from_shapes
-    from .model import FlashHeadDiT
-
     shapes = {k: tuple(v[:-1]) for k, v in manifest["params"].items()}
     config = config_from_shapes(shapes, manifest["config"])
     with torch.device("meta"):
@@ -50,23 +137,12 @@ def _dit_manifest(manifest: dict) -> list[str]:
     return problems
 
 
-manifest_checker("dit_lite")(_dit_manifest)
-manifest_checker("dit_pro")(_dit_manifest)
-
-
 # --- pipeline: two chunks of the streaming session ------------------------------------------------------------------
 
-@fixture_runner("pipeline_chunk", PIPELINE_LIMIT)
 def _pipeline_chunk_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """prepare (resize, reference latent) + consecutive chunks through StreamingSession, replaying the recorded
     noise draws. The tiny DiT is of the dit_forward_wan family; its head count comes from that fixture's JSON."""
-    import json
 
-    from .audio import frame_windows
-    from .checkpoint import DictSource, build_dit, config_from_shapes
-    from .sampler import SamplerConfig
-    from .session import StreamingSession
-    from .vae import vae_from_state_dict
 
     params = fixture.meta["params"]
     family = fixture.path.with_name("dit_forward_wan.json")
@@ -99,11 +175,8 @@ def _pipeline_chunk_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torc
 
 # --- image: colour correction and the reference resize --------------------------------------------------------------
 
-@fixture_runner("color_correction")
 def _color_correction_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """match_colors at every strength in the JSON; output.strength_1_0 holds strength 1.0."""
-    from .image import match_colors
-
     source, reference = fixture.tensors["input.source"], fixture.tensors["input.reference"]
     pairs = {}
     for strength in fixture.meta["strengths"]:
@@ -112,12 +185,9 @@ def _color_correction_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, to
     return pairs
 
 
-@fixture_runner("resize_and_centercrop")
 def _resize_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every sub-case through the PIL path (uint8 image) and the tensor path (float [3, h, w], nearest)."""
-    from PIL import Image
 
-    from .image import resize_and_centercrop
 
     pairs = {}
     for case in fixture.meta["cases"]:
@@ -132,15 +202,10 @@ def _resize_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor
 
 # --- audio: wav2vec2 features, 'once' mode and the Temporal Audio Context Cache --------------------------------------
 
-@fixture_runner("audio_embedding")
 def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Tiny wav2vec2 from the JSON config, `weights.*` through our loader; once mode (padding, normalised input,
     features, windows of all frames) and every stream chunk (normalised 8-s buffer, windows)."""
-    import numpy as np
 
-    from .audio import build_wav2vec2, frame_windows, pad_for_once_mode
-    from .audio_context_cache import AudioContextCache, stream_slices
-    from .checkpoint import DictSource
 
     encoder = build_wav2vec2(fixture.meta["wav2vec2_config"], DictSource(fixture.group("weights.")))
     new_frames, context = fixture.meta["params"]["slice_len"], fixture.meta["params"]["cached_audio_duration"]
@@ -164,19 +229,15 @@ def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, tor
     return pairs
 
 
-@manifest_checker("wav2vec2_base_960h")
 def _wav2vec2_manifest(manifest: dict) -> list[str]:
     """Feed the released file's on-disk keys/shapes (meta tensors: `wav2vec2.` prefix, weight_g/weight_v, lm_head,
     no masked_spec_embed) through our loader, once with the manifest's config (folder layout) and once with the config
     inferred from the shapes (single file); the built models must match the manifest's keys and shapes."""
-    from .audio import BASE_960H_CONFIG, build_wav2vec2, config_from_shapes
-    from .checkpoint import CheckpointError, DictSource
-
     problems = [f"BASE_960H_CONFIG {k}={v}, manifest config {k}={manifest['config'].get(k)}"
                 for k, v in BASE_960H_CONFIG.items() if manifest["config"].get(k) != v]
     disk_shapes = manifest["on_disk"]["disk_keys_model_safetensors"]
     source = DictSource({k: torch.empty(v[:-1], device="meta") for k, v in disk_shapes.items()})
-    inferred = config_from_shapes(source.shapes)
+    inferred = wav2vec2_config_from_shapes(source.shapes)
     problems += [f"config from shapes {k}={inferred[k]}, base-960h {k}={v}"
                  for k, v in BASE_960H_CONFIG.items() if inferred[k] != v]
     for layout, config in (("folder", manifest["config"]), ("single file", inferred)):
@@ -193,12 +254,9 @@ def _wav2vec2_manifest(manifest: dict) -> list[str]:
 
 # --- VAEs: Wan2.1 (Pro) and LTX-Video 0.9.0 (Lite) ------------------------------------------------------------------
 
-@fixture_runner("vae_wan21")
 def _vae_wan_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Encode the 5- and 9-frame clips, decode the reference latents (official key layout through our loader).
     Fixture latents carry no batch dimension; ours do."""
-    from .vae import vae_from_state_dict
-
     vae = vae_from_state_dict(fixture.group("weights."))
     t = fixture.tensors
     posterior = vae.posterior(t["input.video5"])
@@ -216,12 +274,9 @@ def _vae_wan_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tenso
     }
 
 
-@fixture_runner("vae_ltx")
 def _vae_ltx_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Stochastic encode replaying the recorded eps, the deterministic posterior mean, decodes (no clamp).
     The weights use the original LTX-Video names (res_blocks, norm3.norm, mean_of_means)."""
-    from .vae import vae_from_state_dict
-
     vae = vae_from_state_dict(fixture.group("weights."))
     t = fixture.tensors
     return {
@@ -240,9 +295,6 @@ def _meta_state(params: dict) -> dict[str, torch.Tensor]:
 
 def _vae_build_problems(state: dict[str, torch.Tensor], **options):
     """Build the full-size VAE on the meta device through our loader: (vae or None, problems)."""
-    from .checkpoint import CheckpointError
-    from .vae import vae_from_state_dict
-
     try:
         return vae_from_state_dict(state, device="meta", **options), []
     except CheckpointError as e:
@@ -262,12 +314,9 @@ def _vae_geometry_problems(vae, manifest: dict, latent_channels: int) -> list[st
     return problems
 
 
-@manifest_checker("vae_wan21")
 def _vae_wan_manifest(manifest: dict) -> list[str]:
     """The original-layout keys (Wan2.1_VAE.pth) through our loader, every key/shape back in original names, the
     16 latent statistics and the strides."""
-    from .vae import wan
-
     vae, problems = _vae_build_problems(_meta_state(manifest["params"]))
     if vae is None:
         return problems
@@ -280,12 +329,9 @@ def _vae_wan_manifest(manifest: dict) -> list[str]:
     return problems
 
 
-@manifest_checker("vae_ltx")
 def _vae_ltx_manifest(manifest: dict) -> list[str]:
     """The released on-disk diffusers keys with the released config.json through our loader; then the official
     model's keys (original names, plus the statistics buffers) through our converter."""
-    from .vae import ltx
-
     disk = manifest["disk_params_diffusers_layout"]
     vae, problems = _vae_build_problems(_meta_state(disk), config_json=manifest["diffusers_config_on_disk"])
     if vae is None:
@@ -301,3 +347,23 @@ def _vae_ltx_manifest(manifest: dict) -> list[str]:
                 "std_of_means": torch.empty(channels, device="meta")}
     problems += [f"original layout: {p}" for p in _vae_build_problems(original)[1]]
     return problems
+
+
+# Every fixture case: (runner returning {output: (ours, reference)}, limit); every manifest: its checker.
+FIXTURE_CASES = {
+    "pipeline_chunk": (_pipeline_chunk_case, PIPELINE_LIMIT),
+    "color_correction": (_color_correction_case, MODULE_LIMIT),
+    "resize_and_centercrop": (_resize_case, MODULE_LIMIT),
+    "audio_embedding": (_audio_embedding_case, MODULE_LIMIT),
+    "vae_wan21": (_vae_wan_case, MODULE_LIMIT),
+    "vae_ltx": (_vae_ltx_case, MODULE_LIMIT),
+    "dit_forward_wan": (_dit_case, MODULE_LIMIT),
+    "dit_forward_ltx": (_dit_case, MODULE_LIMIT),
+}
+MANIFEST_CASES = {
+    "wav2vec2_base_960h": _wav2vec2_manifest,
+    "vae_wan21": _vae_wan_manifest,
+    "vae_ltx": _vae_ltx_manifest,
+    "dit_lite": _dit_manifest,
+    "dit_pro": _dit_manifest,
+}

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .config import parse_size
+import torch
+from tqdm import tqdm
+
+from ..config import parse_size
+from ..errors import FlashHeadError
+from ..pipeline import load_pipeline, write_talking_video
+from ..testing import write_tiny_checkpoint
+from . import bench
+from .demo import run_demo
+from .download import download
+from .parity import verify_file
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_file
 
     failed = 0
     for path in args.files:
@@ -21,17 +31,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
 
     bench.run(args.name, args)
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from .pipeline import load_pipeline, write_talking_video
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     device = torch.device(args.device)
@@ -49,33 +54,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                       seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
                                       context_seconds=args.context_seconds, on_chunk=on_chunk)
     print(json.dumps(summary))
+    print(f"video written to {Path(summary['out']).resolve()}", file=sys.stderr)
     return 0
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
-    from .tiny import write_tiny_checkpoint
 
     for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
         root = write_tiny_checkpoint(args.directory, variant, seed=args.seed)
-    print(f"tiny {args.variant} checkpoint (random weights) written to {root}")
+    print(f"tiny {args.variant} checkpoint (random weights) written to {Path(root).resolve()}")
     return 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .download import download
 
     print(f"downloaded to {download(args.directory)}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
 
     return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import BENCHES
 
     parser = argparse.ArgumentParser(prog="flashhead", description="SoulX-FlashHead talking heads: tools and CLI.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time one stage with full-size random-weight models; prints JSON")
     bench_sub = p.add_subparsers(dest="name", required=True)
-    for name, (_, add_options) in BENCHES.items():
+    for name, (_, add_options) in bench.BENCHES.items():
         bp = bench_sub.add_parser(name)
         bp.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
         add_options(bp)
@@ -122,15 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("demo", help="self-contained end-to-end run on a tiny random-weight model")
-    p.add_argument("--workdir", default=None, help="where to write the tiny checkpoint and outputs (default: temp)")
+    p.add_argument("--workdir", default=None,
+                   help="where to write the videos, their inputs and the tiny checkpoints (default: ./flashhead-demo)")
     p.add_argument("--reference", default=None, help="also verify every fixture and manifest in this reference folder")
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -139,16 +140,16 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. Bad input, a missing or foreign file or a full disk (the package raises ValueError or
-    OSError subclasses for all of them, with the problem and the fix in the message) print one line to stderr and
-    exit 1; Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
+    """Run one subcommand. Bad input, a missing or foreign file or a full disk (FlashHeadError, with the problem and
+    the fix in the message) print one line to stderr and exit 1; Ctrl-C exits 130. Anything else is a bug and keeps
+    its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("flashhead: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError) as e:
+    except FlashHeadError as e:
         print(f"flashhead: error: {e}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -1,41 +1,28 @@
-"""Tiny checkpoints with random weights, written in exactly the released layouts, so that tests, demos and workflows
-exercise the real loading code without downloading anything. Nothing here is a trained model."""
+"""A tiny FlashHead DiT with random weights, written exactly in the released Model_Lite/ or Model_Pro/ layout."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import INDEX_NAME, MODEL_DIRS, WEIGHTS_NAME
-from .config import PRESETS, ModelConfig
-from .model import FlashHeadDiT
+from ..config import PRESETS, ModelConfig
+from ..model import FlashHeadDiT
+from ..release import INDEX_NAME, MODEL_DIRS, WEIGHTS_NAME
+from .random import randomize_
 
 TINY_TEXT_DIM = 16
 TINY_DIT = dict(dim=128, ffn_dim=256, freq_dim=64, num_heads=1, num_layers=2,
                 audio_intermediate_dim=8, audio_context_tokens=4,
-                audio_channels=32)  # = the hidden size of the tiny wav2vec2 (tiny_audio.py)
+                audio_channels=32)  # = the hidden size of the tiny wav2vec2 (wav2vec2.py)
 
 
 def tiny_config(variant: str) -> ModelConfig:
     """The released geometry of `variant` (channels, patch, strides) with a small transformer (head_dim 128)."""
-    return PRESETS[variant].with_(**TINY_DIT)
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fill every parameter with seeded random values of a sensible scale (norm gains near 1, the rest small)."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        values = torch.randn(param.shape, generator=generator)
-        if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight", "norm.weight")):
-            values = 1 + 0.1 * values
-        else:
-            fan_in = param.shape[1] if param.dim() > 1 else param.shape[-1]
-            values = values * min(0.1, fan_in ** -0.5)
-        param.data.copy_(values.to(param.dtype))
-    return model
+    return replace(PRESETS[variant], **TINY_DIT)
 
 
 def unused_released_weights(config: ModelConfig, text_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -88,16 +75,3 @@ def write_tiny_dit(directory: str | Path, variant: str, *, seed: int = 0, dtype:
         weight_map.update({k: name for k in part})
     (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     return folder
-
-
-def write_tiny_checkpoint(directory: str | Path, variant: str, *, seed: int = 0) -> Path:
-    """A complete tiny checkpoint root in the released layout: Model_Lite/ or Model_Pro/, the matching VAE
-    (VAE_LTX/ or VAE_Wan/Wan2.1_VAE.pth) and wav2vec2-base-960h/. Returns the root."""
-    from .tiny_audio import write_tiny_wav2vec2
-    from .tiny_vae import write_tiny_ltx_vae, write_tiny_wan_vae
-
-    root = Path(directory)
-    write_tiny_dit(root, variant, seed=seed)
-    (write_tiny_ltx_vae if variant == "lite" else write_tiny_wan_vae)(root, seed=seed)
-    write_tiny_wav2vec2(root, seed=seed)
-    return root

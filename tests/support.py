@@ -1,21 +1,28 @@
-"""Helpers of the reliability suite: the command line in a subprocess with its memory sampled, audio files of any
-rate, channel count and sample format, and the check every user error must pass."""
+"""Helpers shared by several test files (imported as `support`; no test file imports another): the command line in
+a subprocess with its memory sampled, audio files of any rate, channel count and sample format, 16-bit PNGs, the
+frames of one generation, and the check every user error must pass."""
 
 from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from flashhead_core.session import StreamingSession
+from flashhead_core.streaming import stream_talking_head
+
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # on the grid of both variants (multiples of 32 and 16) and small enough for two CPU cores
 LAYOUTS = {1: "mono", 2: "stereo", 8: "7.1"}
 
@@ -128,3 +135,25 @@ def write_audio(path: Path, channels: np.ndarray, rate: int, sample_format: str 
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+# --- media and generations ---------------------------------------------------------------------------------------------
+
+def write_png16(path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG (Pillow cannot write 16-bit RGB): pixels uint16 [H, W, C], C = 1 (grey), 3 or 4."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2, 4: 6}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def generated_frames(pipeline, image, samples, mode: str = "stream", seed: int = 0) -> torch.Tensor:
+    """All frames [n, SIZE, SIZE, 3] of one generation with the pipeline's model, VAE and audio encoder."""
+    session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE, seed=seed)
+    session.add_identity("face", image)
+    return torch.cat(list(stream_talking_head(session, pipeline.audio_encoder, samples, mode)))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODEL_REPO = "Soul-AILab/SoulX-FlashHead-1_3B"
-AUDIO_REPO = "facebook/wav2vec2-base-960h"
-AUDIO_DIR = "wav2vec2-base-960h"
+from ..errors import DownloadError
+from ..release import AUDIO_DIR, AUDIO_REPO, MODEL_REPO
 
 
 def manual_commands(directory: Path) -> str:
@@ -26,7 +25,7 @@ def download(directory: str | Path) -> Path:
         snapshot_download(AUDIO_REPO, local_dir=directory / AUDIO_DIR,
                           allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception as e:  # offline, proxy, missing repo: the fix is the same, say it plainly
-        raise SystemExit(f"download failed ({type(e).__name__}: {e}).\nWithout network access to Hugging Face, "
+        raise DownloadError(f"download failed ({type(e).__name__}: {e}).\nWithout network access to Hugging Face, "
                          f"fetch the weights on another machine (the `hf` command comes with huggingface_hub) and copy "
-                         f"them here:\n{manual_commands(directory)}")
+                         f"them here:\n{manual_commands(directory)}") from e
     return directory

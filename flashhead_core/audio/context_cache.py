@@ -18,9 +18,11 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .audio import Wav2Vec2FrameEncoder, frame_windows
-from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
+from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
+from ..errors import InputError
 from .sample_reader import SampleReader
+from .wav2vec2 import Wav2Vec2FrameEncoder
+from .windows import frame_windows
 
 DEFAULT_CONTEXT_SECONDS = 8.0
 
@@ -31,7 +33,7 @@ class AudioContextCache:
     def __init__(self, encoder: Wav2Vec2FrameEncoder, context_seconds: float = DEFAULT_CONTEXT_SECONDS):
         capacity = round(context_seconds * AUDIO_SAMPLE_RATE)
         if capacity < CHUNK_FRAMES * SAMPLES_PER_FRAME:
-            raise ValueError(f"context of {context_seconds} s is shorter than one chunk "
+            raise InputError(f"context of {context_seconds} s is shorter than one chunk "
                              f"({CHUNK_FRAMES * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE} s); use at least that")
         self.encoder = encoder
         self._buffer = np.zeros(capacity, dtype=np.float32)

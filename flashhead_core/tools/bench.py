@@ -5,51 +5,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.utils.benchmark
 
-from .attention import resolve_backend
-from .config import parse_size
+from ..audio import AudioContextCache, once_mode_chunks, stream_chunks
+from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, PRESETS, SAMPLES_PER_FRAME, parse_size
+from ..frames import video_to_images
+from ..pipeline import load_pipeline, write_talking_video
+from ..session import StreamingSession
+from ..streaming import frames_to_keep
+from ..testing import write_tiny_checkpoint
+from ..testing.media import synthetic_portrait, synthetic_speech, write_wav
+from ..testing.random import random_dit, random_ltx_vae, random_wan_vae, random_wav2vec2
+from .stage_timer import StageTimer
 
-# name -> (function(args) -> dict of results, function(parser) adding its options)
-BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]] = {}
-
-
-def benchmark(name: str, add_options: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    def register(fn):
-        BENCHES[name] = (fn, add_options)
-        return fn
-
-    return register
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of fn() in milliseconds; CUDA events on a GPU, perf_counter on CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
+def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of fn() in milliseconds over `repeats` calls after `warmup` (torch.utils.benchmark
+    synchronises CUDA around each call)."""
+    timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    if warmup:
+        timer.timeit(warmup)
+    return statistics.median(timer.timeit(1).median for _ in range(repeats)) * 1e3
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
     """Peak device memory since the last reset (CUDA), or the process's peak RSS (CPU)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -84,26 +76,6 @@ def _full_size_setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
     return device, dtype, height, width, (["lite", "pro"] if args.variant == "both" else [args.variant])
 
 
-def random_dit(config, device: torch.device, dtype: torch.dtype, attention: str = "auto"):
-    """A FlashHeadDiT of `config` with random weights, built on the meta device (one copy of the weights)."""
-    from .model import FlashHeadDiT
-    from .tiny import randomize_
-
-    with torch.device("meta"):
-        model = FlashHeadDiT(config, attention_backend=resolve_backend(attention, device))
-    return randomize_(model.to_empty(device=device).to(dtype)).eval().requires_grad_(False)
-
-
-def random_wav2vec2(device: torch.device):
-    """wav2vec2-base-960h (float32, as always) with random weights, wrapped as FlashHead's frame encoder."""
-    from .audio import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model
-    from .tiny import randomize_
-
-    with torch.device("meta"):
-        model = new_wav2vec2_model(BASE_960H_CONFIG)
-    return Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmarks, one section per stage.
 
@@ -132,11 +104,8 @@ def _dit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default="auto")
 
 
-@benchmark("dit", _dit_options)
 def bench_dit(args: argparse.Namespace) -> dict:
     """One DiT evaluation of the full-size model with random weights: ms, tokens, TFLOP/s, peak memory."""
-    from .config import PRESETS
-
     device, dtype, height, width, variants = _full_size_setup(args)
     results = {}
     for variant in variants:
@@ -152,7 +121,7 @@ def bench_dit(args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         with torch.no_grad():
             tokens_audio = model.audio_proj(windows)
-            ms = time_call(lambda: model(z, torch.tensor([937.5], device=device), ref, tokens_audio), device,
+            ms = time_call(lambda: model(z, torch.tensor([937.5], device=device), ref, tokens_audio),
                            repeats=args.repeats)
         grid = (latent_frames, shape[3] // config.patch_size[1], shape[4] // config.patch_size[2])
         flops = dit_flops(config, grid)
@@ -174,15 +143,10 @@ def _audio_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
 
 
-@benchmark("audio", _audio_options)
 def bench_audio(args: argparse.Namespace) -> dict:
     """wav2vec2-base-960h with random weights in float32: one stream chunk (push a slice, re-encode the whole context)
     and a whole track in 'once' mode (one encoder pass, attention over the whole track)."""
-    import numpy as np
 
-    from .audio import once_mode_chunks
-    from .audio_context_cache import AudioContextCache
-    from .config import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME
 
     device = torch.device(args.device)
     encoder = random_wav2vec2(device)
@@ -191,10 +155,10 @@ def bench_audio(args: argparse.Namespace) -> dict:
     piece = (0.1 * rng.standard_normal(args.new_frames * SAMPLES_PER_FRAME)).astype(np.float32)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    chunk_ms = time_call(lambda: cache.push(piece), device, repeats=args.repeats)
+    chunk_ms = time_call(lambda: cache.push(piece), repeats=args.repeats)
     chunk_seconds = args.new_frames * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE
     track = (0.1 * rng.standard_normal(round(args.seconds * AUDIO_SAMPLE_RATE))).astype(np.float32)
-    once_ms = time_call(lambda: list(once_mode_chunks(encoder, track, args.new_frames)), device,
+    once_ms = time_call(lambda: list(once_mode_chunks(encoder, track, args.new_frames)),
                         repeats=max(1, args.repeats // 2))
     return {"stream": {"ms_per_chunk": round(chunk_ms, 2), "context_seconds": args.context_seconds,
                        "new_frames": args.new_frames,
@@ -214,12 +178,8 @@ def _vae_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
 
 
-@benchmark("vae", _vae_options)
 def bench_vae(args: argparse.Namespace) -> dict:
     """Full-size VAEs with random weights: decode one 33-frame chunk and encode the motion frames (5 Pro, 9 Lite)."""
-    from .config import CHUNK_FRAMES, PRESETS
-    from .tiny_vae import random_ltx_vae, random_wan_vae
-
     device, dtype, height, width, variants = _full_size_setup(args)
     results = {}
     for variant in variants:
@@ -232,8 +192,8 @@ def bench_vae(args: argparse.Namespace) -> dict:
         frames = torch.rand(1, 3, config.motion_frames, height, width, device=device) * 2 - 1
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        decode_ms = time_call(lambda: vae.decode(latents), device, repeats=args.repeats, warmup=args.warmup)
-        encode_ms = time_call(lambda: vae.encode(frames), device, repeats=args.repeats, warmup=args.warmup)
+        decode_ms = time_call(lambda: vae.decode(latents), repeats=args.repeats, warmup=args.warmup)
+        encode_ms = time_call(lambda: vae.encode(frames), repeats=args.repeats, warmup=args.warmup)
         results[variant] = {f"decode_{CHUNK_FRAMES}_frames_ms": round(decode_ms, 1),
                             f"encode_{config.motion_frames}_frames_ms": round(encode_ms, 1),
                             "params": sum(p.numel() for p in vae.model.parameters()),
@@ -261,22 +221,11 @@ def _e2e_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", action="store_true", help="also print a readable table (stderr)")
 
 
-@benchmark("e2e", _e2e_options)
 def bench_e2e(args: argparse.Namespace) -> dict:
     """Full-size models with random weights (DiT, the variant's VAE, wav2vec2), a synthetic portrait and speech,
     stream mode: per-stage milliseconds per chunk (median of the chunks after the first), new frames per second of
     wall time in the steady state, time to first frame (the first chunk, cold) and peak memory."""
-    import sys
-    import tempfile
-    from pathlib import Path
 
-    from .audio_context_cache import stream_chunks
-    from .config import AUDIO_SAMPLE_RATE, PRESETS, SAMPLES_PER_FRAME
-    from .demo import synthetic_portrait, synthetic_speech
-    from .session import StreamingSession, frames_to_keep
-    from .stage_timer import StageTimer
-    from .tiny_vae import random_ltx_vae, random_wan_vae
-    from .video_io import video_to_images
 
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
@@ -294,7 +243,7 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
 
     timer = StageTimer(device)
-    session = StreamingSession(model, vae, height=height, width=width, seed=0, timer=timer)
+    session = StreamingSession(model, vae, height=height, width=width, seed=0, stage=timer.stage)
     with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
         with timer.stage("prepare_reference"):
             session.add_identity("portrait", synthetic_portrait(Path(tmp) / "face.png"))
@@ -360,16 +309,10 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["stream", "once"], default="stream")
 
 
-@benchmark("stream", _stream_options)
 def bench_stream(args: argparse.Namespace) -> dict:
     """The whole job (tiny random checkpoint, synthetic portrait and speech, MP4 written incrementally): frames per
     second and the process's peak RSS. Run it for two lengths (or `bench stream-memory`) to see memory stay flat."""
-    import tempfile
-    from pathlib import Path
 
-    from .demo import synthetic_portrait, synthetic_speech, write_wav
-    from .pipeline import load_pipeline, write_talking_video
-    from .tiny import write_tiny_checkpoint
 
     height, width = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
@@ -391,12 +334,8 @@ def _stream_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="64x64")
 
 
-@benchmark("stream-memory", _stream_memory_options)
 def bench_stream_memory(args: argparse.Namespace) -> dict:
     """`bench stream` for a short and a long track, each in a fresh process: peak RSS of both and their ratio."""
-    import subprocess
-    import sys
-
     runs = {}
     for seconds in (args.short, args.long):
         command = [sys.executable, "-m", "flashhead_core", "bench", "stream", "--variant", args.variant,
@@ -407,3 +346,14 @@ def bench_stream_memory(args: argparse.Namespace) -> dict:
     return {"variant": args.variant, "size": args.size, "short_seconds": args.short, "long_seconds": args.long,
             "short_peak_rss_mb": short["peak_rss_mb"], "long_peak_rss_mb": long["peak_rss_mb"],
             "ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 3), "long_fps": long["fps"]}
+
+
+# name -> (function(args) -> dict of results, function(parser) adding its options)
+BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]] = {
+    "dit": (bench_dit, _dit_options),
+    "audio": (bench_audio, _audio_options),
+    "vae": (bench_vae, _vae_options),
+    "e2e": (bench_e2e, _e2e_options),
+    "stream": (bench_stream, _stream_options),
+    "stream-memory": (bench_stream_memory, _stream_memory_options),
+}

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .audio import BASE_960H_CONFIG, CTC_PREFIX, LEGACY_WEIGHT_NORM, new_wav2vec2_model
-from .download import AUDIO_DIR
-from .tiny import TINY_DIT, randomize_
+from ..audio.wav2vec2 import BASE_960H_CONFIG, CTC_PREFIX, LEGACY_WEIGHT_NORM, new_wav2vec2_model
+from ..release import AUDIO_DIR
+from .dit import TINY_DIT
+from .random import randomize_
 
 # Small sizes, the real conv kernels/strides and 12 layers (so 12 hidden states exist). One head, as a single file
 # of this size infers (hidden / 64, at least 1).

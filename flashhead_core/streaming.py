@@ -1,0 +1,95 @@
+"""From speech to frames, chunk by chunk: the audio mode's chunk windows, the session over them, and trimming.
+
+    for frames in stream_talking_head(session, encoder, samples, mode="stream"):   # [n, H, W, 3] float 0..1, CPU
+        writer.write(frames)
+
+A chunk decodes 33 frames; the first `motion_frames` of each repeat the end of the previous chunk and are dropped
+(except in chunk 0 of once mode), and the last chunk is trimmed so the video has exactly round(seconds * 25)
+frames (docs/algorithm.md#chunks).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, once_mode_chunks, stream_chunks
+from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
+from .errors import AudioInputError, CheckpointError, InputError
+from .frames import video_to_images
+from .session import StreamingSession
+
+
+def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
+    """Which of a chunk's 33 decoded frames are new: stream mode drops the motion frames of every chunk, once mode
+    keeps all of chunk 0 (spec §3)."""
+    if mode == "once" and chunk_index == 0:
+        return slice(0, CHUNK_FRAMES)
+    return slice(motion_frames, CHUNK_FRAMES)
+
+
+def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor], mode: str,
+                  total_frames: int) -> Iterator[torch.Tensor]:
+    """Run the session over the chunk windows and yield each chunk's new frames as [n, H, W, 3] float32 in 0..1 on
+    the CPU, stopping at exactly `total_frames` (the audio's duration; the padding is trimmed). No chunk is taken
+    from `audio_chunks` after the last one needed (in stream mode, taking one encodes its audio)."""
+    if total_frames <= 0:
+        return
+    emitted = 0
+    for index, windows in enumerate(audio_chunks):
+        frames = session.generate_chunk(windows)[0, :, frames_to_keep(index, mode, session.config.motion_frames)]
+        frames = frames[:, : total_frames - emitted]
+        emitted += frames.shape[1]
+        yield video_to_images(frames[None])
+        if emitted >= total_frames:
+            return
+
+
+AUDIO_MODES = ("stream", "once")
+
+
+def video_frame_count(num_samples: int) -> int:
+    """Frames that cover a 16 kHz track exactly: round(seconds * 25). A track that rounds to no frame at all (320
+    samples, 20 ms, or less) raises AudioInputError: there would be no video to write."""
+    frames = round(num_samples * FPS / AUDIO_SAMPLE_RATE)
+    if frames < 1:
+        milliseconds = num_samples / AUDIO_SAMPLE_RATE * 1000
+        raise AudioInputError(f"the audio lasts {milliseconds:.1f} ms ({num_samples} samples at 16 kHz), less than "
+                              f"one video frame ({1000 // FPS} ms, {SAMPLES_PER_FRAME} samples): use a longer track "
+                              f"(padding it with silence is fine)")
+    return frames
+
+
+def audio_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray | Iterable[np.ndarray], mode: str,
+                 new_frames: int, context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
+    """The chunk windows [1, 33, 5, 12, 768] of a 16 kHz mono track in 'stream' (Temporal Audio Context Cache) or
+    'once' mode, lazily: stream mode encodes each chunk's 8-s context only when the chunk is generated. The track is
+    an array [N]; stream mode also takes it as an iterable of pieces [t] (read as the chunks need them)."""
+    if mode == "stream":
+        return stream_chunks(encoder, samples, new_frames, context_seconds)
+    if mode == "once":
+        return once_mode_chunks(encoder, samples, new_frames)
+    raise InputError(f"audio mode must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
+
+
+def check_encoder_fits(encoder: Wav2Vec2FrameEncoder, config) -> None:
+    """The encoder's feature width must be what the DiT's audio projection reads (768: wav2vec2-base-960h)."""
+    hidden = encoder.model.config.hidden_size
+    if hidden != config.audio_channels:
+        raise CheckpointError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
+                         f"{config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
+                         f"(facebook/wav2vec2-base-960h for the released models)")
+
+
+def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder,
+                        samples: np.ndarray | Iterable[np.ndarray], mode: str = "stream",
+                        context_seconds: float = DEFAULT_CONTEXT_SECONDS, num_samples: int | None = None
+                        ) -> Iterator[torch.Tensor]:
+    """Speech [N] float32 at 16 kHz -> the video's frames, chunk by chunk, as [n, H, W, 3] float32 0..1 on the CPU;
+    round(N / 16000 * 25) frames in all. In stream mode the speech may come as pieces [t] (e.g. a file decoded as a
+    stream), with their total N given as num_samples."""
+    check_encoder_fits(encoder, session.config)
+    chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
+    return stream_frames(session, chunks, mode, video_frame_count(len(samples) if num_samples is None else num_samples))

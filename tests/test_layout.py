@@ -1,0 +1,79 @@
+"""The package layout holds: no import cycles, the runtime never imports the tooling or the test support, the
+generation loop knows no file format, the audio side never imports the DiT, and the test session imports one copy of
+the core (whatever the checkout folder is called)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import flashhead_core
+
+PACKAGE = Path(flashhead_core.__file__).parent
+TOOLING = ("flashhead_core.tools", "flashhead_core.testing")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """{module: modules of flashhead_core it imports}, function-local imports included, `from . import x` resolved
+    to the submodule x where it is one."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                edges |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flashhead_core"):
+                edges.add(node.module)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.startswith("flashhead_core")}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_import_cycles():
+    graph = _imports()
+    assert len(graph) > 30  # the walk found the package
+    cycles = sorted(m for m in graph if m in _reachable(graph, m))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_runtime_never_imports_tooling_or_test_support():
+    graph = _imports()
+    runtime = [m for m in graph if not m.startswith(TOOLING) and m not in ("flashhead_core.__main__",)]
+    leaks = {m: sorted(e for e in graph[m] if e.startswith(TOOLING)) for m in runtime}
+    assert not {m: e for m, e in leaks.items() if e}
+
+
+def test_generation_loop_knows_no_file_format_and_audio_no_dit():
+    graph = _imports()
+    for loop in ("flashhead_core.session", "flashhead_core.streaming", "flashhead_core.sampler"):
+        assert "flashhead_core.video_io" not in _reachable(graph, loop) | {loop}
+        assert "import av" not in (PACKAGE / f"{loop.rpartition('.')[2]}.py").read_text()
+    for audio in [m for m in graph if m.startswith("flashhead_core.audio")]:
+        reached = _reachable(graph, audio)
+        assert not reached & {"flashhead_core.model", "flashhead_core.checkpoint", "flashhead_core.video_io"}, audio
+
+
+def test_one_copy_of_the_core_is_imported():
+    copies = [name for name in sys.modules if name.endswith(".flashhead_core") or name.endswith(".nodes._host")]
+    assert not copies, f"the pack was imported a second time under its folder name: {copies}"
+    assert Path(sys.modules["flashhead_core"].__file__).parent == PACKAGE
