@@ -5,13 +5,10 @@ module and the bundled `flashhead_core` is the one used. Outside ComfyUI the imp
 cannot run there); use `flashhead_core` or the `flashhead` command instead.
 """
 
-# Third-party packages of requirements.txt, by import name: a missing one gets an install hint instead of a bare error.
-_REQUIREMENTS = {"numpy", "safetensors", "einops", "transformers", "av", "soxr", "PIL", "huggingface_hub"}
-
 try:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 except ModuleNotFoundError as e:
-    if (e.name or "").split(".")[0] not in _REQUIREMENTS:
+    if not e.name or e.name.startswith(__name__):  # a module of this pack itself: a bug, keep the traceback
         raise
     raise ModuleNotFoundError(
         f"ComfyUI-FlashHead needs the Python package '{e.name}', which ComfyUI's Python lacks. Install the pack's "

@@ -5,7 +5,7 @@ Accepted layouts:
 - a released model folder: `config.json` + `diffusion_pytorch_model.safetensors`, or shards listed by
   `diffusion_pytorch_model.safetensors.index.json`,
 - one `.safetensors` file (as ComfyUI users keep it in `models/diffusion_models/`): the config is inferred from
-  tensor shapes (spec §4, "Config from tensor shapes").
+  tensor shapes (docs/algorithm.md#config-from-tensor-shapes).
 The model is built on the meta device and each tensor is read once, cast to the compute dtype and assigned, so
 peak memory is one copy of the weights in that dtype.
 """

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from .errors import InputError
 
-# Video / audio constants of the published model (spec §1).
+# Video / audio constants of the published model (docs/algorithm.md#constants).
 FPS = 25
 AUDIO_SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // FPS  # 640

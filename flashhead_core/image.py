@@ -3,7 +3,7 @@
     reference = reference_tensor("portrait.jpg", 512, 512)       # [1, 3, 1, 512, 512] float32 in [-1, 1]
     frames = match_colors(frames, reference, strength=1.0)        # [1, 3, T, 512, 512] in [-1, 1]
 
-Parity with the official implementation is defined on `resize_and_centercrop` (spec §2): given the same RGB uint8
+Parity with the official implementation is defined on `resize_and_centercrop` (docs/algorithm.md#reference-image): given the same RGB uint8
 image it is bit-exact. Loading adds what the official loader leaves to chance: EXIF rotation is applied, alpha is
 composited on white, 16-bit images keep their high byte, and sources above `LARGE_IMAGE_PIXELS` are decoded and
 shrunk approximately (JPEG draft + Pillow's `reducing_gap`; at most a few uint8 levels from the exact result).
@@ -122,7 +122,7 @@ def _is_large(size: tuple[int, int]) -> bool:
     return size[0] * size[1] > LARGE_IMAGE_PIXELS
 
 
-# --- the official resize + centre crop (spec §2) -------------------------------------------------------------------
+# --- the official resize + centre crop -------------------------------------------------------------------------------
 
 def _resized_size(h0: int, w0: int, height: int, width: int) -> tuple[int, int]:
     """The size that covers height x width keeping aspect: ceil on the float product (may overshoot by one)."""
@@ -138,7 +138,7 @@ def _center_crop(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def resize_and_centercrop(image: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Cover height x width keeping aspect, then centre-crop (spec §2).
+    """Cover height x width keeping aspect, then centre-crop (docs/algorithm.md#reference-image).
 
     PIL image -> uint8 [1, 3, 1, height, width] (bilinear, Pillow's antialiasing; exact official path unless the
     source exceeds LARGE_IMAGE_PIXELS). Tensor [C, h, w] -> [C, height, width] in its dtype (nearest).
@@ -158,7 +158,7 @@ def resize_and_centercrop(image: Image.Image | torch.Tensor, height: int, width:
 
 def reference_tensor(source, height: int, width: int) -> torch.Tensor:
     """Any `load_image` input -> the reference [1, 3, 1, height, width] float32 in [-1, 1]: the VAE input and the
-    colour-correction reference (spec §2 step 3)."""
+    colour-correction reference (docs/algorithm.md#reference-image)."""
     check_size(height, width, 1)
     pixels = resize_and_centercrop(load_image(source, (height, width)), height, width)
     return (pixels.float() / 255 - 0.5) * 2
@@ -187,7 +187,7 @@ def check_size(height: int, width: int, multiple: int) -> None:
                                                if multiple > 1 else ""))
 
 
-# --- colour correction (spec §6) -----------------------------------------------------------------------------------
+# --- colour correction ------------------------------------------------------------------------------------------
 
 _RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
                (0.2126729, 0.7151522, 0.0721750),

@@ -1,4 +1,5 @@
-"""The FlashHead DiT: a Wan-2.1-style diffusion transformer with per-latent-frame audio cross-attention (spec §4).
+"""The FlashHead DiT: a Wan-2.1-style diffusion transformer with per-latent-frame audio cross-attention
+(docs/algorithm.md#the-dit).
 
 One evaluation maps (noisy latent z, reference latent, timestep, audio windows) to a flow prediction:
 
@@ -8,7 +9,10 @@ One evaluation maps (noisy latent z, reference latent, timestep, audio windows) 
     Head (adaLN from the time embedding) --unpatchify--> flow [B, out_dim, T, H, W]
 
 Precision: the residual stream, norms, modulation and the time MLP run in float32; the Linear/conv weights and
-attention run in the model's compute dtype (float32 or bf16), as the official bf16 run does under autocast.
+attention run in the model's compute dtype (float32 or bf16). This is our choice, not the official bf16 run's: that
+run casts the whole model to bf16 and its blocks have no autocast, so its residual stream is bf16 too. Ours follows
+Wan 2.1's float32 residual design so that a bf16 video stays close to the float32 one
+(docs/algorithm.md#where-bf16-rounding-happens).
 State dict keys are the released ones (`blocks.N.self_attn.q.weight`, `audio_proj.proj1_vf.weight`, ...);
 the released files' unused `text_embedding.*` / `audio_emb.*` weights have no module here.
 """
@@ -31,7 +35,7 @@ AUDIO_NORM_EPS = 1e-5  # the audio projector's LayerNorm uses PyTorch's default 
 
 
 def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A Linear evaluated in float32 whatever the weight dtype (time MLP, as the official autocast(float32))."""
+    """A Linear evaluated in float32 whatever the weight dtype (the time MLP)."""
     return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
 
 

@@ -1,4 +1,4 @@
-"""The distilled flow-matching sampler of one chunk (spec §6): shifted timesteps and the 4-step update.
+"""The distilled flow-matching sampler of one chunk (docs/algorithm.md#sampling-one-chunk): shifted timesteps and the 4-step update.
 
     z = noise
     for i in 0..steps-1:

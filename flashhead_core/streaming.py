@@ -24,7 +24,7 @@ from .session import StreamingSession
 
 def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
     """Which of a chunk's 33 decoded frames are new: stream mode drops the motion frames of every chunk, once mode
-    keeps all of chunk 0 (spec §3)."""
+    keeps all of chunk 0 (docs/algorithm.md#chunks)."""
     if mode == "once" and chunk_index == 0:
         return slice(0, CHUNK_FRAMES)
     return slice(motion_frames, CHUNK_FRAMES)

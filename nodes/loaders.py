@@ -237,6 +237,6 @@ class FlashHeadAudioEncoderLoader:
         _host.require_host()
         path = _host.resolve_option(audio_encoder, "audio encoder", WHERE_AUDIO)
         load_device, offload_device = _host.mm.get_torch_device(), _host.mm.text_encoder_offload_device()
-        encoder = load_wav2vec2(path, device=offload_device)  # float32 always (spec: wav2vec2 never runs in bf16)
+        encoder = load_wav2vec2(path, device=offload_device)  # float32 always (docs/algorithm.md#audio-features)
         return (FlashHeadAudioEncoder(_host.make_patcher(encoder.model, load_device, offload_device), encoder,
                                       audio_encoder),)

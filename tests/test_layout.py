@@ -5,7 +5,9 @@ the core (whatever the checkout folder is called)."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import flashhead_core
@@ -77,3 +79,29 @@ def test_one_copy_of_the_core_is_imported():
     copies = [name for name in sys.modules if name.endswith(".flashhead_core") or name.endswith(".nodes._host")]
     assert not copies, f"the pack was imported a second time under its folder name: {copies}"
     assert Path(sys.modules["flashhead_core"].__file__).parent == PACKAGE
+
+
+HOST_OWNED = {"torch", "comfy", "comfy_api", "folder_paths"}  # the host (ComfyUI or the user) provides these
+DISTRIBUTION = {"PIL": "pillow"}  # import name -> package name where they differ
+
+
+def _requirement_names(lines) -> set[str]:
+    return {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower().replace("-", "_") for line in lines
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
+def test_what_is_imported_is_declared_and_what_is_declared_is_imported():
+    repo = PACKAGE.parent
+    imported = set()
+    for path in [*PACKAGE.rglob("*.py"), *(repo / "nodes").rglob("*.py"), repo / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - HOST_OWNED - {"flashhead_core", "__future__"}
+    needed = {DISTRIBUTION.get(name, name).lower() for name in third_party}
+    requirements = _requirement_names((repo / "requirements.txt").read_text().splitlines())
+    assert needed == requirements
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert _requirement_names(project["dependencies"]) == requirements

@@ -1,4 +1,4 @@
-"""The Temporal Audio Context Cache: the 'stream' audio mode (spec §3).
+"""The Temporal Audio Context Cache: the 'stream' audio mode (docs/algorithm.md#stream-mode).
 
 A FIFO of the last `context_seconds` of audio (8 s = 128000 samples), initially silence. Each chunk appends one slice
 of new_frames * 640 samples, re-encodes the whole buffer (n = 200 frames for 8 s; the normalisation statistics

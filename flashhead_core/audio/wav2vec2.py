@@ -46,7 +46,8 @@ WeightSource = SafetensorsSource | DictSource
 
 
 class Wav2Vec2FrameEncoder:
-    """wav2vec2 producing one feature vector per video frame (25 fps) and transformer layer (spec §3).
+    """wav2vec2 producing one feature vector per video frame (25 fps) and transformer layer
+    (docs/algorithm.md#audio-features).
 
     `model` is transformers' Wav2Vec2Model in float32 and eval mode, without masking (no `masked_spec_embed`).
     """
@@ -111,7 +112,7 @@ def load_wav2vec2(path: str | Path, device: torch.device | str = "cpu") -> Wav2V
 
 
 def _folder_config(folder: Path) -> dict:
-    """config.json of a released folder, after checking preprocessor_config.json asks for what §3 computes."""
+    """config.json of a released folder, after checking preprocessor_config.json asks for normalised 16 kHz input."""
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json; use the facebook/wav2vec2-base-960h folder as "
                               f"released, or pass its model.safetensors file alone")

@@ -1,6 +1,6 @@
 """Loading a video VAE from any released or ComfyUI layout, and checking it belongs to the model.
 
-Every VAE works in *normalised* latent space (spec §5): encode() returns latents already normalised with the
+Every VAE works in *normalised* latent space (docs/algorithm.md#vaes): encode() returns latents already normalised with the
 checkpoint's per-channel statistics, decode() takes normalised latents. Both networks are diffusers' classes
 (`AutoencoderKLWan`, `AutoencoderKLLTXVideo`); this package adds the normalisation, the loaders for the released
 file layouts and an exact tiled decode for frames above 512x512 (bounded memory).

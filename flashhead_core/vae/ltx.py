@@ -1,5 +1,5 @@
 """LTX-Video 0.9.0 VAE (FlashHead Lite): diffusers' `AutoencoderKLLTXVideo` plus the checkpoint's latent statistics
-(spec §5).
+(docs/algorithm.md#vaes).
 
 encode: the encoder gives 128 mean channels and one log-variance channel shared by all 128; z is the posterior mean
 (default) or, in the official stochastic mode, mean + exp(0.5 * clamp(logvar, -30, 20)) * eps; then

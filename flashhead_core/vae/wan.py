@@ -1,4 +1,4 @@
-"""Wan2.1 VAE (FlashHead Pro): diffusers' `AutoencoderKLWan` plus the published latent statistics (spec §5).
+"""Wan2.1 VAE (FlashHead Pro): diffusers' `AutoencoderKLWan` plus the published latent statistics (docs/algorithm.md#vaes).
 
 encode: posterior mean mu, z = (mu - mean) * inv_std with inv_std = 1/std rounded in the VAE dtype (the official
 wrapper's arithmetic). decode: decoder(z / inv_std + mean), clamped to [-1, 1]. The network is causal in time:
