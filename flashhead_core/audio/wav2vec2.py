@@ -9,15 +9,16 @@ wav2vec2 always runs in float32, whatever the DiT's dtype.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME, WAV2VEC2_LAYERS
 from ..errors import AudioInputError, CheckpointError
-from ..weights import DictSource, SafetensorsSource
 
 NORMALISATION_EPS = 1e-7  # Wav2Vec2FeatureExtractor: (x - mean) / sqrt(var + 1e-7)
 
@@ -37,12 +38,8 @@ BASE_ARCHITECTURE = {"num_hidden_layers": WAV2VEC2_LAYERS, "feat_extract_norm": 
 HEAD_DIM = 64  # every released wav2vec2 (base 768/12, large 1024/16); heads of single files = hidden / 64
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 CTC_PREFIX = "wav2vec2."  # Wav2Vec2ForCTC files (the release) wrap the encoder under this name
-UNUSED_PREFIXES = ("lm_head.", "masked_spec_embed")  # CTC head; SpecAugment vector (training only)
-POS_CONV = "encoder.pos_conv_embed.conv."
-# Old weight-norm names on disk -> the parametrization transformers builds with torch.nn.utils.parametrizations.
-LEGACY_WEIGHT_NORM = {POS_CONV + "weight_g": POS_CONV + "parametrizations.weight.original0",
-                      POS_CONV + "weight_v": POS_CONV + "parametrizations.weight.original1"}
-WeightSource = SafetensorsSource | DictSource
+UNUSED = ("lm_head.", "masked_spec_embed", CTC_PREFIX + "masked_spec_embed")  # CTC head; SpecAugment (training only)
+POS_CONV_V = "encoder.pos_conv_embed.conv.weight_v"  # [hidden, hidden / groups, kernel], as stored by the release
 
 
 class Wav2Vec2FrameEncoder:
@@ -102,13 +99,13 @@ def load_wav2vec2(path: str | Path, device: torch.device | str = "cpu") -> Wav2V
         if weights is None:
             raise CheckpointError(f"no weights in {path}: expected {' or '.join(WEIGHTS_NAMES)} next to config.json "
                                   f"(download facebook/wav2vec2-base-960h into this folder)")
-        source = _weight_source(weights)
+        state = _read_weights(weights)
     elif path.is_file():
-        source = _weight_source(path)
-        config = config_from_shapes(source.shapes)
+        state = _read_weights(path)
+        config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()})
     else:
         raise CheckpointError(f"wav2vec2 checkpoint not found: {path}")
-    return build_wav2vec2(config, source, device=device)
+    return build_wav2vec2(config, state, device=device)
 
 
 def _folder_config(folder: Path) -> dict:
@@ -126,45 +123,27 @@ def _folder_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def _weight_source(path: Path) -> WeightSource:
-    if path.suffix == ".safetensors":
-        return SafetensorsSource([path])
-    if path.suffix in (".bin", ".pt", ".pth"):
-        try:
-            return DictSource(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as e:  # pickle, zip and torch errors all mean the same thing here
-            raise CheckpointError(f"cannot read {path} as a torch state dict ({e}); use model.safetensors") from e
-    raise CheckpointError(f"{path} is not a weights file: expected .safetensors (or a torch .bin/.pt/.pth)")
-
-
-def model_key(stored_key: str) -> str | None:
-    """Key as stored (released CTC file, ComfyUI single file, or Wav2Vec2Model state dict) -> Wav2Vec2Model key,
-    or None for tensors the encoder never uses (lm_head.*, masked_spec_embed)."""
-    key = stored_key.removeprefix(CTC_PREFIX)
-    if key.startswith(UNUSED_PREFIXES):
-        return None
-    return LEGACY_WEIGHT_NORM.get(key, key)
-
-
-def _stored_keys(source: WeightSource) -> dict[str, str]:
-    """{Wav2Vec2Model key: stored key} for the tensors the encoder uses; two stored names for one key is an error."""
-    mapping: dict[str, str] = {}
-    for stored in source.shapes:
-        key = model_key(stored)
-        if key is None:
-            continue
-        if key in mapping:
-            raise CheckpointError(f"the checkpoint holds {key} twice ({mapping[key]} and {stored}); keep one")
-        mapping[key] = stored
-    return mapping
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a .safetensors or torch .bin/.pt/.pth file, on the CPU as stored."""
+    if path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+        raise CheckpointError(f"{path} is not a weights file: expected .safetensors (or a torch .bin/.pt/.pth)")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors, pickle, zip and torch errors all mean the same thing here
+        raise CheckpointError(f"cannot read {path}: {e}. The file is truncated or not a weights file; download it "
+                              f"again (model.safetensors preferred).") from e
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
-    """Architecture of a single weights file from its tensor shapes (stored key names accepted): sizes, layer counts
-    and the positional conv come from the shapes, strides and norms from base-960h, heads = hidden / 64."""
-    shapes = {key: shape for stored, shape in shapes.items() if (key := model_key(stored))}
+    """Architecture of a single weights file from its tensor shapes (`wav2vec2.` prefix optional, pos-conv as
+    weight_v or parametrizations.weight.original1): sizes, layer counts and the positional conv come from the shapes,
+    strides and norms from base-960h, heads = hidden / 64."""
+    shapes = {key.removeprefix(CTC_PREFIX).replace("parametrizations.weight.original1", "weight_v"): shape
+              for key, shape in shapes.items()}
     required = ("feature_extractor.conv_layers.0.conv.weight", "feature_projection.projection.weight",
-                "encoder.layers.0.feed_forward.intermediate_dense.weight", LEGACY_WEIGHT_NORM[POS_CONV + "weight_v"])
+                "encoder.layers.0.feed_forward.intermediate_dense.weight", POS_CONV_V)
     absent = [k for k in required if k not in shapes]
     if absent:
         raise CheckpointError(f"not a wav2vec2 checkpoint (no {', '.join(absent)}); FlashHead needs "
@@ -172,7 +151,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
     convs = [shapes[k] for k in sorted((k for k in shapes if k.startswith("feature_extractor.conv_layers.")
                                         and k.endswith(".conv.weight")), key=lambda k: int(k.split(".")[2]))]
     hidden = shapes["feature_projection.projection.weight"][0]
-    pos_conv = shapes[LEGACY_WEIGHT_NORM[POS_CONV + "weight_v"]]  # [hidden, hidden / groups, kernel]
+    pos_conv = shapes[POS_CONV_V]  # [hidden, hidden / groups, kernel]
     return {
         **BASE_960H_CONFIG,
         "hidden_size": hidden,
@@ -198,37 +177,55 @@ def _check_architecture(config: dict) -> None:
                               f"'large' or otherwise different model")
 
 
-def new_wav2vec2_model(config: dict):
-    """transformers' Wav2Vec2Model with `config`'s architecture fields (others ignored; base-960h values for absent
-    ones), masking off (so no masked_spec_embed), freshly initialised on the current default device."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+def wav2vec2_config(config: dict):
+    """transformers' Wav2Vec2Config with `config`'s architecture fields (others ignored; base-960h values for absent
+    ones) and masking off, so that Wav2Vec2Model has no masked_spec_embed. Refuses all but a base architecture."""
+    from transformers import Wav2Vec2Config
 
     _check_architecture(config)
     architecture = {k: config.get(k, v) for k, v in BASE_960H_CONFIG.items()}
-    return Wav2Vec2Model(Wav2Vec2Config(**architecture, mask_time_prob=0.0, mask_feature_prob=0.0))
+    return Wav2Vec2Config(**architecture, mask_time_prob=0.0, mask_feature_prob=0.0)
 
 
-def build_wav2vec2(config: dict, source: WeightSource, device: torch.device | str = "cpu") -> Wav2Vec2FrameEncoder:
-    """Build Wav2Vec2Model from `config` (architecture fields; others ignored) on the meta device and assign the
-    source's tensors in float32 on `device`. Stored keys may carry the CTC `wav2vec2.` prefix and the legacy
-    weight_g/weight_v names; lm_head.* and masked_spec_embed are skipped; anything else missing or extra is an error."""
-    with torch.device("meta"):
-        model = new_wav2vec2_model(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    stored = _stored_keys(source)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(stored[k] for k in set(stored) - set(expected))
-    wrong = [f"{stored[k]}: file {list(source.shapes[stored[k]])} vs model {list(expected[k])}"
-             for k in sorted(set(expected) & set(stored)) if tuple(source.shapes[stored[k]]) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = ([f"missing keys: {_first(missing)}"] if missing else []) + \
-                ([f"unexpected keys: {_first(unexpected)}"] if unexpected else []) + \
-                ([f"shape mismatches: {_first(wrong, 5)}"] if wrong else [])
-        raise CheckpointError("checkpoint does not match wav2vec2-base-960h: " + " | ".join(parts) +
+def build_wav2vec2(config: dict, state: dict[str, torch.Tensor],
+                   device: torch.device | str = "cpu") -> Wav2Vec2FrameEncoder:
+    """transformers' Wav2Vec2Model.from_pretrained with `config` (architecture fields) and the state dict as stored
+    (it maps the `wav2vec2.` prefix and the weight_g/weight_v names), in float32 on `device`. lm_head.* and
+    masked_spec_embed may be left over; any other missing, unexpected or mis-shaped key is a CheckpointError."""
+    from transformers import Wav2Vec2Model
+
+    dups = sorted(k for k in state if CTC_PREFIX + k in state)
+    if dups:
+        raise CheckpointError(f"the checkpoint holds {dups[0]} twice ({dups[0]} and {CTC_PREFIX + dups[0]}); keep one")
+    with _quiet_transformers():
+        model, info = Wav2Vec2Model.from_pretrained(None, config=wav2vec2_config(config), state_dict=state,
+                                                    output_loading_info=True, ignore_mismatched_sizes=True)
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(UNUSED)]
+    mismatched = [k if isinstance(k, str) else f"{k[0]}: file {list(k[1])} vs model {list(k[2])}"  # 4.x: names only
+                  for k in info["mismatched_keys"]]
+    problems = [f"{what}: {_first(sorted(keys))}" for what, keys in (
+        ("missing keys", info["missing_keys"]), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        if keys]
+    if problems:
+        raise CheckpointError("checkpoint does not match wav2vec2-base-960h: " + " | ".join(problems) +
                               ". Use facebook/wav2vec2-base-960h (its folder or its model.safetensors)")
-    state = {k: source.get(stored[k]).to(device=device, dtype=torch.float32) for k in expected}
-    model.load_state_dict(state, assign=True, strict=True)
-    return Wav2Vec2FrameEncoder(model.eval().requires_grad_(False))
+    return Wav2Vec2FrameEncoder(model.to(device=device, dtype=torch.float32).eval().requires_grad_(False))
+
+
+@contextmanager
+def _quiet_transformers():
+    """No progress bar and no load report (it lists the CTC head the encoder never uses) while loading."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _first(items: list[str], count: int = 10) -> str:

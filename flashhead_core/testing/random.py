@@ -9,9 +9,10 @@ from typing import Callable
 import torch
 from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
 from torch import nn
+from transformers import Wav2Vec2Model
 
 from ..attention import resolve_backend
-from ..audio.wav2vec2 import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, new_wav2vec2_model
+from ..audio.wav2vec2 import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, wav2vec2_config
 from ..model import FlashHeadDiT
 from ..vae.ltx import VERSION_090, LtxVAE
 from ..vae.wan import WanVAE
@@ -90,5 +91,5 @@ def random_dit(config, device: torch.device, dtype: torch.dtype, attention: str 
 def random_wav2vec2(device: torch.device):
     """wav2vec2-base-960h (float32, as always) with random weights, wrapped as FlashHead's frame encoder."""
     with torch.device("meta"):
-        model = new_wav2vec2_model(BASE_960H_CONFIG)
+        model = Wav2Vec2Model(wav2vec2_config(BASE_960H_CONFIG))
     return Wav2Vec2FrameEncoder(randomize_(model.to_empty(device=device)).eval().requires_grad_(False))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import Wav2Vec2Model
 
-from ..audio.wav2vec2 import BASE_960H_CONFIG, CTC_PREFIX, LEGACY_WEIGHT_NORM, new_wav2vec2_model
+from ..audio.wav2vec2 import BASE_960H_CONFIG, CTC_PREFIX, wav2vec2_config
 from ..release import AUDIO_DIR
 from .dit import TINY_DIT
 from .random import randomize_
@@ -23,7 +24,10 @@ CTC_VOCAB = 32  # characters of the base-960h CTC head (lm_head), unused by Flas
 PREPROCESSOR_CONFIG = {"do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
                        "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False,
                        "sampling_rate": 16000}
-STORED_WEIGHT_NORM = {model: stored for stored, model in LEGACY_WEIGHT_NORM.items()}
+POS_CONV = "encoder.pos_conv_embed.conv."
+# Wav2Vec2Model's weight-norm parametrization -> the old names the release stores (transformers maps them back).
+STORED_WEIGHT_NORM = {POS_CONV + "parametrizations.weight.original0": POS_CONV + "weight_g",
+                      POS_CONV + "parametrizations.weight.original1": POS_CONV + "weight_v"}
 
 
 def write_tiny_wav2vec2(directory: str | Path, *, seed: int = 0) -> Path:
@@ -33,7 +37,7 @@ def write_tiny_wav2vec2(directory: str | Path, *, seed: int = 0) -> Path:
     Returns the folder."""
     folder = Path(directory) / AUDIO_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    model = randomize_(new_wav2vec2_model(TINY_WAV2VEC2), seed)
+    model = randomize_(Wav2Vec2Model(wav2vec2_config(TINY_WAV2VEC2)), seed)
     state = {CTC_PREFIX + STORED_WEIGHT_NORM.get(k, k): v for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(seed + 1)
     hidden = TINY_WAV2VEC2["hidden_size"]

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import Wav2Vec2Model
 
 from ..audio import AudioContextCache, frame_windows, pad_for_once_mode, stream_slices
-from ..audio.wav2vec2 import BASE_960H_CONFIG, build_wav2vec2
+from ..audio.wav2vec2 import BASE_960H_CONFIG, CTC_PREFIX, build_wav2vec2, wav2vec2_config
 from ..audio.wav2vec2 import config_from_shapes as wav2vec2_config_from_shapes
 from ..checkpoint import UNUSED_PREFIXES, build_dit, config_from_shapes
 from ..errors import CheckpointError
@@ -27,7 +28,8 @@ from ..model import FlashHeadDiT
 from ..sampler import SamplerConfig
 from ..session import StreamingSession
 from ..vae import ltx, wan, vae_from_state_dict
-from ..weights import DictSource
+from ..testing.wav2vec2 import STORED_WEIGHT_NORM
+from ..weights import DictSource, key_problems
 
 MODULE_LIMIT = 1e-5  # single modules (DiT forward, VAE, audio encoder, colour correction, resize)
 PIPELINE_LIMIT = 1e-4  # multi-step pipeline outputs
@@ -205,9 +207,7 @@ def _resize_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor
 def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Tiny wav2vec2 from the JSON config, `weights.*` through our loader; once mode (padding, normalised input,
     features, windows of all frames) and every stream chunk (normalised 8-s buffer, windows)."""
-
-
-    encoder = build_wav2vec2(fixture.meta["wav2vec2_config"], DictSource(fixture.group("weights.")))
+    encoder = build_wav2vec2(fixture.meta["wav2vec2_config"], fixture.group("weights."))
     new_frames, context = fixture.meta["params"]["slice_len"], fixture.meta["params"]["cached_audio_duration"]
     ref = fixture.tensors
     waveform = ref["input.waveform"].numpy()
@@ -230,23 +230,27 @@ def _audio_embedding_case(fixture: Fixture) -> dict[str, tuple[torch.Tensor, tor
 
 
 def _wav2vec2_manifest(manifest: dict) -> list[str]:
-    """Feed the released file's on-disk keys/shapes (meta tensors: `wav2vec2.` prefix, weight_g/weight_v, lm_head,
-    no masked_spec_embed) through our loader, once with the manifest's config (folder layout) and once with the config
-    inferred from the shapes (single file); the built models must match the manifest's keys and shapes."""
+    """Wav2Vec2Model built on the meta device, once with the manifest's config (folder layout) and once with the
+    config inferred from the on-disk shapes (single file): its keys under the release's names (`wav2vec2.` prefix,
+    weight_g/weight_v, which transformers' loader maps) must be the on-disk keys and shapes less lm_head.*, and its
+    state dict the manifest's keys and shapes."""
     problems = [f"BASE_960H_CONFIG {k}={v}, manifest config {k}={manifest['config'].get(k)}"
                 for k, v in BASE_960H_CONFIG.items() if manifest["config"].get(k) != v]
-    disk_shapes = manifest["on_disk"]["disk_keys_model_safetensors"]
-    source = DictSource({k: torch.empty(v[:-1], device="meta") for k, v in disk_shapes.items()})
-    inferred = wav2vec2_config_from_shapes(source.shapes)
+    disk_shapes = {k: tuple(v[:-1]) for k, v in manifest["on_disk"]["disk_keys_model_safetensors"].items()}
+    encoder_on_disk = {k: s for k, s in disk_shapes.items() if not k.startswith("lm_head.")}
+    inferred = wav2vec2_config_from_shapes(disk_shapes)
     problems += [f"config from shapes {k}={inferred[k]}, base-960h {k}={v}"
                  for k, v in BASE_960H_CONFIG.items() if inferred[k] != v]
     for layout, config in (("folder", manifest["config"]), ("single file", inferred)):
         try:
-            encoder = build_wav2vec2(config, source, device="meta")
+            with torch.device("meta"):
+                model = Wav2Vec2Model(wav2vec2_config(config))
         except CheckpointError as e:
-            problems.append(f"{layout}: our loader rejects the on-disk keys: {e}")
+            problems.append(f"{layout}: our loader refuses the config: {e}")
             continue
-        ours = {k: v.shape for k, v in encoder.model.state_dict().items()}
+        ours = {k: v.shape for k, v in model.state_dict().items()}
+        as_stored = {CTC_PREFIX + STORED_WEIGHT_NORM.get(k, k): s for k, s in ours.items()}
+        problems += [f"{layout}: {p}" for p in key_problems(as_stored, encoder_on_disk)]
         problems += [f"{layout}: {p}" for p in
                      compare_state_dict_shapes(manifest, ours, ignored_prefixes=("masked_spec_embed",))]
     return problems
