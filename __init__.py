@@ -15,5 +15,5 @@ except ModuleNotFoundError as e:
         f"requirements into the Python that runs ComfyUI (<that python> -m pip install -r requirements.txt; "
         f"ComfyUI-Manager does this when it installs the pack) and restart ComfyUI.", name=e.name) from e
 
-WEB_DIRECTORY = None
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./web"  # web/flashhead.js: the Talking Video node shows its finished video
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

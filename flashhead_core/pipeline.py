@@ -2,6 +2,10 @@
 
     pipeline = load_pipeline("SoulX-FlashHead-1_3B", variant="lite", device="cuda", dtype=torch.bfloat16)
     write_talking_video(pipeline, "face.png", "speech.wav", "out.mp4", height=512, width=512, seed=42)
+
+A host that loads the models itself (the ComfyUI nodes) builds `Pipeline(model, vae, audio_encoder)` from them and
+follows the run through the hooks: on_step(chunk, step, chunks) before every denoising step, on_frames(frames, written,
+total) after every chunk written.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from .errors import CheckpointError
 from .model import FlashHeadDiT
 from .release import AUDIO_DIR
 from .sampler import SamplerConfig
-from .session import StreamingSession
-from .streaming import stream_talking_head, video_frame_count
+from .session import StreamingSession, available_memory, check_memory
+from .streaming import chunk_count, stream_talking_head, video_frame_count
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .video_io import AudioStream, VideoWriter, aac_can_store
 
 
 @dataclass
 class Pipeline:
+    """The three loaded models of one run (from `load_pipeline`, or loaded by a host such as ComfyUI)."""
     model: FlashHeadDiT
     vae: VideoVAE
     audio_encoder: Wav2Vec2FrameEncoder
@@ -88,25 +93,37 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
                         seed: int = 0, mode: str = "stream", color_correction: float = 1.0,
                         context_seconds: float = DEFAULT_CONTEXT_SECONDS,
                         on_chunk: Callable[[int, int, float], None] | None = None,
-                        should_cancel: Callable[[], bool] | None = None) -> dict:
+                        on_frames: Callable[[torch.Tensor, int, int], None] | None = None,
+                        on_step: Callable[[int, int, int], None] | None = None,
+                        should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None) -> dict:
     """Generate and write the MP4 incrementally; returns a summary dict.
 
     image: anything `image.load_image` takes; audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
-    dict, an array with sample_rate). on_chunk(frames written, frames total, seconds elapsed) after each chunk.
-    The MP4 appears only when complete: on error or cancellation nothing is left behind.
+    dict {"waveform": [1, C, T], "sample_rate"}, an array with sample_rate). Hooks: on_chunk(frames written, frames
+    total, seconds elapsed) and on_frames(the chunk's new frames [n, H, W, 3] float 0..1 CPU, frames written, frames
+    total) after each chunk; on_step(chunk, step, chunks in all) before each denoising step; should_cancel() is
+    polled inside every long stage. free_memory: bytes free for the run on the VAE's device (default: measured), checked against
+    `session.memory_estimate` before anything runs. The MP4 appears only when complete: on error or cancellation
+    nothing is left behind.
     """
-    # The cheap checks first (size, seed, model/VAE pair), then the audio, checked in full (the model hears the
-    # 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
+    # The cheap checks first (size, memory, seed, model/VAE pair), then the audio, checked in full (the model hears
+    # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
+    check_memory(height, width, available_memory(pipeline.vae.device) if free_memory is None else free_memory)
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
     total = video_frame_count(num_samples)
+    if on_step is not None:
+        chunks = chunk_count(total, mode, session.config.new_frames)
+        session.progress = lambda chunk, step: on_step(chunk, step, chunks)
     session.add_identity("reference", image)
     start = time.perf_counter()
     with VideoWriter(out, width, height, fps=FPS, audio=soundtrack) as writer:
         for frames in stream_talking_head(session, pipeline.audio_encoder, speech, mode, context_seconds,
                                           num_samples):
             writer.write(frames)
+            if on_frames is not None:
+                on_frames(frames, writer.frames_written, total)
             if on_chunk is not None:
                 on_chunk(writer.frames_written, total, time.perf_counter() - start)
     seconds = time.perf_counter() - start

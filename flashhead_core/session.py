@@ -5,6 +5,7 @@
     for windows in audio_chunks:                          # [1, 33, 5, 12, 768] each
         frames = session.generate_chunk(windows)          # [1, 3, 33, H, W] in [-1, 1], colour-corrected
     session.use_identity("ben")                           # switch between chunks
+    session.last_latents                                  # the chunk's final latents [1, C, T, h, w], as decoded
 
 `streaming.py` ties the audio encoder, the session and trimming together. This module knows no file formats.
 """
@@ -20,13 +21,53 @@ from typing import Callable
 import torch
 
 from .config import CHUNK_FRAMES, MAX_SEED
-from .errors import InputError
+from .errors import InputError, SizeError
 from .image import check_size, match_colors, reference_tensor
 from .model import FlashHeadDiT
 from .sampler import GenerationCancelled, SamplerConfig, StageHook, sample_chunk, shifted_timesteps, untimed
 from .vae import VideoVAE, check_vae_matches_model
 
 ProgressCallback = Callable[[int, int], None]  # (chunk index, step index)
+CancelCheck = Callable[[], None]  # raises GenerationCancelled when the user cancelled; called inside long stages
+
+# Working memory of one chunk beside the loaded weights, per output pixel and chunk frame (33 frames a chunk):
+# measured, see `memory_estimate`.
+BYTES_PER_PIXEL_FRAME = 144
+
+
+def memory_estimate(height: int, width: int, chunk_frames: int = CHUNK_FRAMES) -> int:
+    """Bytes one chunk needs beside the weights at height x width: BYTES_PER_PIXEL_FRAME * H * W * chunk_frames.
+
+    Method: one-chunk Lite and Pro runs (tiny random-weight checkpoints, CPU, float32, tiled decode on) at 256, 512
+    and 1024 pixels square; the peak RSS above the RSS after loading, fitted as a line in H * W * 33 (the decoded
+    chunk in float32, its colour correction, the IMAGE copy, the MP4 encoder's frame). Measured: Lite 534 MB at 512,
+    1507 MB at 1024 (39 bytes per pixel and frame); Pro 325 MB at 256, 1164 MB at 512 (136: its whole-frame decode
+    below the tiling threshold). The larger slope, rounded up, is BYTES_PER_PIXEL_FRAME. The released models add their decoder activations, which the tiled decode bounds."""
+    return BYTES_PER_PIXEL_FRAME * height * width * chunk_frames
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes free on `device` (CUDA: the driver's figure; CPU: MemAvailable on Linux), None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def check_memory(height: int, width: int, free: int | None) -> None:
+    """Refuse (SizeError) a size whose chunk would not fit in `free` bytes (None: unknown, not checked), before any
+    work starts: at 2048x2048 one chunk needs gigabytes, and running out of memory stalls the machine."""
+    needed = memory_estimate(height, width)
+    if free is None or needed <= free:
+        return
+    side = int((free / memory_estimate(1, 1)) ** 0.5) // 32 * 32
+    raise SizeError(f"{width}x{height} needs about {needed / 2**30:.1f} GiB of working memory per chunk, but only "
+                    f"{free / 2**30:.1f} GiB is free: use a smaller size (FlashHead is trained at 512x512; up to "
+                    f"about {side}x{side} fits now) or free memory (close other programs or models)")
 
 
 def check_seed(seed: int, name: str = "seed") -> int:
@@ -52,6 +93,23 @@ def vae_lock(vae: VideoVAE) -> threading.Lock:
     network = getattr(vae, "model", vae)
     with _vae_locks_guard:
         return _vae_locks.setdefault(network, threading.Lock())
+
+
+def decode_chunk(vae: VideoVAE, latents: torch.Tensor, color_reference: torch.Tensor, strength: float, *,
+                 check_cancel: CancelCheck | None = None, stage: StageHook = untimed) -> torch.Tensor:
+    """Normalised latents [1, C, t, h, w] -> decoded frames [1, 3, T, H, W] in [-1, 1] (float32), colour-corrected
+    towards color_reference [1, 3, 1, H, W] with `strength` (0: none). What a chunk's frames are, for the session and
+    for decoding a saved LATENT again. check_cancel runs before every decode tile and every corrected frame."""
+    with stage("vae_decode"), vae_lock(vae):
+        frames = vae.decode(latents.to(vae.dtype), on_tile=check_cancel)
+    if strength > 0:
+        with stage("color_correction"):
+            reference = color_reference.to(frames.device, frames.dtype)
+            for t in range(frames.shape[2]):  # frame by frame: per-frame statistics, so the same result, less memory
+                if check_cancel is not None:
+                    check_cancel()
+                frames[:, :, t:t + 1] = match_colors(frames[:, :, t:t + 1], reference, strength)
+    return frames
 
 
 @dataclass
@@ -90,6 +148,7 @@ class StreamingSession:
         self.identities: dict[str, Identity] = {}
         self.active: str | None = None
         self.motion_latents: torch.Tensor | None = None
+        self.last_latents: torch.Tensor | None = None  # the last chunk's final latents, as the VAE decoded them
         self.chunk_index = 0
 
     @property
@@ -100,10 +159,13 @@ class StreamingSession:
 
     def add_identity(self, name: str, image) -> None:
         """Prepare a reference (any input `image.load_image` takes); the first one added becomes active."""
+        self._check_cancel()
         color_reference = reference_tensor(image, self.height, self.width).to(self.device)
+        self._check_cancel()
         clip = color_reference.to(self.vae.dtype).expand(-1, -1, self.chunk_frames, -1, -1)
         with torch.no_grad(), self.vae_lock:
             ref_latent = self.vae.encode(clip, generator=self.vae_generator).to(self.dtype)
+        self._check_cancel()
         self.identities[name] = Identity(color_reference, ref_latent)
         if self.active is None:
             self.use_identity(name)
@@ -132,7 +194,8 @@ class StreamingSession:
                        draw_noise: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
         """audio_windows [1, 33, 5, 12, 768] -> all decoded, colour-corrected frames [1, 3, 33, H, W] in [-1, 1].
 
-        The caller keeps the new ones (see `frames_to_keep`). draw_noise replaces the session RNG (fixture replay).
+        The caller keeps the new ones (see `frames_to_keep`); the chunk's final latents stay in `last_latents`.
+        draw_noise replaces the session RNG (fixture replay).
         """
         if self.active is None:
             raise RuntimeError("no identity prepared: call add_identity() first")
@@ -145,12 +208,9 @@ class StreamingSession:
             latents = sample_chunk(self.model, audio_tokens, identity.ref_latent, self.motion_latents,
                                    self.timesteps, draw_noise or self._draw_noise, self.sampler.num_timesteps,
                                    self._on_step, stage)
-            with stage("vae_decode"), self.vae_lock:
-                frames = self.vae.decode(latents.to(self.vae.dtype))
-            if self.sampler.color_correction > 0:
-                with stage("color_correction"):
-                    frames = match_colors(frames, identity.color_reference.to(frames.dtype),
-                                          self.sampler.color_correction)
+            self.last_latents = latents.to(self.vae.dtype)
+            frames = decode_chunk(self.vae, self.last_latents, identity.color_reference, self.sampler.color_correction,
+                                  check_cancel=self._check_cancel, stage=stage)
             with stage("motion_reencode"), self.vae_lock:
                 motion_clip = frames[:, :, -self.config.motion_frames:]
                 self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)

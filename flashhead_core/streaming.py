@@ -30,6 +30,19 @@ def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
     return slice(motion_frames, CHUNK_FRAMES)
 
 
+def chunk_count(total_frames: int, mode: str, new_frames: int) -> int:
+    """How many chunks cover `total_frames`: each adds `new_frames`, except chunk 0 of once mode, which adds all 33."""
+    first = CHUNK_FRAMES if mode == "once" else new_frames
+    return 1 + max(0, -(-(total_frames - first) // new_frames))
+
+
+def new_images(frames: torch.Tensor, chunk_index: int, mode: str, motion_frames: int, remaining: int) -> torch.Tensor:
+    """A chunk's decoded frames [1, 3, 33, H, W] in [-1, 1] -> its new frames as images [n, H, W, 3] float32 in 0..1
+    on the CPU: motion frames dropped (`frames_to_keep`), at most `remaining` (the end of the audio)."""
+    kept = frames[:, :, frames_to_keep(chunk_index, mode, motion_frames)]
+    return video_to_images(kept[:, :, :max(0, remaining)])
+
+
 def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor], mode: str,
                   total_frames: int) -> Iterator[torch.Tensor]:
     """Run the session over the chunk windows and yield each chunk's new frames as [n, H, W, 3] float32 in 0..1 on
@@ -39,10 +52,10 @@ def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor
         return
     emitted = 0
     for index, windows in enumerate(audio_chunks):
-        frames = session.generate_chunk(windows)[0, :, frames_to_keep(index, mode, session.config.motion_frames)]
-        frames = frames[:, : total_frames - emitted]
-        emitted += frames.shape[1]
-        yield video_to_images(frames[None])
+        images = new_images(session.generate_chunk(windows), index, mode, session.config.motion_frames,
+                            total_frames - emitted)
+        emitted += images.shape[0]
+        yield images
         if emitted >= total_frames:
             return
 

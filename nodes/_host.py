@@ -88,11 +88,28 @@ def released_dirs(folder: str, is_match: Callable[[str, set[str]], bool]) -> lis
     return sorted(d for d, names in by_dir.items() if is_match(d, names))
 
 
+def option_label(path: str) -> str:
+    """'<folder>/<relative path>' -> its COMBO text, the name first: 'Model_Lite (flashhead/SoulX-FlashHead-1_3B)',
+    so the part that tells the options apart shows at any node width."""
+    parent, _, name = path.rpartition("/")
+    return f"{name} ({parent})"
+
+
+def option_path(option: str) -> str:
+    """A COMBO value -> '<folder>/<relative path>': an `option_label`, or that path itself (as workflows saved before
+    the labels hold it)."""
+    name, separator, parent = option.rpartition(" (")
+    if separator and option.endswith(")") and "/" not in name:
+        return f"{parent[:-1]}/{name}"
+    return option
+
+
 def model_options(sources: Iterable[tuple[str, list[str]]]) -> list[str]:
-    """COMBO options '<folder>/<relative path>' from (folder, entries) pairs, in order, without duplicates."""
+    """COMBO options (`option_label`s of '<folder>/<relative path>') from (folder, entries) pairs, in order, without
+    duplicates."""
     options: list[str] = []
     for folder, entries in sources:
-        options += [f"{folder}/{entry}" for entry in entries if f"{folder}/{entry}" not in options]
+        options += [option_label(f"{folder}/{e}") for e in entries if option_label(f"{folder}/{e}") not in options]
     return options
 
 
@@ -104,9 +121,10 @@ def files_in(folder: str, extensions: tuple[str, ...], exclude_dirs: Iterable[st
 
 
 def resolve_option(option: str, kind: str, where: str) -> Path:
-    """'<folder>/<relative>' (a COMBO value) -> the path on disk, or FileNotFoundError saying where the file goes."""
+    """A COMBO value (label or '<folder>/<relative>') -> the path on disk, or FileNotFoundError saying where the file
+    goes."""
     require_host()
-    folder, _, relative = option.partition("/")
+    folder, _, relative = option_path(option).partition("/")
     known = folder in folder_paths.folder_names_and_paths
     path = full_path(folder, relative) if known and relative else None
     if path is None:
@@ -159,13 +177,6 @@ def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_dev
                                             offload_device=offload_device)
 
 
-def working_memory(width: int, height: int) -> int:
-    """Bytes to keep free beside the weights while generating at width x height: a rough allowance for the largest
-    step, the VAE decode of one 33-frame chunk (about 512 bytes per output pixel and frame). ComfyUI evicts other
-    models to make room for it. An estimate, not a measurement: replace it with `flashhead bench` peak figures."""
-    return 33 * width * height * 512
-
-
 def load_to_device(patchers: list, memory_required: int = 0) -> None:
     """Put every model of one run on its device before inference (ComfyUI frees memory for them, and for
     `memory_required` bytes of working memory, first).
@@ -185,28 +196,52 @@ def output_device() -> torch.device:
     return mm.intermediate_device()
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device` by ComfyUI's count (CUDA: the driver's free memory plus PyTorch's unused cache)."""
+    return mm.get_free_memory(device)
+
+
 # --- progress, previews, interrupts -----------------------------------------------------------------------------------
 
 PREVIEW_MAX_PX = 512
 
 
-class FrameProgress:
-    """ComfyUI's progress bar counted in video frames, updated once per chunk with the chunk's last frame as the
-    preview. Updating the bar is also one of ComfyUI's interrupt points."""
+class Progress:
+    """ComfyUI's progress bar (`total` units), optionally with a frame as the preview. Updating the bar is also one
+    of ComfyUI's interrupt points."""
 
-    def __init__(self, total_frames: int):
-        self.total = max(1, int(total_frames))
+    def __init__(self, total: int):
+        self.total = max(1, int(total))
         self.bar = comfy.utils.ProgressBar(self.total)
 
-    def update(self, frames_done: int, frames: torch.Tensor | None = None) -> None:
-        """frames_done: frames finished so far; frames: the chunk's new frames [n, H, W, 3] float 0..1 (CPU)."""
+    def update(self, done: int, frames: torch.Tensor | None = None) -> None:
+        """done: units finished so far; frames: new frames [n, H, W, 3] float 0..1 (CPU), the last one previewed."""
         preview = None
         if frames is not None and frames.shape[0]:
             from PIL import Image
 
             pixels = frames[-1].clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
             preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_PX)
-        self.bar.update_absolute(min(int(frames_done), self.total), self.total, preview)
+        self.bar.update_absolute(min(int(done), self.total), self.total, preview)
+
+
+class StepProgress:
+    """A generation's progress bar counted in denoising steps (chunks x steps), created once the chunk count is
+    known; each finished chunk's last frame is the preview."""
+
+    def __init__(self, steps: int):
+        self.steps, self.progress, self.chunks_done = steps, None, 0
+
+    def step(self, chunk: int, step: int, chunks: int) -> None:
+        """Before denoising step `step` of chunk `chunk` (of `chunks`)."""
+        if self.progress is None:
+            self.progress = Progress(chunks * self.steps)
+        self.progress.update(chunk * self.steps + step)
+
+    def chunk_done(self, frames: torch.Tensor) -> None:
+        """A chunk finished with these new frames [n, H, W, 3]."""
+        self.chunks_done += 1
+        self.progress.update(self.chunks_done * self.steps, frames)
 
 
 def interrupted() -> bool:

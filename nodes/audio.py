@@ -9,6 +9,7 @@ from ..flashhead_core.config import AUDIO_SAMPLE_RATE
 from ..flashhead_core.streaming import audio_chunks, check_encoder_fits, video_frame_count
 
 from . import _host
+from ._inputs import check_numbers
 from ._wires import AUDIO_EMBEDS, AUDIO_ENCODER, MODEL, FlashHeadAudioEmbeds
 
 MODES = ["stream", "once"]
@@ -48,12 +49,13 @@ class FlashHeadAudioEncode:
 
     def encode(self, audio_encoder, audio, model, mode, context_seconds):
         _host.require_host()
+        check_numbers(type(self), context_seconds=context_seconds)
         config = model.config
         check_encoder_fits(audio_encoder.encoder, config)
         samples = load_audio(audio)  # a new array: the cached AUDIO input is only read
         frames = video_frame_count(len(samples))
         _host.load_to_device([audio_encoder.patcher])
-        progress = _host.FrameProgress(frames)
+        progress = _host.Progress(frames)
         windows = []
         for chunk in audio_chunks(audio_encoder.encoder, samples, mode, config.new_frames, context_seconds):
             _host.check_interrupt()

@@ -1,6 +1,7 @@
 """Loader nodes: the FlashHead DiT, the video VAE and the wav2vec2 audio encoder.
 
-Each lists what it finds in ComfyUI's model folders (COMBO values '<folder>/<relative path>'), loads with
+Each lists what it finds in ComfyUI's model folders (COMBO values 'Model_Lite (flashhead/SoulX-FlashHead-1_3B)': the
+name first, then where it is; the older form '<folder>/<relative path>' of saved workflows still loads), loads with
 flashhead_core onto ComfyUI's offload device and hands back a ModelPatcher-wrapped object: ComfyUI moves it to the
 GPU right before inference (`_host.load_to_device`) and evicts it when another model needs the memory.
 """
@@ -51,8 +52,9 @@ def _basename(directory: str) -> str:
 # --- what each loader lists ------------------------------------------------------------------------------------------
 
 def dit_options() -> list[str]:
-    """Released checkpoint roots (holding Model_Lite/ and/or Model_Pro/; the variant input picks), the model folders
-    themselves, then single files in models/diffusion_models/."""
+    """The released model folders (Model_Lite/, Model_Pro/), then single files in models/diffusion_models/. The
+    checkpoint root that holds them is not listed (with variant 'auto' it would be ambiguous), though a workflow
+    that names it with variant lite or pro still loads."""
     def is_dit_dir(directory: str, names: set[str]) -> bool:
         if "config.json" not in names or not names.intersection(DIT_WEIGHTS):
             return False
@@ -61,9 +63,8 @@ def dit_options() -> list[str]:
         return _basename(directory) not in VAE_DIR_NAMES and \
             _config_class(_host.FLASHHEAD_FOLDER, directory) == "WanModelAudioProject"
 
-    model_dirs = _host.released_dirs(_host.FLASHHEAD_FOLDER, is_dit_dir)
-    roots = sorted({d.rpartition("/")[0] for d in model_dirs if "/" in d and _basename(d) in MODEL_DIR_NAMES})
-    options = _host.model_options([(_host.FLASHHEAD_FOLDER, roots + [d for d in model_dirs if d]),
+    model_dirs = [d for d in _host.released_dirs(_host.FLASHHEAD_FOLDER, is_dit_dir) if d]
+    options = _host.model_options([(_host.FLASHHEAD_FOLDER, model_dirs),
                                    ("diffusion_models", _host.files_in("diffusion_models", _host.DIT_FILE_EXTENSIONS))])
     return options or _host.missing_option("FlashHead model", WHERE_DIT)
 
@@ -137,7 +138,7 @@ class FlashHeadModelLoader:
     OUTPUT_TOOLTIPS = ("The FlashHead DiT, managed by ComfyUI (moved to the GPU when used, evicted when memory is "
                        "needed).",)
     FUNCTION = "load"
-    DESCRIPTION = ("Loads a SoulX-FlashHead DiT: the released folder (Model_Lite/, Model_Pro/ or the checkpoint root) "
+    DESCRIPTION = ("Loads a SoulX-FlashHead DiT: the released folder (Model_Lite/ or Model_Pro/) "
                    "from models/flashhead/, or a single .safetensors file from models/diffusion_models/. "
                    "Lite pairs with the LTX VAE, Pro with the Wan2.1 VAE.")
 
@@ -146,8 +147,8 @@ class FlashHeadModelLoader:
         return {"required": {
             "model": (dit_options(), {"tooltip": f"Where: {WHERE_DIT}."}),
             "variant": (["auto", "lite", "pro"], {"default": "auto", "tooltip": (
-                "auto: read from the weights. Pick lite or pro to choose inside a checkpoint root that holds both "
-                "(asking for the other variant than the file is an error).")}),
+                "auto: read from the weights. lite or pro: insist on that variant (asking for the other variant than "
+                "the weights is an error).")}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": (
                 "Compute dtype. auto: bf16 where the GPU supports it (as the official release runs), else fp16, "
                 "else fp32 (CPU).")}),

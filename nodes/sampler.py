@@ -20,18 +20,22 @@ from __future__ import annotations
 import torch
 
 from ..flashhead_core.config import FPS
-from ..flashhead_core.image import check_size, match_colors
+from ..flashhead_core.image import check_size
 from ..flashhead_core.sampler import GenerationCancelled, SamplerConfig
-from ..flashhead_core.session import StreamingSession
-from ..flashhead_core.streaming import frames_to_keep, stream_frames
+from ..flashhead_core.session import StreamingSession, check_memory, decode_chunk, memory_estimate
+from ..flashhead_core.streaming import chunk_count, new_images, stream_frames
 from ..flashhead_core.vae import check_vae_matches_model
 from ..flashhead_core.frames import video_to_images
 
 from . import _host
+from ._inputs import check_numbers
 from ._wires import AUDIO_EMBEDS, MODEL, VAE
 
-SIZE = {"default": 512, "min": 64, "max": 4096, "step": 16}
-SIZE_TOOLTIP = "Video {}: a multiple of 32 for Lite, of 16 for Pro (an off-grid value is an error naming the nearest)."
+# Trained at 512x512; 1024 is 4x the pixels and, by `session.memory_estimate`, about 4.6 GiB of working memory per
+# chunk (2048 would take 18.6 GiB); the pre-flight check refuses what does not fit.
+SIZE = {"default": 512, "min": 64, "max": 1024, "step": 16}
+SIZE_TOOLTIP = ("Video {}: a multiple of 32 for Lite, of 16 for Pro (an off-grid value is an error naming the "
+                "nearest). FlashHead is trained at 512x512.")
 COLOR_TOOLTIP = ("Colour correction strength (0 = off, 1 = as released): matches each frame's colours to the "
                  "reference image in Lab space, which keeps long videos from drifting.")
 # The inputs of one generation run, shared by FlashHead Sampler and FlashHead Talking Video (same order: the UI
@@ -45,41 +49,14 @@ GENERATION_INPUTS = {
 }
 
 
-class _RecordingVAE:
-    """The VAE as the session sees it, keeping what each chunk decodes (its final latents) as raw float32 latents."""
-
-    def __init__(self, vae):
-        self._vae = vae
-        self.latents: list[torch.Tensor] = []
-
-    def __getattr__(self, name):
-        return getattr(self._vae, name)
-
-    def encode(self, frames, generator=None):
-        return self._vae.encode(frames, generator=generator)
-
-    def decode(self, latents):
-        # Un-normalised in float32 (the statistics stay in the VAE dtype), so FlashHead VAE Decode's normalise gives
-        # back the same values.
-        self.latents.append(self._vae.unnormalise(latents.float()).to("cpu", torch.float32))
-        return self._vae.decode(latents)
-
-
-def start_session(model, vae, image, width: int, height: int, seed: int, color_correction: float, *,
-                  record_latents: bool = False, also_load=()):
-    """Check the inputs, put the models on their device and return (StreamingSession with the reference prepared,
-    the latent recorder or None). ComfyUI's interrupt is checked before every denoising step."""
+def prepare_models(model, vae, width: int, height: int, also_load=()) -> None:
+    """The cheap checks (size, model/VAE pair), then the models onto their device with a chunk's working memory
+    freed beside them, then the memory pre-flight (refuses a size that does not fit)."""
     _host.require_host()
-    config = model.config
-    check_size(height, width, config.spatial_multiple)
-    check_vae_matches_model(vae.vae, config)
-    _host.load_to_device([model.patcher, vae.patcher, *also_load], _host.working_memory(width, height))
-    recorder = _RecordingVAE(vae.vae) if record_latents else None
-    session = StreamingSession(model.dit, recorder or vae.vae, height=height, width=width, seed=seed,
-                               sampler=SamplerConfig(color_correction=color_correction),
-                               should_cancel=_host.interrupted)
-    session.add_identity("reference", image)  # reads the IMAGE; prepares its own resized copy
-    return session, recorder
+    check_size(height, width, model.config.spatial_multiple)
+    check_vae_matches_model(vae.vae, model.config)
+    _host.load_to_device([model.patcher, vae.patcher, *also_load], memory_estimate(height, width))
+    check_memory(height, width, _host.free_memory(vae.vae.device))
 
 
 def cancelled_as_interrupt(run):
@@ -123,29 +100,37 @@ class FlashHeadSampler:
         }}
 
     def sample(self, model, vae, audio_embeds, image, width, height, seed, color_correction):
+        check_numbers(type(self), width=width, height=height, seed=seed, color_correction=color_correction)
         config = model.config
         if (audio_embeds.variant, audio_embeds.new_frames) != (config.variant, config.new_frames):
             raise ValueError(f"these audio embeddings were made for a FlashHead {audio_embeds.variant} model, but the "
                              f"sampler got a {config.variant} model: connect the same model to FlashHead Audio Encode "
                              f"and to the sampler")
-        session, recorder = start_session(model, vae, image, width, height, seed, color_correction,
-                                          record_latents=True)
-        total = audio_embeds.total_frames
+        prepare_models(model, vae, width, height)
+        total, sampler = audio_embeds.total_frames, SamplerConfig(color_correction=color_correction)
+        chunks = chunk_count(total, audio_embeds.mode, config.new_frames)
+        progress = _host.StepProgress(sampler.steps)
+        session = StreamingSession(model.dit, vae.vae, height=height, width=width, seed=seed, sampler=sampler,
+                                   progress=lambda chunk, step: progress.step(chunk, step, chunks),
+                                   should_cancel=_host.interrupted)
         out = torch.empty((total, height, width, 3), dtype=torch.float32, device=_host.output_device())
-        progress = _host.FrameProgress(total)
+        latents = []
 
         def run():
+            session.add_identity("reference", image)  # reads the IMAGE; prepares its own resized copy
             done = 0
             for frames in stream_frames(session, audio_embeds.windows, audio_embeds.mode, total):
                 out[done:done + len(frames)] = frames
                 done += len(frames)
-                progress.update(done, frames)
+                # Raw (un-normalised) in float32, so FlashHead VAE Decode's normalise gives back the decoded values.
+                latents.append(vae.vae.unnormalise(session.last_latents.float()).to("cpu", torch.float32))
+                progress.chunk_done(frames)
             return done
 
         done = cancelled_as_interrupt(run)
         if done != total:
             raise RuntimeError(f"the audio embeddings covered {done} of {total} frames; re-run FlashHead Audio Encode")
-        latent = {"samples": torch.cat(recorder.latents), "flashhead": latent_layout(session, audio_embeds.mode, total)}
+        latent = {"samples": torch.cat(latents), "flashhead": latent_layout(session, audio_embeds.mode, total)}
         return (out, float(FPS), latent)
 
 
@@ -166,32 +151,29 @@ class FlashHeadVAEDecode:
     def decode(self, vae, latent):
         _host.require_host()
         samples, layout = latent["samples"], latent.get("flashhead")
-        channels = vae.vae.latent_channels
-        if samples.ndim != 5 or samples.shape[1] != channels:
-            raise ValueError(f"FlashHead VAE Decode needs video latents [chunks, {channels}, T, h, w] for this VAE, "
-                             f"got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the LTX VAE, a Pro "
-                             f"LATENT 16 and the Wan2.1 VAE)")
-        _host.load_to_device([vae.patcher], _host.working_memory(samples.shape[-1] * vae.vae.stride[2],
-                                                                 samples.shape[-2] * vae.vae.stride[1]))
         run_vae = vae.vae
+        if samples.ndim != 5 or samples.shape[1] != run_vae.latent_channels:
+            raise ValueError(f"FlashHead VAE Decode needs video latents [chunks, {run_vae.latent_channels}, T, h, w] "
+                             f"for this VAE, got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the "
+                             f"LTX VAE, a Pro LATENT 16 and the Wan2.1 VAE)")
+        height, width = samples.shape[-2] * run_vae.stride[1], samples.shape[-1] * run_vae.stride[2]
+        _host.load_to_device([vae.patcher], memory_estimate(height, width))
+        check_memory(height, width, _host.free_memory(run_vae.device))
         pieces, done = [], 0
         total = layout["total_frames"] if layout else None
-        progress = _host.FrameProgress(total or samples.shape[0])
+        progress = _host.Progress(samples.shape[0])
         for index in range(samples.shape[0]):
             _host.check_interrupt()
-            raw = samples[index:index + 1].to(run_vae.device, torch.float32)
-            frames = run_vae.decode(run_vae.normalise(raw))
+            latents = run_vae.normalise(samples[index:index + 1].to(run_vae.device, torch.float32))
             if layout:
-                if layout["color_correction"] > 0:
-                    reference = layout["color_reference"].to(frames.device, frames.dtype)
-                    frames = match_colors(frames, reference, layout["color_correction"])
-                frames = frames[:, :, frames_to_keep(index, layout["mode"], layout["motion_frames"])]
-            images = video_to_images(frames)
-            if total is not None:
-                images = images[:total - done]
+                frames = decode_chunk(run_vae, latents, layout["color_reference"], layout["color_correction"],
+                                      check_cancel=_host.check_interrupt)
+                images = new_images(frames, index, layout["mode"], layout["motion_frames"], total - done)
+            else:
+                images = video_to_images(decode_chunk(run_vae, latents, None, 0, check_cancel=_host.check_interrupt))
             pieces.append(images.to(_host.output_device()))
             done += len(images)
-            progress.update(done if total else index + 1, images)
+            progress.update(index + 1, images)
             if total is not None and done >= total:
                 break
         return (torch.cat(pieces),)

@@ -7,24 +7,14 @@ partial file and renamed only on success; an error or an interrupt leaves nothin
 
 from __future__ import annotations
 
-from ..flashhead_core.audio import load_audio
-from ..flashhead_core.config import AUDIO_SAMPLE_RATE, FPS
-from ..flashhead_core.streaming import check_encoder_fits, stream_talking_head, video_frame_count
-from ..flashhead_core.video_io import VideoWriter, aac_can_store
+from ..flashhead_core.pipeline import Pipeline, write_talking_video
+from ..flashhead_core.sampler import SamplerConfig
 
 from . import _host
+from ._inputs import check_numbers
 from ._wires import AUDIO_ENCODER, MODEL, VAE
 from .audio import AUDIO_MODE_INPUTS
-from .sampler import GENERATION_INPUTS, cancelled_as_interrupt, start_session
-
-
-def soundtrack(audio: dict, samples_16k):
-    """The audio muxed into the MP4: the original AUDIO (its rate and up to 2 channels, not copied) when AAC can
-    store it, else the 16 kHz mono track the model heard."""
-    waveform, rate = audio["waveform"], int(audio["sample_rate"])
-    if aac_can_store(rate, waveform.shape[1]) and waveform.is_floating_point():
-        return waveform[0].detach().cpu(), rate  # [C, T]
-    return samples_16k, AUDIO_SAMPLE_RATE
+from .sampler import GENERATION_INPUTS, cancelled_as_interrupt, prepare_models
 
 
 def video_from_file(path: str):
@@ -69,21 +59,16 @@ class FlashHeadTalkingVideo:
 
     def generate(self, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
                  context_seconds, filename_prefix):
-        _host.require_host()
-        check_encoder_fits(audio_encoder.encoder, model.config)
-        samples = load_audio(audio)  # validated, mono, 16 kHz: a new array
-        session, _ = start_session(model, vae, image, width, height, seed, color_correction,
-                                   also_load=[audio_encoder.patcher])
+        check_numbers(type(self), width=width, height=height, seed=seed, color_correction=color_correction,
+                      context_seconds=context_seconds)
+        prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
         path, filename, subfolder = _host.output_file(filename_prefix, width, height, "mp4")
-        progress = _host.FrameProgress(video_frame_count(len(samples)))
-
-        def run():
-            with VideoWriter(path, width=width, height=height, fps=FPS, audio=soundtrack(audio, samples)) as writer:
-                for frames in stream_talking_head(session, audio_encoder.encoder, samples, mode=mode,
-                                                  context_seconds=context_seconds):
-                    writer.write(frames)
-                    progress.update(writer.frames_written, frames)
-
-        cancelled_as_interrupt(run)
+        progress = _host.StepProgress(SamplerConfig().steps)
+        pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder)
+        cancelled_as_interrupt(lambda: write_talking_video(
+            pipeline, image, audio, path, height=height, width=width, seed=seed, mode=mode,
+            color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
+            on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
+            free_memory=_host.free_memory(vae.vae.device)))
         ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         return {"ui": ui, "result": (video_from_file(str(path)),)}

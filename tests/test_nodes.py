@@ -113,7 +113,7 @@ def pack():
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory, pack):
     """A released-layout root with both variants: Model_Lite, Model_Pro, VAE_LTX, VAE_Wan, wav2vec2-base-960h."""
-    tiny = importlib.import_module(f"{PACK_NAME}.flashhead_core.tiny")
+    tiny = importlib.import_module(f"{PACK_NAME}.flashhead_core.testing")
     root = tmp_path_factory.mktemp("tiny") / RELEASE
     for variant in ("lite", "pro"):
         tiny.write_tiny_checkpoint(root, variant)
@@ -244,14 +244,32 @@ def test_every_node_is_registered_with_prefix_category_and_display_name(pack):
 
 @needs_comfy
 def test_loaders_list_released_folders_and_single_files(pack, comfy_folders):
+    """The name comes first in every option (the part that differs stays visible at any node width)."""
     models = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"].INPUT_TYPES()["required"]["model"][0]
-    assert models == [f"flashhead/{RELEASE}", f"flashhead/{RELEASE}/Model_Lite", f"flashhead/{RELEASE}/Model_Pro",
-                      "diffusion_models/flashhead_pro.safetensors", "diffusion_models/not_flashhead.safetensors"]
+    assert models == [f"Model_Lite (flashhead/{RELEASE})", f"Model_Pro (flashhead/{RELEASE})",
+                      "flashhead_pro.safetensors (diffusion_models)", "not_flashhead.safetensors (diffusion_models)"]
     vaes = pack.NODE_CLASS_MAPPINGS["FlashHeadVAELoader"].INPUT_TYPES()["required"]["vae"][0]
-    assert vaes == [f"flashhead/{RELEASE}/VAE_LTX", f"flashhead/{RELEASE}/VAE_Wan", "vae/wan_2.1_vae.pth"]
+    assert vaes == [f"VAE_LTX (flashhead/{RELEASE})", f"VAE_Wan (flashhead/{RELEASE})", "wan_2.1_vae.pth (vae)"]
     encoders = pack.NODE_CLASS_MAPPINGS["FlashHeadAudioEncoderLoader"].INPUT_TYPES()["required"]["audio_encoder"][0]
-    assert encoders == [f"flashhead/{RELEASE}/wav2vec2-base-960h", "audio_encoders/wav2vec2-base-960h",
-                        "audio_encoders/wav2vec2-base-960h.safetensors"]
+    assert encoders == [f"wav2vec2-base-960h (flashhead/{RELEASE})", "wav2vec2-base-960h (audio_encoders)",
+                        "wav2vec2-base-960h.safetensors (audio_encoders)"]
+
+
+@needs_comfy
+def test_loader_defaults_load_and_old_saved_values_still_resolve(pack, comfy_folders):
+    """A Model Loader added from the menu runs with its defaults (first option, variant auto); values saved by older
+    versions ('<folder>/<path>', the checkpoint root with variant lite) still validate and load."""
+    loader = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"]
+    spec = loader.INPUT_TYPES()["required"]
+    first = spec["model"][0][0]
+    assert loader.VALIDATE_INPUTS(first) is True
+    model = loader().load(first, spec["variant"][1]["default"], "fp32", "auto", False)[0]
+    assert model.config.variant == "lite"
+    assert loader.VALIDATE_INPUTS(f"flashhead/{RELEASE}") is True
+    assert loader().load(f"flashhead/{RELEASE}", "pro", "fp32", "auto", False)[0].config.variant == "pro"
+    vae_loader = pack.NODE_CLASS_MAPPINGS["FlashHeadVAELoader"]
+    assert vae_loader.VALIDATE_INPUTS(f"flashhead/{RELEASE}/VAE_LTX") is True
+    assert vae_loader().load(f"VAE_Wan (flashhead/{RELEASE})", False)[0].vae.latent_channels == 16
 
 
 @needs_comfy
@@ -330,8 +348,9 @@ def test_talking_video_44k_stereo(pack, lite, comfy_folders, progress_events):
     assert video.get_dimensions() == (SIZE, SIZE)
     components = video.get_components()
     assert components.images.shape == (round(1.3 * 25), SIZE, SIZE, 3) and components.audio is not None
-    # one progress update per chunk, counted in frames, each with the chunk's last frame as the preview
-    assert progress_events[-1][:2] == (round(1.3 * 25), round(1.3 * 25))
+    # progress counted in denoising steps (2 chunks x 4 steps), each finished chunk previewing its last frame
+    assert [e[:2] for e in progress_events] == [(v, 8) for v in (0, 1, 2, 3, 4, 4, 5, 6, 7, 8)]
+    assert [e[2] is not None for e in progress_events] == [False] * 4 + [True] + [False] * 4 + [True]
     kind, preview, max_px = progress_events[-1][2]
     assert kind == "JPEG" and preview.size == (SIZE, SIZE) and max_px == 512
 
@@ -418,9 +437,10 @@ def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, c
     """Cancel in ComfyUI after the first chunk: the node raises ComfyUI's interrupt and removes its partial MP4."""
     original_update = comfy.utils.ProgressBar.update_absolute
 
-    def update_then_cancel(self, *args, **kwargs):
-        original_update(self, *args, **kwargs)
-        comfy.model_management.interrupt_current_processing(True)  # the user presses Cancel after this chunk
+    def update_then_cancel(self, value, total, preview=None):
+        original_update(self, value, total, preview)
+        if preview is not None:
+            comfy.model_management.interrupt_current_processing(True)  # the user presses Cancel after this chunk
 
     comfy.utils.ProgressBar.update_absolute = update_then_cancel
     try:
@@ -430,7 +450,7 @@ def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, c
                                                          mode="stream", context_seconds=8.0, filename_prefix="cut")
     finally:
         comfy.utils.ProgressBar.update_absolute = original_update
-    assert len(progress_events) == 1  # stopped at the first step check after the first chunk
+    assert len(progress_events) == 5  # 4 steps and the chunk's preview; stopped at the next check
     assert not comfy.model_management.processing_interrupted()  # the flag was consumed, as ComfyUI expects
     assert [p for p in comfy_folders.rglob("*") if p.is_file()] == []
     # the next prompt in the same process runs normally
@@ -454,3 +474,33 @@ def test_models_follow_comfyui_memory_management(pack, lite, comfy_folders):
     comfy.model_management.unload_all_models()
     run(**lite, **kwargs)
     assert len(list(comfy_folders.rglob("*.mp4"))) == 2
+
+
+@needs_comfy
+@pytest.mark.parametrize("name, value", [("context_seconds", float("nan")), ("context_seconds", float("inf")),
+                                         ("color_correction", 1.5), ("width", 4096), ("seed", -1)])
+def test_numeric_inputs_are_validated(pack, lite, comfy_folders, name, value):
+    """NaN, infinity or an out-of-range number (e.g. sent through the API) is an error naming the input."""
+    kwargs = dict(audio=audio(0.5, 24000, 1), image=image(), width=SIZE, height=SIZE, seed=0, color_correction=1.0,
+                  mode="stream", context_seconds=8.0, filename_prefix="x")
+    with pytest.raises(ValueError, match=name):
+        node(pack, "FlashHeadTalkingVideo").generate(**lite, **{**kwargs, name: value})
+    assert not any(comfy_folders.rglob("*.mp4"))
+
+
+@needs_comfy
+def test_a_size_that_does_not_fit_in_memory_is_refused_before_running(pack, lite, comfy_folders, monkeypatch):
+    host = importlib.import_module(f"{PACK_NAME}.nodes._host")
+    monkeypatch.setattr(host, "free_memory", lambda device: 2**20)
+    with pytest.raises(ValueError, match="GiB of working memory.*free"):
+        node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(0.5, 24000, 1), image=image(), width=SIZE,
+                                                     height=SIZE, seed=0, color_correction=1.0, mode="stream",
+                                                     context_seconds=8.0, filename_prefix="x")
+    assert not any(comfy_folders.rglob("*.mp4"))
+
+
+@needs_comfy
+def test_pack_ships_the_frontend_extension(pack):
+    assert pack.WEB_DIRECTORY == "./web"
+    script = (REPO / "web" / "flashhead.js").read_text()
+    assert "FlashHeadTalkingVideo" in script and "nodePreviewImages" in script

@@ -8,6 +8,8 @@ per-channel statistics, decode() takes them normalised (docs/algorithm.md#vaes).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -59,14 +61,21 @@ class VideoVAE:
         return self.model.encode(frames.to(self.device, self.dtype)).latent_dist
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """normalised latents [B, C, t, h, w] -> frames [B, 3, 1 + (t-1)*stride_t, h*s, w*s], float32."""
+    def decode(self, latents: torch.Tensor, on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+        """normalised latents [B, C, t, h, w] -> frames [B, 3, 1 + (t-1)*stride_t, h*s, w*s], float32.
+
+        on_tile() runs before each tile of a tiled decode (a cancel check: it may raise)."""
         _check_shape("latents", latents, self.latent_channels, (1, 1, 1))
         z = self.unnormalise(latents.to(self.device, self.dtype))
         if self.tiling and max(z.shape[-2:]) * self.stride[1] > self.tile_pixels:
             features = self._decode_low_resolution(z)
             tile = max(1, self.tile_pixels // self.tiled_scale)
-            frames = halo_tiled(self._decode_high_resolution, features, tile, self.halo())
+            run = self._decode_high_resolution
+            if on_tile is not None:
+                def run(x, decode=run):
+                    on_tile()
+                    return decode(x)
+            frames = halo_tiled(run, features, tile, self.halo())
         else:
             frames = self._decode_unnormalised(z).float()
         return frames.clamp(-1, 1) if self.clamp_output else frames
