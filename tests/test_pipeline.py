@@ -114,3 +114,17 @@ def test_cli_generate_writes_mp4_with_audio(tmp_path, assets):
     info = read_video_info(out)
     assert (info.frames, info.width, info.height, info.fps) == (round(1.3 * 25), SIZE, SIZE, 25.0)
     assert info.audio_duration == pytest.approx(info.duration, abs=0.05)
+
+
+def test_hooks_follow_every_step_and_chunk_and_memory_is_checked_first(pipeline, assets, tmp_path):
+    steps, chunks = [], []
+    write_talking_video(pipeline, assets["image"], assets["speech"], tmp_path / "o.mp4", height=SIZE, width=SIZE,
+                        on_step=lambda c, s, n: steps.append((c, s, n)),
+                        on_frames=lambda frames, written, total: chunks.append((frames.shape, written, total)))
+    total = round(1.3 * 25)
+    assert chunks[-1][1:] == (total, total) and sum(shape[0] for shape, _, _ in chunks) == total
+    assert steps == [(c, s, len(chunks)) for c in range(len(chunks)) for s in range(4)]
+    with pytest.raises(SizeError, match="GiB of working memory"):
+        write_talking_video(pipeline, assets["image"], assets["speech"], tmp_path / "big.mp4", height=SIZE,
+                            width=SIZE, free_memory=1)
+    assert not (tmp_path / "big.mp4").exists()
