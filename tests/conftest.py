@@ -1,5 +1,6 @@
 """Shared test fixtures. Reference parity tests are marked `reference`; when the reference folder exists they
-must run: a skip becomes a failure, and a session in which none of them passed fails."""
+must run: a skip becomes a failure, and a session in which none of them passed fails. Tests marked `slow` are left
+out of the default run (pyproject.toml's addopts) and run by .ci/run; a reference test may not be slow."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(os.environ.get("FLASHHEAD_REFERENCE", REPO.parent / "shared" / "reference"))
@@ -43,3 +45,21 @@ def pytest_sessionfinish(session, exitstatus):
     if REFERENCE_PRESENT and (selected or required) and _reference_passed == 0 and exitstatus == 0:
         session.exitstatus = 1
         print(f"\nERROR: {REFERENCE_DIR} exists but no reference parity test passed")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The default run deselects `slow` tests: a reference test marked slow would silently not run there.
+    both = [item.nodeid for item in items if item.get_closest_marker("reference") and item.get_closest_marker("slow")]
+    if both:
+        raise pytest.UsageError(f"reference tests may not be marked slow: {', '.join(both)}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while the tests run, restored after them: the models are tiny, and on a small shared
+    machine two OpenMP threads spinning against other processes make their many small operations several times
+    slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -105,7 +105,10 @@ class Child:
                 self.process.kill()
                 self.process.wait()
                 raise AssertionError(f"child ran over {timeout:.0f} s: {self.stderr_so_far()[-2000:]}")
-            time.sleep(interval)
+            try:
+                self.process.wait(interval)  # returns as soon as the child exits, not at the end of the interval
+            except subprocess.TimeoutExpired:
+                pass
         seconds = time.perf_counter() - self.start
         self._out.seek(0)
         return Run(self.process.returncode, self._out.read(), self.stderr_so_far(), seconds, self.rss_mb,

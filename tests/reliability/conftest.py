@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from flashhead_core.pipeline import Pipeline, load_pipeline
 from flashhead_core.session import StreamingSession
@@ -61,13 +60,3 @@ def no_generation(monkeypatch):
         raise AssertionError("generation started: the bad input was not refused before the heavy work")
 
     monkeypatch.setattr(StreamingSession, "generate_chunk", refuse)
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while this suite runs, restored after it: on a small shared machine, two OpenMP threads
-    spinning against other processes make these many small operations several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
