@@ -8,6 +8,12 @@ Accepted layouts:
   tensor shapes (docs/algorithm.md#config-from-tensor-shapes).
 The model is built on the meta device and each tensor is read once, cast to the compute dtype and assigned, so
 peak memory is one copy of the weights in that dtype.
+
+fp8 weight storage (docs/fp8.md): `weight_dtype=torch.float8_e4m3fn` or `float8_e5m2` stores the blocks' Linear
+weights (the big matmuls, ~94% of the weights) in fp8; every other tensor stays in the compute dtype and the layers
+upcast per call. A ComfyUI scaled fp8 file (a `scaled_fp8` marker tensor whose dtype is the fp8 dtype, float32 meaning
+e4m3fn, and per-layer `<layer>.scale_weight`) is loaded as stored: each scaled Linear keeps its fp8 weight and a
+float32 `scale_weight` buffer, and computes with weight * scale_weight.
 """
 
 from __future__ import annotations
@@ -17,16 +23,21 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from . import layers
 from .attention import resolve_backend
 from .config import AUDIO_WINDOW, DIT_HEAD_DIM, PRESETS, VARIANT_BY_LATENT_CHANNELS, WAV2VEC2_LAYERS, ModelConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .model import FlashHeadDiT
 from .release import INDEX_NAME, MODEL_DIRS, WEIGHTS_NAME
 from .weights import DictSource, SafetensorsSource, build_on_meta
 
 # Present in the released files, never used by the forward pass: skipped by name.
 UNUSED_PREFIXES = ("text_embedding.", "audio_emb.")
+# weight_dtype choices, by the names ComfyUI's loaders use.
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+SCALED_FP8_KEY = "scaled_fp8"
 
 
 def find_model_files(path: str | Path, variant: str = "auto") -> tuple[dict | None, list[Path]]:
@@ -100,20 +111,60 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], config_json: dict | N
     return config
 
 
+def fp8_weight_names(model: FlashHeadDiT) -> list[str]:
+    """The blocks' Linear weights (attention q/k/v/o and FFN): the ones `weight_dtype` stores in fp8."""
+    return [f"blocks.{name}.weight" for name, module in model.blocks.named_modules() if isinstance(module, nn.Linear)]
+
+
+def attach_fp8_scales(model: FlashHeadDiT, source: SafetensorsSource | DictSource) -> dict[str, torch.dtype]:
+    """Give each Linear that the scaled fp8 `source` scales a (meta) `scale_weight` buffer; returns the storage dtype
+    of its weight (the marker's fp8 dtype) and scale (float32) by key."""
+    stored = source.get(SCALED_FP8_KEY).dtype
+    stored = torch.float8_e4m3fn if stored == torch.float32 else stored
+    modules, dtypes = dict(model.named_modules()), {}
+    for key in [k for k in source.shapes if k.endswith(".scale_weight")]:
+        name = key.removesuffix(".scale_weight")
+        layer = modules.get(name)
+        if not isinstance(layer, nn.Linear):
+            raise CheckpointError(f"scaled fp8 file: {key} scales {name}, which is not a Linear of the DiT")
+        if not hasattr(layer, "scale_weight"):
+            raise CheckpointError(f"scaled fp8 file: {type(layer).__module__}.{type(layer).__name__} has no "
+                                  f"scale_weight buffer; load it with operations=flashhead_core.layers")
+        layer.register_buffer("scale_weight", torch.empty(source.shapes[key]))
+        dtypes.update({f"{name}.weight": stored, key: torch.float32})
+    return dtypes
+
+
 def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu", attention: str = "auto") -> FlashHeadDiT:
-    """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`) on `device`."""
+              device: torch.device | str = "cpu", attention: str = "auto", weight_dtype: torch.dtype | None = None,
+              operations=layers) -> FlashHeadDiT:
+    """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`, the blocks' Linear
+    weights to `weight_dtype` when given, a scaled fp8 file's scaled weights as stored) on `device`.
+    `operations`: see FlashHeadDiT."""
+    if weight_dtype not in WEIGHT_DTYPES.values():
+        raise InputError(f"weight_dtype must be one of {', '.join(map(str, WEIGHT_DTYPES.values()))} "
+                         f"({', '.join(WEIGHT_DTYPES)}), not {weight_dtype!r}")
     backend = resolve_backend(attention, torch.device(device))
-    return build_on_meta(lambda: FlashHeadDiT(config, backend), source, device=device, dtype=dtype,
-                         what=f"a FlashHead {config.variant} DiT", skip_prefixes=UNUSED_PREFIXES)
+    with torch.device("meta"):
+        model = FlashHeadDiT(config, backend, operations)
+    dtypes = dict.fromkeys(fp8_weight_names(model), weight_dtype) if weight_dtype else {}
+    skip = UNUSED_PREFIXES
+    if SCALED_FP8_KEY in source.shapes:
+        dtypes.update(attach_fp8_scales(model, source))
+        skip += (SCALED_FP8_KEY,)
+    return build_on_meta(lambda: model, source, device=device, dtype=dtype, dtypes=dtypes,
+                         what=f"a FlashHead {config.variant} DiT", skip_prefixes=skip)
 
 
 def load_dit(path: str | Path, *, variant: str = "auto", dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", attention: str = "auto", num_heads: int | None = None) -> FlashHeadDiT:
+             device: torch.device | str = "cpu", attention: str = "auto", num_heads: int | None = None,
+             weight_dtype: torch.dtype | None = None, operations=layers) -> FlashHeadDiT:
     """Load a FlashHead DiT from a released root/folder or a single safetensors file.
 
     variant: "auto", "lite" or "pro" (a mismatch with the file is an error). num_heads: only for non-standard
-    single files (default dim / 128, or config.json's value).
+    single files (default dim / 128, or config.json's value). dtype: the compute dtype. weight_dtype: None,
+    torch.float8_e4m3fn or torch.float8_e5m2 (the blocks' Linear weights; see the module docstring).
+    operations: the layer namespace (FlashHeadDiT).
     """
     if variant not in ("auto", "lite", "pro"):
         raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
@@ -122,4 +173,5 @@ def load_dit(path: str | Path, *, variant: str = "auto", dtype: torch.dtype = to
     config = config_from_shapes(source.shapes, config_json, num_heads)
     if variant != "auto" and variant != config.variant:
         raise CheckpointError(f"{path} is a FlashHead {config.variant} model, but {variant} was asked for")
-    return build_dit(config, source, dtype=dtype, device=device, attention=attention)
+    return build_dit(config, source, dtype=dtype, device=device, attention=attention, weight_dtype=weight_dtype,
+                     operations=operations)

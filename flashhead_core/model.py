@@ -8,11 +8,15 @@ One evaluation maps (noisy latent z, reference latent, timestep, audio windows) 
     30 x Block(self-attention with 3-D RoPE, per-frame audio cross-attention, FFN; adaLN from the timestep)
     Head (adaLN from the time embedding) --unpatchify--> flow [B, out_dim, T, H, W]
 
-Precision: the residual stream, norms, modulation and the time MLP run in float32; the Linear/conv weights and
+Precision: the residual stream, norms, modulation and the time MLP run in float32; the Linear/conv layers and
 attention run in the model's compute dtype (float32 or bf16). This is our choice, not the official bf16 run's: that
 run casts the whole model to bf16 and its blocks have no autocast, so its residual stream is bf16 too. Ours follows
 Wan 2.1's float32 residual design so that a bf16 video stays close to the float32 one
 (docs/algorithm.md#where-bf16-rounding-happens).
+Every Linear, Conv3d and LayerNorm is built by the `operations` namespace (default flashhead_core.layers;
+ComfyUI passes comfy.ops.manual_cast) and always called through its forward, which casts the weight to the input's
+dtype and device: the weights may be stored in fp8 or offloaded. The compute dtype is the patch embedding's and the
+modulation tables' (never stored in fp8; see checkpoint.FP8_DTYPES).
 State dict keys are the released ones (`blocks.N.self_attn.q.weight`, `audio_proj.proj1_vf.weight`, ...);
 the released files' unused `text_embedding.*` / `audio_emb.*` weights have no module here.
 """
@@ -27,23 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import layers
 from .attention import attention
 from .config import AUDIO_WINDOW, WAV2VEC2_LAYERS, ModelConfig
 
 ROPE_THETA = 10000.0
 AUDIO_NORM_EPS = 1e-5  # the audio projector's LayerNorm uses PyTorch's default eps, not the model's 1e-6
-
-
-def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A Linear evaluated in float32 whatever the weight dtype (the time MLP)."""
-    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
-
-
-def _layer_norm_f32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm in float32; affine parameters (when present) are upcast."""
-    weight = None if norm.weight is None else norm.weight.float()
-    bias = None if norm.bias is None else norm.bias.float()
-    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
 
 
 def sinusoidal_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
@@ -88,7 +81,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, over the full width (before the split into heads)."""
+    """x / sqrt(mean(x^2) + eps) * weight, over the full width (before the split into heads). Our own rather than
+    `operations.RMSNorm`: this exact rounding (normalise in float32, scale in the input dtype) is the release's."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -98,19 +92,19 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return normed.type_as(x) * layers.cast_to(self.weight, x)
 
 
 class Attention(nn.Module):
     """Multi-head attention with q/k RMSNorm: self-attention (with RoPE) or audio cross-attention (without)."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float):
+    def __init__(self, dim: int, num_heads: int, eps: float, ops):
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = ops.Linear(dim, dim)
+        self.k = ops.Linear(dim, dim)
+        self.v = ops.Linear(dim, dim)
+        self.o = ops.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
@@ -134,54 +128,56 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """One transformer block: adaLN self-attention, per-latent-frame audio cross-attention, adaLN FFN."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, ops):
         super().__init__()
         dim, eps = config.dim, config.eps
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
-        self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
-        self.self_attn = Attention(dim, config.num_heads, eps)
-        self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True)
-        self.cross_attn = Attention(dim, config.num_heads, eps)
-        self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(config.ffn_dim, dim))
+        self.norm1 = ops.LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = Attention(dim, config.num_heads, eps, ops)
+        self.norm3 = ops.LayerNorm(dim, eps, elementwise_affine=True)
+        self.cross_attn = Attention(dim, config.num_heads, eps, ops)
+        self.norm2 = ops.LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(ops.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+                                 ops.Linear(config.ffn_dim, dim))
 
     def audio_keys_values(self, audio_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio_tokens [B, T, N, C] -> this block's cross-attention keys and values [B*T, N, H, D] (one latent frame
         per batch row)."""
-        return self.cross_attn.keys_values(audio_tokens.to(self.ffn[0].weight.dtype).flatten(0, 1))
+        return self.cross_attn.keys_values(audio_tokens.to(self.modulation.dtype).flatten(0, 1))
 
     def forward(self, x: torch.Tensor, time_mod: torch.Tensor, audio_kv: tuple[torch.Tensor, torch.Tensor],
                 rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
         """x [B, L, C] float32 residual stream; time_mod [B, 6, C] float32; audio_kv from `audio_keys_values`."""
-        dtype = self.ffn[0].weight.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + time_mod).unsqueeze(2).unbind(1)
+        dtype = self.modulation.dtype  # the compute dtype (Linear weights may be stored in fp8)
+        modulation = self.modulation.to(device=x.device, dtype=torch.float32)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (modulation + time_mod).unsqueeze(2).unbind(1)
 
-        h = (_layer_norm_f32(self.norm1, x) * (1 + scale1) + shift1).to(dtype)
+        h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype)
         x = x + self.self_attn(h, self.self_attn.keys_values(h), rope, backend).float() * gate1
 
         # Each latent frame's tokens attend only to that frame's audio tokens: fold frames into the batch.
-        h = _layer_norm_f32(self.norm3, x).to(dtype).reshape(audio_kv[0].shape[0], -1, x.shape[-1])
+        h = self.norm3(x).to(dtype).reshape(audio_kv[0].shape[0], -1, x.shape[-1])
         x = x + self.cross_attn(h, audio_kv, None, backend).reshape(x.shape).float()
 
-        h = (_layer_norm_f32(self.norm2, x) * (1 + scale2) + shift2).to(dtype)
+        h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
         return x + self.ffn(h).float() * gate2
 
 
 class Head(nn.Module):
     """Final adaLN (modulated by the time embedding) and projection to patch pixels."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, ops):
         super().__init__()
         self.modulation = nn.Parameter(torch.zeros(1, 2, config.dim))
-        self.norm = nn.LayerNorm(config.dim, config.eps, elementwise_affine=False)
-        self.head = nn.Linear(config.dim, math.prod(config.patch_size) * config.out_dim)
+        self.norm = ops.LayerNorm(config.dim, config.eps, elementwise_affine=False)
+        self.head = ops.Linear(config.dim, math.prod(config.patch_size) * config.out_dim)
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         """x [B, L, C] float32, time_emb [B, C] float32 -> [B, L, prod(patch) * out_dim] float32."""
-        shift, scale = (self.modulation.float() + time_emb[:, None]).unsqueeze(2).unbind(1)
-        h = _layer_norm_f32(self.norm, x) * (1 + scale) + shift
-        return self.head(h.to(self.head.weight.dtype)).float()
+        modulation = self.modulation.to(device=x.device, dtype=torch.float32)
+        shift, scale = (modulation + time_emb[:, None]).unsqueeze(2).unbind(1)
+        h = self.norm(x) * (1 + scale) + shift
+        return self.head(h.to(self.modulation.dtype)).float()
 
 
 class AudioProjection(nn.Module):
@@ -193,16 +189,16 @@ class AudioProjection(nn.Module):
     """
 
     def __init__(self, t_stride: int, intermediate_dim: int, context_tokens: int, output_dim: int,
-                 audio_channels: int):
+                 audio_channels: int, ops):
         super().__init__()
         features = WAV2VEC2_LAYERS * audio_channels
         self.t_stride = t_stride
         self.context_tokens = context_tokens
-        self.proj1 = nn.Linear(AUDIO_WINDOW * features, intermediate_dim)
-        self.proj1_vf = nn.Linear((t_stride + 4) * features, intermediate_dim)
-        self.proj2 = nn.Linear(intermediate_dim, intermediate_dim)
-        self.proj3 = nn.Linear(intermediate_dim, context_tokens * output_dim)
-        self.norm = nn.LayerNorm(output_dim, eps=AUDIO_NORM_EPS)
+        self.proj1 = ops.Linear(AUDIO_WINDOW * features, intermediate_dim)
+        self.proj1_vf = ops.Linear((t_stride + 4) * features, intermediate_dim)
+        self.proj2 = ops.Linear(intermediate_dim, intermediate_dim)
+        self.proj3 = ops.Linear(intermediate_dim, context_tokens * output_dim)
+        self.norm = ops.LayerNorm(output_dim, eps=AUDIO_NORM_EPS)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """windows [B, 1 + t_stride*(T-1), 5, 12, 768] -> audio tokens [B, T, context_tokens, dim] float32.
@@ -211,13 +207,13 @@ class AudioProjection(nn.Module):
         if (n_audio - 1) % self.t_stride:
             raise ValueError(f"audio windows cover {n_audio} frames; expected 1 + {self.t_stride} * "
                              f"(latent frames - 1)")
-        windows = windows.to(self.proj1.weight.dtype)
+        windows = windows.to(self.norm.weight.dtype)  # the compute dtype
         first = windows[:, :1].flatten(2)  # [B, 1, 5*12*768]
         groups = windows[:, 1:].unflatten(1, (-1, self.t_stride))  # [B, T-1, t_stride, 5, 12, 768]
         slots = torch.cat([groups[:, :, 0, :3], groups[:, :, 1:-1, 2], groups[:, :, -1, 2:]], dim=2)
         hidden = torch.cat([F.relu(self.proj1(first)), F.relu(self.proj1_vf(slots.flatten(2)))], dim=1)
         tokens = self.proj3(F.relu(self.proj2(hidden)))  # [B, T, context_tokens * dim]
-        return _layer_norm_f32(self.norm, tokens.unflatten(-1, (self.context_tokens, -1)))
+        return self.norm(tokens.unflatten(-1, (self.context_tokens, -1)).float())
 
 
 @dataclass(frozen=True)
@@ -229,24 +225,28 @@ class AudioContext:
 
 
 class FlashHeadDiT(nn.Module):
-    """The FlashHead transformer (`WanModelAudioProject` in the release). See the module docstring."""
+    """The FlashHead transformer (`WanModelAudioProject` in the release). See the module docstring.
 
-    def __init__(self, config: ModelConfig, attention_backend: str = "sdpa"):
+    operations: a namespace with Linear, Conv3d and LayerNorm classes (torch.nn signatures) whose forward casts the
+    weight to the input's dtype and device: flashhead_core.layers (default) or comfy.ops.manual_cast."""
+
+    def __init__(self, config: ModelConfig, attention_backend: str = "sdpa", operations=layers):
         super().__init__()
         self.config = config
         self.attention_backend = attention_backend
-        dim = config.dim
-        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
-        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.head = Head(config)
+        dim, ops = config.dim, operations
+        self.patch_embedding = ops.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.time_embedding = nn.Sequential(ops.Linear(config.freq_dim, dim), nn.SiLU(), ops.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(Block(config, ops) for _ in range(config.num_layers))
+        self.head = Head(config, ops)
         self.audio_proj = AudioProjection(config.t_stride, config.audio_intermediate_dim,
-                                          config.audio_context_tokens, dim, config.audio_channels)
+                                          config.audio_context_tokens, dim, config.audio_channels, ops)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.patch_embedding.weight.dtype
+        """The compute dtype."""
+        return self.head.modulation.dtype
 
     def compile_blocks(self, mode: str | None = None) -> "FlashHeadDiT":
         """torch.compile each transformer block (regional compilation: the 30 blocks share one compiled graph, so it
@@ -282,9 +282,8 @@ class FlashHeadDiT(nn.Module):
         x = x.flatten(2).transpose(1, 2).float()  # [B, L, C] in (T, h, w) raster order
 
         timestep = timestep.reshape(-1).expand(batch)
-        time_emb = _linear_f32(self.time_embedding[2], F.silu(_linear_f32(
-            self.time_embedding[0], sinusoidal_embedding(timestep, self.config.freq_dim))))  # [B, C]
-        time_mod = _linear_f32(self.time_projection[1], F.silu(time_emb)).unflatten(1, (6, -1))  # [B, 6, C]
+        time_emb = self.time_embedding(sinusoidal_embedding(timestep, self.config.freq_dim))  # [B, C] float32
+        time_mod = self.time_projection(time_emb).unflatten(1, (6, -1))  # [B, 6, C] float32
 
         rope = rope_table(grid, self.config.head_dim, x.device)
         for block, audio_kv in zip(self.blocks, context.keys_values):

@@ -75,9 +75,10 @@ def require_keys(shapes: dict[str, tuple[int, ...]], keys: tuple[str, ...], what
 
 def build_on_meta(factory: Callable[[], nn.Module], source: SafetensorsSource | DictSource | dict[str, torch.Tensor],
                   *, device: torch.device | str, dtype: torch.dtype, what: str, file_names: Callable[[str], str] = str,
-                  skip_prefixes: tuple[str, ...] = ()) -> nn.Module:
+                  skip_prefixes: tuple[str, ...] = (), dtypes: dict[str, torch.dtype] | None = None) -> nn.Module:
     """Construct `factory()` on the meta device, check the source's keys and shapes against it (before reading any
-    tensor) and assign its tensors one by one, cast to `dtype` on `device`: peak memory is one copy of the weights.
+    tensor) and assign its tensors one by one, cast to `dtype` (or `dtypes[key]` where given) on `device`: peak
+    memory is one copy of the weights.
 
     Keys under `skip_prefixes` are ignored. Problems are reported with `file_names(key)`, the file's own names.
     device "meta" builds a weightless model for shape checks."""
@@ -90,6 +91,7 @@ def build_on_meta(factory: Callable[[], nn.Module], source: SafetensorsSource | 
                             {file_names(k): s for k, s in present.items()})
     if problems:
         raise CheckpointError(f"checkpoint does not match {what}: " + " | ".join(problems))
-    state = {k: source.get(k).to(device=device, dtype=dtype) for k in expected}
+    dtypes = dtypes or {}
+    state = {k: source.get(k).to(device=device, dtype=dtypes.get(k, dtype)) for k in expected}
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval().requires_grad_(False)
