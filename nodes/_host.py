@@ -1,9 +1,11 @@
-"""Everything the nodes need from ComfyUI, in one place: model folders, devices and dtypes, ModelPatcher wrapping,
-progress with previews, interrupts and output paths.
+"""Everything the nodes need from ComfyUI's internals, in one place: model folders, devices and dtypes, the layer
+operations and ModelPatcher wrapping, progress with previews, interrupts and output paths; and whether this ComfyUI is
+new enough (`host_problem`).
 
-ComfyUI is imported here and nowhere else in the pack. Outside ComfyUI (plain Python, the project's own test
-environment) the imports fail quietly: the node classes still import, and calling anything that needs the host
-raises `HostUnavailable` with a plain message.
+ComfyUI's internals (comfy.*, folder_paths) are imported here and nowhere else in the pack. The node modules import
+only the pinned public node API, comfy_api.v0_0_2 (their V3 schema classes derive from it). Outside ComfyUI (plain
+Python, the project's own test environment) the imports fail quietly: the pack imports, and anything that needs the
+host raises `HostUnavailable` with a plain message.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import torch
 try:  # ComfyUI's own modules; present only when the pack runs inside ComfyUI (or its Python has it on sys.path)
     import comfy.model_management as mm
     import comfy.model_patcher
+    import comfy.ops
     import comfy.utils
     import folder_paths
 except ImportError:  # plain Python: the pack imports, its nodes cannot run
     mm = folder_paths = None
 
 IN_COMFYUI = folder_paths is not None
+
+# The oldest ComfyUI the nodes are verified in (tests/test_nodes.py runs in it); it has the pinned node API below.
+MINIMUM_COMFYUI = "0.3.64"
+PINNED_API = "comfy_api.v0_0_2"
 
 # Where each kind of file lives. "flashhead" is ours (the released folders); the others are ComfyUI's own.
 FLASHHEAD_FOLDER = "flashhead"
@@ -37,6 +44,32 @@ SEARCH_DEPTH = 4  # how deep released folders are looked for under a model folde
 
 class HostUnavailable(RuntimeError):
     """A node was called outside ComfyUI."""
+
+
+def host_problem() -> str | None:
+    """None when this is a ComfyUI the nodes run in; else one line saying why not (for the log at import).
+
+    Needed: the pinned V3 node API (comfy_api.v0_0_2: ComfyNode, ComfyExtension, io.Custom) and ModelPatcher.
+    CoreModelPatcher (newer hosts) is used when present, plain ModelPatcher otherwise (`make_patcher`)."""
+    if not IN_COMFYUI:
+        return "the FlashHead nodes run inside ComfyUI (comfy and folder_paths are not importable here)"
+    missing = []
+    try:
+        from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (the version check only)
+
+        if not all(hasattr(io, name) for name in ("ComfyNode", "Schema", "Custom", "NodeOutput")):
+            missing.append(f"{PINNED_API}.io (V3 nodes)")
+    except ImportError:
+        missing.append(f"{PINNED_API} (the V3 node API)")
+    if not hasattr(comfy.model_patcher, "ModelPatcher"):
+        missing.append("comfy.model_patcher.ModelPatcher")
+    if not hasattr(comfy.ops, "manual_cast"):
+        missing.append("comfy.ops.manual_cast")
+    if not missing:
+        return None
+    return (f"ComfyUI-FlashHead needs ComfyUI {MINIMUM_COMFYUI} or newer; this ComfyUI lacks {', '.join(missing)}. "
+            f"Update ComfyUI (git pull, or the Manager's 'Update ComfyUI') and restart; the FlashHead nodes are not "
+            f"loaded.")
 
 
 def require_host() -> None:
@@ -171,25 +204,47 @@ class PatcherHolder(torch.nn.Module):
         self.inner = inner
 
 
+def patcher_class():
+    """ComfyUI's CoreModelPatcher where the host has it (newer hosts; it may be the dynamic-VRAM patcher), plain
+    ModelPatcher otherwise."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
 def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
     """Wrap a core module (on offload_device) so ComfyUI moves it to load_device and evicts it when it needs memory."""
-    return comfy.model_patcher.ModelPatcher(PatcherHolder(module), load_device=load_device,
-                                            offload_device=offload_device)
+    return patcher_class()(PatcherHolder(module), load_device=load_device, offload_device=offload_device)
 
 
-def load_to_device(patchers: list, memory_required: int = 0) -> None:
+def operations():
+    """The layer namespace the DiT is built with: ComfyUI's manual_cast ops. Every Linear/Conv3d/LayerNorm casts its
+    weight to the input's dtype and device on each call (the core's layers contract: the time MLP and norms run in
+    float32 on bf16 or fp8 weights), and ComfyUI's ModelPatcher can leave any of them on the offload device
+    (lowvram / --novram), casting them over per call. (pick_operations would hand back non-casting ops when weight
+    and compute dtype agree, which breaks that contract.)"""
+    return comfy.ops.manual_cast
+
+
+def load_to_device(partial=(), whole=(), memory_required: int = 0) -> None:
     """Put every model of one run on its device before inference (ComfyUI frees memory for them, and for
     `memory_required` bytes of working memory, first).
 
-    FlashHead's modules are plain PyTorch without ComfyUI's lowvram casting, so they are loaded whole; if ComfyUI
-    left part of one on the offload device (--novram), say so instead of failing later on a device mismatch."""
-    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
-    for patcher in patchers:
+    partial: patchers ComfyUI may load only in part (lowvram, --novram): modules built with `operations()`, whose
+    layers cast offloaded weights over per call. They are loaded first, with room kept for the `whole` ones.
+    whole: patchers of modules without ComfyUI's casting layers (the diffusers VAEs, transformers' wav2vec2, a DiT
+    built without `operations()`): loaded with force_full_load; if ComfyUI still left part of one on the offload
+    device (--novram puts every model in lowvram mode), that is said plainly instead of failing later on a device
+    mismatch."""
+    partial, whole = list(partial), list(whole)
+    if partial:
+        mm.load_models_gpu(partial, memory_required=memory_required + sum(p.model_size() for p in whole))
+    if whole:
+        mm.load_models_gpu(whole, memory_required=memory_required, force_full_load=True)
+    for patcher in whole:
         devices = {p.device for p in patcher.model.parameters()}
         if len(devices) > 1:
             raise RuntimeError(f"ComfyUI loaded {type(patcher.model.inner).__name__} only partly onto "
-                               f"{patcher.load_device}; FlashHead needs each model whole on one device. Start ComfyUI "
-                               f"without --novram, or free VRAM.")
+                               f"{patcher.load_device}; this FlashHead model has to be whole on one device. Start "
+                               f"ComfyUI without --novram, or free VRAM.")
 
 
 def output_device() -> torch.device:

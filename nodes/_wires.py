@@ -20,9 +20,11 @@ AUDIO_EMBEDS = "FLASHHEAD_AUDIO_EMBEDS"
 
 @dataclass(frozen=True)
 class FlashHeadModel:
-    """A loaded DiT. `patcher` is ComfyUI's ModelPatcher; the DiT itself is `patcher.model.inner`."""
+    """A loaded DiT. `patcher` is ComfyUI's (Core)ModelPatcher; the DiT itself is `patcher.model.inner`."""
     patcher: object
     source: str  # the COMBO value it was loaded from
+    # Built with ComfyUI's casting layers (_host.operations()): ComfyUI may load it only in part (lowvram, --novram).
+    offloadable: bool = False
 
     @property
     def dit(self):

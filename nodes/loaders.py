@@ -2,8 +2,9 @@
 
 Each lists what it finds in ComfyUI's model folders (COMBO values 'Model_Lite (flashhead/SoulX-FlashHead-1_3B)': the
 name first, then where it is; the older form '<folder>/<relative path>' of saved workflows still loads), loads with
-flashhead_core onto ComfyUI's offload device and hands back a ModelPatcher-wrapped object: ComfyUI moves it to the
-GPU right before inference (`_host.load_to_device`) and evicts it when another model needs the memory.
+flashhead_core onto ComfyUI's offload device and hands back a (Core)ModelPatcher-wrapped object: ComfyUI moves it to
+the GPU right before inference (`_host.load_to_device`) and evicts it when another model needs the memory. The DiT is
+built with ComfyUI's casting layers (`_host.operations()`), so ComfyUI may also keep parts of it offloaded.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import json
 
 import torch
 
+from ..flashhead_core import layers
 from ..flashhead_core.attention import BACKENDS, resolve_backend
 from ..flashhead_core.audio import load_wav2vec2
-from ..flashhead_core.checkpoint import load_dit
+from ..flashhead_core.checkpoint import SCALED_FP8_KEY, WEIGHT_DTYPES, load_dit
 from ..flashhead_core.vae import load_vae
+from ..flashhead_core.weights import SafetensorsSource
 
 from . import _host
-from ._wires import AUDIO_ENCODER, MODEL, VAE, FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE
-
-CATEGORY = "FlashHead"
+from ._inputs import check_numbers
+from ._io import CATEGORY, AudioEncoder, Model, Vae, advanced, io
+from ._wires import FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE
 RELEASE = "SoulX-FlashHead-1_3B"
 MODEL_DIR_NAMES = {"Model_Lite", "Model_Pro"}
 VAE_DIR_NAMES = {"VAE_Wan", "VAE_LTX"}
@@ -129,115 +132,135 @@ def _validate(value: str, options: list[str], kind: str, where: str) -> bool | s
 
 # --- nodes ------------------------------------------------------------------------------------------------------------
 
-class FlashHeadModelLoader:
+def model_file_is_scaled_fp8(path) -> bool:
+    """A ComfyUI scaled fp8 file (per-layer scale_weight): its Linears need flashhead_core.layers, which carry the
+    scale; ComfyUI's manual_cast layers do not. Reads the safetensors headers only."""
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return False  # released folders are never scaled fp8
+    return SCALED_FP8_KEY in SafetensorsSource([path]).shapes
+
+
+class FlashHeadModelLoader(io.ComfyNode):
     """Loads the FlashHead DiT (Lite or Pro, detected from the weights)."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The FlashHead DiT, managed by ComfyUI (moved to the GPU when used, evicted when memory is "
-                       "needed).",)
-    FUNCTION = "load"
-    DESCRIPTION = ("Loads a SoulX-FlashHead DiT: the released folder (Model_Lite/ or Model_Pro/) "
-                   "from models/flashhead/, or a single .safetensors file from models/diffusion_models/. "
-                   "Lite pairs with the LTX VAE, Pro with the Wan2.1 VAE.")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadModelLoader", display_name="FlashHead Model Loader", category=CATEGORY,
+            description=("Loads a SoulX-FlashHead DiT: the released folder (Model_Lite/ or Model_Pro/) from "
+                         "models/flashhead/, or a single .safetensors file from models/diffusion_models/. Lite pairs "
+                         "with the LTX VAE, Pro with the Wan2.1 VAE."),
+            inputs=[  # this order is the V1 order: saved UI workflows store widget values by position
+                io.Combo.Input("model", options=dit_options(), tooltip=f"Where: {WHERE_DIT}."),
+                io.Combo.Input("variant", options=["auto", "lite", "pro"], default="auto", tooltip=(
+                    "auto: read from the weights. lite or pro: insist on that variant (asking for the other variant "
+                    "than the weights is an error)."), **advanced(io.Combo.Input)),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto", tooltip=(
+                    "Compute dtype. auto: bf16 where the GPU supports it (as the official release runs), else fp16, "
+                    "else fp32 (CPU)."), **advanced(io.Combo.Input)),
+                io.Combo.Input("attention", options=["auto", *BACKENDS], default="auto", tooltip=(
+                    "auto: the fastest exact kernel installed (flash-attn 3 on Hopper, then flash-attn 2, then "
+                    "PyTorch SDPA). sage (SageAttention) is approximate and only used when chosen. Missing kernels "
+                    "never break the pack; asking for one that is missing is an error naming what is available."),
+                    **advanced(io.Combo.Input)),
+                io.Boolean.Input("compile", default=False, tooltip=(
+                    "torch.compile the DiT (the first chunk takes longer to compile, later chunks run faster; needs "
+                    "a working compiler toolchain)."), **advanced(io.Boolean.Input)),
+                # Added after the V1 nodes: last and optional, so older workflows (UI and API) load unchanged.
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               tooltip=("Storage dtype of the transformer blocks' Linear weights (about 94% of the "
+                                        "DiT). default: the compute dtype. fp8_e4m3fn / fp8_e5m2: half the memory of "
+                                        "bf16, upcast per layer at run time (slightly different frames). A scaled "
+                                        "fp8 file loads as stored whatever this says."),
+                               **advanced(io.Combo.Input)),
+            ],
+            outputs=[Model.Output(display_name="model", tooltip=(
+                "The FlashHead DiT, managed by ComfyUI (moved to the GPU when used, offloaded in parts or evicted "
+                "when memory is needed)."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (dit_options(), {"tooltip": f"Where: {WHERE_DIT}."}),
-            "variant": (["auto", "lite", "pro"], {"default": "auto", "tooltip": (
-                "auto: read from the weights. lite or pro: insist on that variant (asking for the other variant than "
-                "the weights is an error).")}),
-            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip": (
-                "Compute dtype. auto: bf16 where the GPU supports it (as the official release runs), else fp16, "
-                "else fp32 (CPU).")}),
-            "attention": (["auto", *BACKENDS], {"default": "auto", "tooltip": (
-                "auto: the fastest exact kernel installed (flash-attn 3 on Hopper, then flash-attn 2, then PyTorch "
-                "SDPA). sage (SageAttention) is approximate and only used when chosen. Missing kernels never "
-                "break the pack; asking for one that is missing is an error naming what is available.")}),
-            "compile": ("BOOLEAN", {"default": False, "tooltip": (
-                "torch.compile the DiT (the first chunk takes longer to compile, later chunks run faster; needs a "
-                "working compiler toolchain).")}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model):
+    def validate_inputs(cls, model):
         return _validate(model, dit_options(), "FlashHead model", WHERE_DIT)
 
-    def load(self, model, variant, dtype, attention, compile):
+    @classmethod
+    def execute(cls, model, variant, dtype, attention, compile, weight_dtype="default") -> io.NodeOutput:
         _host.require_host()
+        check_numbers(cls, variant=variant, dtype=dtype, attention=attention, weight_dtype=weight_dtype)
         path = _host.resolve_option(model, "FlashHead model", WHERE_DIT)
         load_device, offload_device = _host.mm.get_torch_device(), _host.mm.unet_offload_device()
         # The backend is chosen for the device the model will run on, though the weights load on the offload device.
         backend = resolve_backend(attention, load_device)
+        offloadable = not model_file_is_scaled_fp8(path)
         dit = load_dit(path, variant=variant, dtype=_host.compute_dtype(dtype, load_device), device=offload_device,
-                       attention="sdpa")
+                       attention="sdpa", weight_dtype=WEIGHT_DTYPES[weight_dtype],
+                       operations=_host.operations() if offloadable else layers)
         dit.attention_backend = backend
         if compile:
             dit.compile_blocks()
-        return (FlashHeadModel(_host.make_patcher(dit, load_device, offload_device), model),)
+        return io.NodeOutput(FlashHeadModel(_host.make_patcher(dit, load_device, offload_device), model,
+                                            offloadable=offloadable))
 
 
-class FlashHeadVAELoader:
+class FlashHeadVAELoader(io.ComfyNode):
     """Loads the video VAE: LTX-Video (for Lite) or Wan2.1 (for Pro)."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (VAE,)
-    RETURN_NAMES = ("vae",)
-    OUTPUT_TOOLTIPS = ("The FlashHead video VAE (normalised-latent interface), managed by ComfyUI.",)
-    FUNCTION = "load"
-    DESCRIPTION = ("Loads FlashHead's video VAE: the released VAE_LTX/ (Lite) or VAE_Wan/ (Pro) folder from "
-                   "models/flashhead/, or a single file from models/vae/ (e.g. wan_2.1_vae.safetensors).")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadVAELoader", display_name="FlashHead VAE Loader", category=CATEGORY,
+            description=("Loads FlashHead's video VAE: the released VAE_LTX/ (Lite) or VAE_Wan/ (Pro) folder from "
+                         "models/flashhead/, or a single file from models/vae/ (e.g. wan_2.1_vae.safetensors)."),
+            inputs=[
+                io.Combo.Input("vae", options=vae_options(), tooltip=f"Where: {WHERE_VAE}."),
+                io.Boolean.Input("tiled_decode", default=True, tooltip=(
+                    "Decode frames larger than 512x512 in tiles (each with a halo as wide as the decoder sees): the "
+                    "same frames as the whole-frame decode, with bounded memory, about 1.1-1.3x the time. Off: decode "
+                    "whole frames."), **advanced(io.Boolean.Input)),
+            ],
+            outputs=[Vae.Output(display_name="vae", tooltip=(
+                "The FlashHead video VAE (normalised-latent interface), managed by ComfyUI."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "vae": (vae_options(), {"tooltip": f"Where: {WHERE_VAE}."}),
-            "tiled_decode": ("BOOLEAN", {"default": True, "tooltip": (
-                "Decode frames larger than 512x512 in tiles (each with a halo as wide as the decoder sees): the same "
-                "frames as the whole-frame decode, with bounded memory, about 1.1-1.3x the time. Off: decode whole "
-                "frames.")}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, vae):
+    def validate_inputs(cls, vae):
         return _validate(vae, vae_options(), "FlashHead VAE", WHERE_VAE)
 
-    def load(self, vae, tiled_decode):
+    @classmethod
+    def execute(cls, vae, tiled_decode) -> io.NodeOutput:
         _host.require_host()
         path = _host.resolve_option(vae, "FlashHead VAE", WHERE_VAE)
         load_device, offload_device = _host.mm.vae_device(), _host.mm.vae_offload_device()
         dtype = _host.mm.vae_dtype(load_device, allowed_dtypes=[torch.bfloat16])  # bf16 as released, else fp32
         loaded = load_vae(path, device=offload_device, dtype=dtype, tiling=tiled_decode)
-        return (FlashHeadVAE(_host.make_patcher(loaded.model, load_device, offload_device), loaded, vae),)
+        return io.NodeOutput(FlashHeadVAE(_host.make_patcher(loaded.model, load_device, offload_device), loaded, vae))
 
 
-class FlashHeadAudioEncoderLoader:
+class FlashHeadAudioEncoderLoader(io.ComfyNode):
     """Loads wav2vec2-base-960h, FlashHead's audio encoder (always float32)."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (AUDIO_ENCODER,)
-    RETURN_NAMES = ("audio_encoder",)
-    OUTPUT_TOOLTIPS = ("FlashHead's wav2vec2 encoder (FlashHead's own feature path; ComfyUI's AudioEncoderLoader "
-                       "computes different features).",)
-    FUNCTION = "load"
-    DESCRIPTION = ("Loads facebook/wav2vec2-base-960h: the transformers folder (config.json + model.safetensors) "
-                   "from models/flashhead/ or models/audio_encoders/, or its weights as one file in "
-                   "models/audio_encoders/.")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadAudioEncoderLoader", display_name="FlashHead Audio Encoder Loader", category=CATEGORY,
+            description=("Loads facebook/wav2vec2-base-960h: the transformers folder (config.json + "
+                         "model.safetensors) from models/flashhead/ or models/audio_encoders/, or its weights as one "
+                         "file in models/audio_encoders/."),
+            inputs=[io.Combo.Input("audio_encoder", options=audio_encoder_options(), tooltip=f"Where: {WHERE_AUDIO}.")],
+            outputs=[AudioEncoder.Output(display_name="audio_encoder", tooltip=(
+                "FlashHead's wav2vec2 encoder (FlashHead's own feature path; ComfyUI's AudioEncoderLoader computes "
+                "different features)."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"audio_encoder": (audio_encoder_options(), {"tooltip": f"Where: {WHERE_AUDIO}."})}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, audio_encoder):
+    def validate_inputs(cls, audio_encoder):
         return _validate(audio_encoder, audio_encoder_options(), "audio encoder", WHERE_AUDIO)
 
-    def load(self, audio_encoder):
+    @classmethod
+    def execute(cls, audio_encoder) -> io.NodeOutput:
         _host.require_host()
         path = _host.resolve_option(audio_encoder, "audio encoder", WHERE_AUDIO)
         load_device, offload_device = _host.mm.get_torch_device(), _host.mm.text_encoder_offload_device()
         encoder = load_wav2vec2(path, device=offload_device)  # float32 always (docs/algorithm.md#audio-features)
-        return (FlashHeadAudioEncoder(_host.make_patcher(encoder.model, load_device, offload_device), encoder,
-                                      audio_encoder),)
+        return io.NodeOutput(FlashHeadAudioEncoder(_host.make_patcher(encoder.model, load_device, offload_device),
+                                                   encoder, audio_encoder))

@@ -29,7 +29,7 @@ from ..flashhead_core.frames import video_to_images
 
 from . import _host
 from ._inputs import check_numbers
-from ._wires import AUDIO_EMBEDS, MODEL, VAE
+from ._io import CATEGORY, AudioEmbeds, Model, Vae, advanced, io
 
 # Trained at 512x512; 1024 is 4x the pixels and, by `session.memory_estimate`, about 4.6 GiB of working memory per
 # chunk (2048 would take 18.6 GiB); the pre-flight check refuses what does not fit.
@@ -38,15 +38,20 @@ SIZE_TOOLTIP = ("Video {}: a multiple of 32 for Lite, of 16 for Pro (an off-grid
                 "nearest). FlashHead is trained at 512x512.")
 COLOR_TOOLTIP = ("Colour correction strength (0 = off, 1 = as released): matches each frame's colours to the "
                  "reference image in Lab space, which keeps long videos from drifting.")
-# The inputs of one generation run, shared by FlashHead Sampler and FlashHead Talking Video (same order: the UI
-# workflows store widget values by position).
-GENERATION_INPUTS = {
-    "image": ("IMAGE", {"tooltip": "The reference portrait (one image; it is resized and centre-cropped)."}),
-    "width": ("INT", {**SIZE, "tooltip": SIZE_TOOLTIP.format("width")}),
-    "height": ("INT", {**SIZE, "tooltip": SIZE_TOOLTIP.format("height")}),
-    "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-    "color_correction": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": COLOR_TOOLTIP}),
-}
+
+
+def generation_inputs() -> list:
+    """The inputs of one generation run, shared by FlashHead Sampler and FlashHead Talking Video (same order: the UI
+    workflows store widget values by position)."""
+    return [
+        io.Image.Input("image", tooltip="The reference portrait (one image; it is resized and centre-cropped)."),
+        io.Int.Input("width", **SIZE, tooltip=SIZE_TOOLTIP.format("width")),
+        io.Int.Input("height", **SIZE, tooltip=SIZE_TOOLTIP.format("height")),
+        io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip=(
+            "The noise seed: the same seed and inputs give the same video.")),
+        io.Float.Input("color_correction", default=1.0, min=0.0, max=1.0, step=0.05, tooltip=COLOR_TOOLTIP,
+                       **advanced(io.Float.Input)),
+    ]
 
 
 def prepare_models(model, vae, width: int, height: int, also_load=()) -> None:
@@ -55,7 +60,10 @@ def prepare_models(model, vae, width: int, height: int, also_load=()) -> None:
     _host.require_host()
     check_size(height, width, model.config.spatial_multiple)
     check_vae_matches_model(vae.vae, model.config)
-    _host.load_to_device([model.patcher, vae.patcher, *also_load], memory_estimate(height, width))
+    # The DiT may stay partly offloaded (ComfyUI's casting layers); the VAE and wav2vec2 load whole.
+    _host.load_to_device(partial=[model.patcher] if model.offloadable else [],
+                         whole=[vae.patcher, *also_load] + ([] if model.offloadable else [model.patcher]),
+                         memory_required=memory_estimate(height, width))
     check_memory(height, width, _host.free_memory(vae.vae.device))
 
 
@@ -75,32 +83,35 @@ def latent_layout(session, mode: str, total_frames: int) -> dict:
             "color_reference": identity.color_reference.to("cpu", torch.float32)}
 
 
-class FlashHeadSampler:
+class FlashHeadSampler(io.ComfyNode):
     """Generates the talking-head frames (all of them in memory; for long audio use FlashHead Talking Video)."""
 
-    CATEGORY = "FlashHead"
-    RETURN_TYPES = ("IMAGE", "FLOAT", "LATENT")
-    RETURN_NAMES = ("images", "frame_rate", "latent")
-    OUTPUT_TOOLTIPS = ("The video frames [frames, H, W, 3], exactly as long as the audio at 25 fps.",
-                       "25.0: connect to CreateVideo's fps.",
-                       "Per-chunk raw VAE latents (batch = chunks) for FlashHead VAE Decode.")
-    FUNCTION = "sample"
-    DESCRIPTION = ("Animates the reference portrait with the audio embeddings: chunks of 33 frames, 4 denoising steps "
-                   "each, every chunk continuing from the last frames of the one before. Outputs all frames as an "
-                   "IMAGE batch (about 3 MB per frame at 512x512: for long audio use FlashHead Talking Video, which "
-                   "writes the MP4 as it goes).")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadSampler", display_name="FlashHead Sampler", category=CATEGORY,
+            description=("Animates the reference portrait with the audio embeddings: chunks of 33 frames, 4 denoising "
+                         "steps each, every chunk continuing from the last frames of the one before. Outputs all "
+                         "frames as an IMAGE batch (about 3 MB per frame at 512x512: for long audio use FlashHead "
+                         "Talking Video, which writes the MP4 as it goes)."),
+            inputs=[
+                Model.Input("model", tooltip="From FlashHead Model Loader (Lite or Pro)."),
+                Vae.Input("vae", tooltip="From FlashHead VAE Loader: LTX for Lite, Wan2.1 for Pro."),
+                AudioEmbeds.Input("audio_embeds", tooltip="From FlashHead Audio Encode, made with the same model."),
+                *generation_inputs(),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip=(
+                    "The video frames [frames, H, W, 3], exactly as long as the audio at 25 fps.")),
+                io.Float.Output(display_name="frame_rate", tooltip="25.0: connect to CreateVideo's fps."),
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "Per-chunk raw VAE latents (batch = chunks) for FlashHead VAE Decode.")),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL,),
-            "vae": (VAE,),
-            "audio_embeds": (AUDIO_EMBEDS,),
-            **GENERATION_INPUTS,
-        }}
-
-    def sample(self, model, vae, audio_embeds, image, width, height, seed, color_correction):
-        check_numbers(type(self), width=width, height=height, seed=seed, color_correction=color_correction)
+    def execute(cls, model, vae, audio_embeds, image, width, height, seed, color_correction) -> io.NodeOutput:
+        check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction)
         config = model.config
         if (audio_embeds.variant, audio_embeds.new_frames) != (config.variant, config.new_frames):
             raise ValueError(f"these audio embeddings were made for a FlashHead {audio_embeds.variant} model, but the "
@@ -131,24 +142,29 @@ class FlashHeadSampler:
         if done != total:
             raise RuntimeError(f"the audio embeddings covered {done} of {total} frames; re-run FlashHead Audio Encode")
         latent = {"samples": torch.cat(latents), "flashhead": latent_layout(session, audio_embeds.mode, total)}
-        return (out, float(FPS), latent)
+        return io.NodeOutput(out, float(FPS), latent)
 
 
-class FlashHeadVAEDecode:
+class FlashHeadVAEDecode(io.ComfyNode):
     """Decodes the FlashHead Sampler's LATENT into the same frames the sampler output."""
 
-    CATEGORY = "FlashHead"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    FUNCTION = "decode"
-    DESCRIPTION = ("Decodes a FlashHead LATENT (per-chunk raw latents, batch = chunks) with the FlashHead VAE: "
-                   "motion frames dropped, colour correction re-applied, trimmed to the audio: the Sampler's frames.")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadVAEDecode", display_name="FlashHead VAE Decode", category=CATEGORY,
+            description=("Decodes a FlashHead LATENT (per-chunk raw latents, batch = chunks) with the FlashHead VAE: "
+                         "motion frames dropped, colour correction re-applied, trimmed to the audio: the Sampler's "
+                         "frames."),
+            inputs=[
+                Vae.Input("vae", tooltip="From FlashHead VAE Loader: the VAE the latent was made with."),
+                io.Latent.Input("latent", tooltip=("FlashHead Sampler's latent (or one saved and loaded again, then "
+                                                   "decoded chunk by chunk without colour correction).")),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The decoded frames [frames, H, W, 3].")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"vae": (VAE,), "latent": ("LATENT",)}}
-
-    def decode(self, vae, latent):
+    def execute(cls, vae, latent) -> io.NodeOutput:
         _host.require_host()
         samples, layout = latent["samples"], latent.get("flashhead")
         run_vae = vae.vae
@@ -157,7 +173,7 @@ class FlashHeadVAEDecode:
                              f"for this VAE, got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the "
                              f"LTX VAE, a Pro LATENT 16 and the Wan2.1 VAE)")
         height, width = samples.shape[-2] * run_vae.stride[1], samples.shape[-1] * run_vae.stride[2]
-        _host.load_to_device([vae.patcher], memory_estimate(height, width))
+        _host.load_to_device(whole=[vae.patcher], memory_required=memory_estimate(height, width))
         check_memory(height, width, _host.free_memory(run_vae.device))
         pieces, done = [], 0
         total = layout["total_frames"] if layout else None
@@ -176,4 +192,4 @@ class FlashHeadVAEDecode:
             progress.update(index + 1, images)
             if total is not None and done >= total:
                 break
-        return (torch.cat(pieces),)
+        return io.NodeOutput(torch.cat(pieces))

@@ -12,55 +12,43 @@ from ..flashhead_core.sampler import SamplerConfig
 
 from . import _host
 from ._inputs import check_numbers
-from ._wires import AUDIO_ENCODER, MODEL, VAE
-from .audio import AUDIO_MODE_INPUTS
-from .sampler import GENERATION_INPUTS, cancelled_as_interrupt, prepare_models
+from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
+from .audio import audio_mode_inputs
+from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
 
 
-def video_from_file(path: str):
-    """ComfyUI's lazy VIDEO object for a file (comfy_api; the `latest` layout first, older hosts' second)."""
-    try:
-        from comfy_api.latest import InputImpl
-
-        return InputImpl.VideoFromFile(path)
-    except ImportError:
-        from comfy_api.input_impl import VideoFromFile
-
-        return VideoFromFile(path)
-
-
-class FlashHeadTalkingVideo:
+class FlashHeadTalkingVideo(io.ComfyNode):
     """Portrait + speech in, talking-head MP4 out, for audio of any length."""
 
-    CATEGORY = "FlashHead"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = ("The MP4 just written (H.264 + AAC, 25 fps), as ComfyUI VIDEO: connect GetVideoComponents, "
-                       "SaveVideo, ...",)
-    FUNCTION = "generate"
-    OUTPUT_NODE = True
-    DESCRIPTION = ("The whole FlashHead pipeline in one node: encodes the audio chunk by chunk (stream mode) or at "
-                   "once, generates the frames and writes them with the original audio into an MP4 in ComfyUI's "
-                   "output folder as they come, so memory stays flat however long the audio is.")
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FlashHeadTalkingVideo", display_name="FlashHead Talking Video", category=CATEGORY,
+            description=("The whole FlashHead pipeline in one node: encodes the audio chunk by chunk (stream mode) "
+                         "or at once, generates the frames and writes them with the original audio into an MP4 in "
+                         "ComfyUI's output folder as they come, so memory stays flat however long the audio is."),
+            inputs=[
+                Model.Input("model", tooltip="From FlashHead Model Loader (Lite or Pro)."),
+                Vae.Input("vae", tooltip="From FlashHead VAE Loader: LTX for Lite, Wan2.1 for Pro."),
+                AudioEncoder.Input("audio_encoder", tooltip="From FlashHead Audio Encoder Loader (wav2vec2)."),
+                io.Audio.Input("audio", tooltip="Speech, any length, rate and channel count; muxed into the MP4."),
+                *generation_inputs(),
+                *audio_mode_inputs(),
+                io.String.Input("filename_prefix", default="FlashHead/talking", tooltip=(
+                    "Where in ComfyUI's output folder: <prefix>_00001_.mp4, numbered like SaveVideo's files "
+                    "(sub-folders allowed, e.g. FlashHead/anna).")),
+            ],
+            outputs=[io.Video.Output(display_name="video", tooltip=(
+                "The MP4 just written (H.264 + AAC, 25 fps), as ComfyUI VIDEO: connect GetVideoComponents, "
+                "SaveVideo, ..."))],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL,),
-            "vae": (VAE,),
-            "audio_encoder": (AUDIO_ENCODER,),
-            "audio": ("AUDIO", {"tooltip": "Speech, any length, rate and channel count; muxed into the MP4."}),
-            **GENERATION_INPUTS,
-            **AUDIO_MODE_INPUTS,
-            "filename_prefix": ("STRING", {"default": "FlashHead/talking", "tooltip": (
-                "Where in ComfyUI's output folder: <prefix>_00001_.mp4, numbered like SaveVideo's files "
-                "(sub-folders allowed, e.g. FlashHead/anna).")}),
-        }}
-
-    def generate(self, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
-                 context_seconds, filename_prefix):
-        check_numbers(type(self), width=width, height=height, seed=seed, color_correction=color_correction,
-                      context_seconds=context_seconds)
+    def execute(cls, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
+                context_seconds, filename_prefix) -> io.NodeOutput:
+        check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction,
+                      mode=mode, context_seconds=context_seconds)
         prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
         path, filename, subfolder = _host.output_file(filename_prefix, width, height, "mp4")
         progress = _host.StepProgress(SamplerConfig().steps)
@@ -70,5 +58,5 @@ class FlashHeadTalkingVideo:
             color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
             on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
             free_memory=_host.free_memory(vae.vae.device)))
-        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
-        return {"ui": ui, "result": (video_from_file(str(path)),)}
+        saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
+        return io.NodeOutput(InputImpl.VideoFromFile(str(path)), ui=ui.PreviewVideo([saved]))

@@ -1,8 +1,9 @@
 """Unit tests of the ComfyUI nodes, called directly with ComfyUI-format data: IMAGE [B, H, W, 3] float 0..1, AUDIO
 {"waveform": [B, C, T], "sample_rate"} at 44.1 kHz stereo and 24 kHz mono, LATENT dicts.
 
-They use ComfyUI's real modules (folder_paths, comfy.model_management, ModelPatcher, ProgressBar, comfy_api), so they
-need `comfy` importable: tests/test_comfy_host.py runs this file inside the host built from ../shared/comfy_host
+The nodes are V3 (comfy_api.v0_0_2 ComfyNode classes, registered through `comfy_entrypoint()`); the tests call their
+`execute` classmethods and read their schemas. They use ComfyUI's real modules (folder_paths, comfy.model_management,
+ModelPatcher, ProgressBar, comfy_api), so they need `comfy` importable: tests/test_comfy_host.py runs this file inside the host built from ../shared/comfy_host
 (its venv, PYTHONPATH=<host>/ComfyUI). Anywhere else those tests skip; the plain-Python import test runs everywhere.
 Tiny random-weight checkpoints are written with flashhead_core.tiny (the weights are noise: only shapes, counts,
 files and errors are checked).
@@ -10,7 +11,9 @@ files and errors are checked).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -25,6 +28,28 @@ REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_flashhead_under_test"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
             "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo"]
+# Each node's inputs in the order of the V1 nodes (INPUT_TYPES, required then optional), written out so that a reorder
+# fails here: saved UI workflows store widget values by position. Inputs added since go after these (NEW_INPUTS).
+V1_INPUT_ORDER = {
+    "FlashHeadModelLoader": ["model", "variant", "dtype", "attention", "compile"],
+    "FlashHeadVAELoader": ["vae", "tiled_decode"],
+    "FlashHeadAudioEncoderLoader": ["audio_encoder"],
+    "FlashHeadAudioEncode": ["audio_encoder", "audio", "model", "mode", "context_seconds"],
+    "FlashHeadSampler": ["model", "vae", "audio_embeds", "image", "width", "height", "seed", "color_correction"],
+    "FlashHeadVAEDecode": ["vae", "latent"],
+    "FlashHeadTalkingVideo": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
+                              "color_correction", "mode", "context_seconds", "filename_prefix"],
+}
+NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"]}  # optional, with defaults: old workflows lack them
+# Folded under "advanced inputs" where the host supports it (ComfyUI 0.33; 0.3.64 has no such option).
+ADVANCED = {
+    "FlashHeadModelLoader": {"variant", "dtype", "attention", "compile", "weight_dtype"},
+    "FlashHeadVAELoader": {"tiled_decode"},
+    "FlashHeadAudioEncode": {"mode", "context_seconds"},
+    "FlashHeadSampler": {"color_correction"},
+    "FlashHeadTalkingVideo": {"color_correction", "mode", "context_seconds"},
+}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 RELEASE = "SoulX-FlashHead-1_3B"
 SIZE = 64  # a multiple of 32 (Lite) and 16 (Pro); tiny models are fast at this size
 
@@ -58,22 +83,23 @@ def _load_pack():
 
 
 def test_pack_imports_without_comfyui():
-    """In plain Python (no comfy on the path) the pack still imports; its nodes say they need ComfyUI."""
+    """In plain Python (no comfy on the path) the pack still imports, quietly; its entry point says it needs ComfyUI.
+    It exposes no NODE_CLASS_MAPPINGS (ComfyUI would take the V1 path)."""
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('fh', {str(REPO / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(REPO)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['fh'] = m; spec.loader.exec_module(m)\n"
-        "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules\n"
-        "print(sorted(m.NODE_CLASS_MAPPINGS))\n"
+        "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules and 'comfy_api' not in sys.modules\n"
+        "assert not hasattr(m, 'NODE_CLASS_MAPPINGS') and m.WEB_DIRECTORY == './web'\n"
         "try:\n"
-        "    m.NODE_CLASS_MAPPINGS['FlashHeadModelLoader']().load('flashhead/x', 'auto', 'auto', 'auto', False)\n"
+        "    m.comfy_entrypoint()\n"
         "except Exception as e:\n"
         "    print(type(e).__name__, e)\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
     assert result.returncode == 0, result.stderr
-    assert str(sorted(NODE_IDS)) in result.stdout
+    assert result.stderr == ""
     assert "HostUnavailable" in result.stdout and "inside ComfyUI" in result.stdout
 
 
@@ -156,8 +182,26 @@ def comfy_folders(pack, models_dir, tmp_path, monkeypatch):
     folder_paths.filename_list_cache.clear()
 
 
+def node_classes(pack) -> dict:
+    """node_id -> class, as ComfyUI registers them: comfy_entrypoint() -> ComfyExtension.get_node_list()."""
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+
+
 def node(pack, node_id):
-    return pack.NODE_CLASS_MAPPINGS[node_id]()
+    return node_classes(pack)[node_id]
+
+
+def run(pack, node_id, *args, **kwargs):
+    """Execute a node as ComfyUI does (the V3 classmethod) -> its outputs (a tuple)."""
+    return node(pack, node_id).execute(*args, **kwargs).args
+
+
+def v1_inputs(cls) -> dict:
+    """The node's inputs as ComfyUI serves them to the frontend (/object_info): name -> (type, options), required
+    then optional, in order."""
+    spec = cls.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
 
 
 @pytest.fixture()
@@ -174,9 +218,9 @@ def _models(pack, variant):
     model = f"flashhead/{RELEASE}/{'Model_Lite' if variant == 'lite' else 'Model_Pro'}"
     vae = f"flashhead/{RELEASE}/{'VAE_LTX' if variant == 'lite' else 'VAE_Wan'}"
     return {
-        "model": node(pack, "FlashHeadModelLoader").load(model, "auto", "fp32", "auto", False)[0],
-        "vae": node(pack, "FlashHeadVAELoader").load(vae, False)[0],
-        "audio_encoder": node(pack, "FlashHeadAudioEncoderLoader").load(
+        "model": run(pack, "FlashHeadModelLoader", model, "auto", "fp32", "auto", False)[0],
+        "vae": run(pack, "FlashHeadVAELoader", vae, False)[0],
+        "audio_encoder": run(pack, "FlashHeadAudioEncoderLoader", 
             f"flashhead/{RELEASE}/wav2vec2-base-960h")[0],
     }
 
@@ -210,14 +254,20 @@ def assert_unchanged(before, after):
 
 
 @pytest.fixture()
-def progress_events():
-    """Capture ComfyUI progress-bar updates (value, total, preview) as the server's hook would get them."""
+def progress_events(monkeypatch):
+    """Capture the progress-bar updates the nodes make (value, total, preview). Recorded as the nodes call
+    ProgressBar.update_absolute: ComfyUI 0.33 throttles what reaches the server's hook, 0.3.64 passes each one on."""
     events = []
+    original_update = comfy.utils.ProgressBar.update_absolute
+
+    def record(self, value, total=None, preview=None):
+        events.append((value, total, preview))
+        return original_update(self, value, total, preview)
 
     def hook(value, total, preview, node_id=None):
-        events.append((value, total, preview))
         comfy.model_management.throw_exception_if_processing_interrupted()  # what main.py's hook does too
 
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
     comfy.utils.set_progress_bar_global_hook(hook)
     yield events
     comfy.utils.set_progress_bar_global_hook(None)
@@ -231,26 +281,150 @@ def video_info(pack, path):
 # --- registration and listings ---------------------------------------------------------------------------------------
 
 @needs_comfy
-def test_every_node_is_registered_with_prefix_category_and_display_name(pack):
-    assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
-    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
-        assert node_id.startswith("FlashHead") and cls.CATEGORY == "FlashHead"
-        assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("FlashHead ")
-        assert hasattr(cls, cls.FUNCTION) and len(cls.RETURN_TYPES) >= 1 and cls.DESCRIPTION
-        assert "required" in cls.INPUT_TYPES()
+def test_every_node_is_registered_through_the_v3_entry_point(pack):
+    classes = node_classes(pack)
+    assert list(classes) == NODE_IDS and not hasattr(pack, "NODE_CLASS_MAPPINGS")
+    from comfy_api.v0_0_2 import io
+
+    for node_id, cls in classes.items():
+        schema = cls.GET_SCHEMA()
+        assert issubclass(cls, io.ComfyNode) and node_id.startswith("FlashHead") and schema.category == "FlashHead"
+        assert schema.display_name.startswith("FlashHead ") and schema.description and schema.outputs
+        assert cls.CATEGORY == "FlashHead" and len(cls.RETURN_TYPES) >= 1
     assert "flashhead" in folder_paths.folder_names_and_paths
     assert {".safetensors", ".json", ".pth"} <= folder_paths.folder_names_and_paths["flashhead"][1]
 
 
 @needs_comfy
+def test_schemas_keep_the_v1_inputs_in_order_with_a_tooltip_on_every_input(pack, comfy_folders):
+    """Node ids, input names and their order are those of the V1 nodes (V1_INPUT_ORDER, written out above): saved
+    workflows store widget values by position. New inputs come last and are optional."""
+    for node_id, cls in node_classes(pack).items():
+        schema = cls.GET_SCHEMA()
+        ids = [i.id for i in schema.inputs]
+        assert ids == V1_INPUT_ORDER[node_id] + NEW_INPUTS.get(node_id, []), node_id
+        assert list(v1_inputs(cls)) == ids, node_id  # what /object_info serves, required then optional
+        for i in schema.inputs:
+            assert i.tooltip and len(i.tooltip) > 10, (node_id, i.id)
+            assert i.optional == (i.id in NEW_INPUTS.get(node_id, [])), (node_id, i.id)
+        for o in schema.outputs:
+            assert o.tooltip, (node_id, o.display_name)
+        # the outputs keep the V1 names and types (links in saved workflows are by slot and type)
+    assert node(pack, "FlashHeadSampler").RETURN_NAMES == ["images", "frame_rate", "latent"]
+    assert node(pack, "FlashHeadSampler").RETURN_TYPES == ["IMAGE", "FLOAT", "LATENT"]
+    assert [node(pack, n).RETURN_TYPES[0] for n in NODE_IDS[:4]] == [
+        "FLASHHEAD_MODEL", "FLASHHEAD_VAE", "FLASHHEAD_AUDIO_ENCODER", "FLASHHEAD_AUDIO_EMBEDS"]
+    assert node(pack, "FlashHeadTalkingVideo").RETURN_TYPES == ["VIDEO"] and node(pack, "FlashHeadTalkingVideo").OUTPUT_NODE
+
+
+@needs_comfy
+def test_rarely_changed_inputs_are_advanced_where_the_host_supports_it(pack, comfy_folders):
+    from comfy_api.v0_0_2 import io
+
+    supported = "advanced" in inspect.signature(io.Combo.Input.__init__).parameters
+    for node_id, cls in node_classes(pack).items():
+        folded = {i.id for i in cls.GET_SCHEMA().inputs if getattr(i, "advanced", None)}
+        assert folded == (ADVANCED.get(node_id, set()) if supported else set()), node_id
+        served = {name for name, (_, options) in v1_inputs(cls).items() if options.get("advanced")}
+        assert served == folded, node_id
+
+
+def _widget_names(cls) -> list[str]:
+    """The names of the node's widgets in the order the frontend creates them (and stores their values): each
+    widget input in input order, a seed followed by its control_after_generate widget."""
+    names = []
+    for name, (kind, options) in v1_inputs(cls).items():
+        if (kind in WIDGET_TYPES or isinstance(kind, list)) and not options.get("forceInput"):
+            names.append(name)
+            if name in ("seed", "noise_seed") or options.get("control_after_generate"):
+                names.append(f"{name}:control_after_generate")
+    return names
+
+
+def _head_copy(relative: str):
+    """A file of workflows/ as it is in git HEAD (the workflows saved with the V1 pack), else the working copy."""
+    result = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{relative}"], capture_output=True, text=True)
+    return json.loads(result.stdout if result.returncode == 0 else (REPO / relative).read_text())
+
+
+def _v1_widget_names(node_id: str) -> list[str]:
+    """The widget names of the V1 node (from V1_INPUT_ORDER): what the saved values were stored for."""
+    non_widgets = {"model", "vae", "audio_encoder", "audio", "image", "audio_embeds", "latent"}
+    loaders = {"FlashHeadModelLoader": "model", "FlashHeadVAELoader": "vae",
+               "FlashHeadAudioEncoderLoader": "audio_encoder"}
+    names = []
+    for name in V1_INPUT_ORDER[node_id]:
+        if name not in non_widgets or loaders.get(node_id) == name:
+            names.append(name)
+            if name == "seed":
+                names.append("seed:control_after_generate")
+    return names
+
+
+@needs_comfy
+@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+def test_saved_v1_ui_workflows_map_widget_values_to_the_same_inputs(pack, comfy_folders, ui_path):
+    """The UI workflows as saved with the V1 nodes (git HEAD's copies): each FlashHead node's widget values, read by
+    position against the V3 node's widgets, land on the inputs they were saved for, and each value is valid there."""
+    workflow = _head_copy(f"workflows/{ui_path.name}")
+    classes = node_classes(pack)
+    checked = 0
+    for saved in workflow["nodes"]:
+        if saved["type"] not in classes:
+            continue
+        cls, values = classes[saved["type"]], saved.get("widgets_values") or []
+        names = _widget_names(cls)
+        old = _v1_widget_names(saved["type"])
+        assert len(values) == len(old), (saved["type"], values)
+        assert names[:len(old)] == old, saved["type"]  # the same names at the same positions
+        assert all(n in NEW_INPUTS.get(saved["type"], []) for n in names[len(old):])  # only new inputs after them
+        inputs = v1_inputs(cls)
+        for name, value in zip(names, values):
+            if name.endswith(":control_after_generate"):
+                assert value in ("fixed", "increment", "decrement", "randomize")
+                continue
+            kind, options = inputs[name]
+            if kind == "COMBO" and name not in ("model", "vae", "audio_encoder"):
+                assert value in options["options"], (saved["type"], name, value)
+            elif kind in ("INT", "FLOAT"):
+                assert options["min"] <= value <= options["max"], (saved["type"], name, value)
+        # the saved links name the same inputs
+        assert {i["name"] for i in saved.get("inputs", [])} <= set(inputs), saved["type"]
+        checked += 1
+    assert checked >= 4
+
+
+API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+
+
+@needs_comfy
+@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
+def test_saved_v1_api_workflows_still_validate(pack, comfy_folders, api_path):
+    """The API workflows as saved with the V1 nodes (git HEAD): every FlashHead node has every required input, no
+    unknown one, and its loader values validate (old '<folder>/<path>' values included)."""
+    workflow = _head_copy(f"workflows/api/{api_path.name}")
+    classes = node_classes(pack)
+    for node_id, saved in workflow.items():
+        if saved["class_type"] not in classes:
+            continue
+        cls = classes[saved["class_type"]]
+        spec = cls.INPUT_TYPES()
+        assert set(spec["required"]) <= set(saved["inputs"]) <= set(spec["required"]) | set(spec.get("optional", {}))
+        wanted = inspect.signature(cls.validate_inputs).parameters if "validate_inputs" in vars(cls) else {}
+        if wanted:
+            values = {k: v for k, v in saved["inputs"].items() if k in wanted}
+            assert cls.validate_inputs(**values) is True, (node_id, values)
+
+
+@needs_comfy
 def test_loaders_list_released_folders_and_single_files(pack, comfy_folders):
     """The name comes first in every option (the part that differs stays visible at any node width)."""
-    models = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"].INPUT_TYPES()["required"]["model"][0]
+    models = node(pack, "FlashHeadModelLoader").INPUT_TYPES()["required"]["model"][1]["options"]
     assert models == [f"Model_Lite (flashhead/{RELEASE})", f"Model_Pro (flashhead/{RELEASE})",
                       "flashhead_pro.safetensors (diffusion_models)", "not_flashhead.safetensors (diffusion_models)"]
-    vaes = pack.NODE_CLASS_MAPPINGS["FlashHeadVAELoader"].INPUT_TYPES()["required"]["vae"][0]
+    vaes = node(pack, "FlashHeadVAELoader").INPUT_TYPES()["required"]["vae"][1]["options"]
     assert vaes == [f"VAE_LTX (flashhead/{RELEASE})", f"VAE_Wan (flashhead/{RELEASE})", "wan_2.1_vae.pth (vae)"]
-    encoders = pack.NODE_CLASS_MAPPINGS["FlashHeadAudioEncoderLoader"].INPUT_TYPES()["required"]["audio_encoder"][0]
+    encoders = node(pack, "FlashHeadAudioEncoderLoader").INPUT_TYPES()["required"]["audio_encoder"][1]["options"]
     assert encoders == [f"wav2vec2-base-960h (flashhead/{RELEASE})", "wav2vec2-base-960h (audio_encoders)",
                         "wav2vec2-base-960h.safetensors (audio_encoders)"]
 
@@ -259,17 +433,17 @@ def test_loaders_list_released_folders_and_single_files(pack, comfy_folders):
 def test_loader_defaults_load_and_old_saved_values_still_resolve(pack, comfy_folders):
     """A Model Loader added from the menu runs with its defaults (first option, variant auto); values saved by older
     versions ('<folder>/<path>', the checkpoint root with variant lite) still validate and load."""
-    loader = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"]
+    loader = node(pack, "FlashHeadModelLoader")
     spec = loader.INPUT_TYPES()["required"]
-    first = spec["model"][0][0]
-    assert loader.VALIDATE_INPUTS(first) is True
-    model = loader().load(first, spec["variant"][1]["default"], "fp32", "auto", False)[0]
+    first = spec["model"][1]["options"][0]
+    assert loader.validate_inputs(first) is True
+    model = loader.execute(first, spec["variant"][1]["default"], "fp32", "auto", False).args[0]
     assert model.config.variant == "lite"
-    assert loader.VALIDATE_INPUTS(f"flashhead/{RELEASE}") is True
-    assert loader().load(f"flashhead/{RELEASE}", "pro", "fp32", "auto", False)[0].config.variant == "pro"
-    vae_loader = pack.NODE_CLASS_MAPPINGS["FlashHeadVAELoader"]
-    assert vae_loader.VALIDATE_INPUTS(f"flashhead/{RELEASE}/VAE_LTX") is True
-    assert vae_loader().load(f"VAE_Wan (flashhead/{RELEASE})", False)[0].vae.latent_channels == 16
+    assert loader.validate_inputs(f"flashhead/{RELEASE}") is True
+    assert loader.execute(f"flashhead/{RELEASE}", "pro", "fp32", "auto", False).args[0].config.variant == "pro"
+    vae_loader = node(pack, "FlashHeadVAELoader")
+    assert vae_loader.validate_inputs(f"flashhead/{RELEASE}/VAE_LTX") is True
+    assert vae_loader.execute(f"VAE_Wan (flashhead/{RELEASE})", False).args[0].vae.latent_channels == 16
 
 
 @needs_comfy
@@ -277,20 +451,20 @@ def test_empty_folders_show_where_the_files_go(pack, comfy_folders, tmp_path, mo
     for name in ("flashhead", "diffusion_models"):
         monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / "none")], {".safetensors"}))
     folder_paths.filename_list_cache.clear()
-    (choice,) = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"].INPUT_TYPES()["required"]["model"][0]
+    (choice,) = node(pack, "FlashHeadModelLoader").INPUT_TYPES()["required"]["model"][1]["options"]
     assert "models/flashhead/" in choice and "models/diffusion_models/" in choice
-    message = pack.NODE_CLASS_MAPPINGS["FlashHeadModelLoader"].VALIDATE_INPUTS(choice)
+    message = node(pack, "FlashHeadModelLoader").validate_inputs(choice)
     assert isinstance(message, str) and "models/flashhead/" in message
 
 
 @needs_comfy
 def test_missing_model_file_names_the_folder(pack, comfy_folders):
-    loader = pack.NODE_CLASS_MAPPINGS["FlashHeadVAELoader"]
-    message = loader.VALIDATE_INPUTS("vae/gone.safetensors")
+    loader = node(pack, "FlashHeadVAELoader")
+    message = loader.validate_inputs("vae/gone.safetensors")
     assert isinstance(message, str) and "not found" in message and "models/vae/" in message
-    assert loader.VALIDATE_INPUTS(f"flashhead/{RELEASE}/VAE_Wan") is True
+    assert loader.validate_inputs(f"flashhead/{RELEASE}/VAE_Wan") is True
     with pytest.raises(FileNotFoundError, match="models/flashhead/"):
-        loader().load("flashhead/nowhere/VAE_LTX", False)
+        loader.execute("flashhead/nowhere/VAE_LTX", False)
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -308,11 +482,11 @@ def test_loaders_hand_back_model_patchers(pack, lite):
 
 @needs_comfy
 def test_single_files_load(pack, comfy_folders):
-    model = node(pack, "FlashHeadModelLoader").load("diffusion_models/flashhead_pro.safetensors", "auto", "auto",
+    model = run(pack, "FlashHeadModelLoader", "diffusion_models/flashhead_pro.safetensors", "auto", "auto",
                                                     "sdpa", False)[0]
     assert model.config.variant == "pro"
-    assert node(pack, "FlashHeadVAELoader").load("vae/wan_2.1_vae.pth", False)[0].vae.latent_channels == 16
-    encoder = node(pack, "FlashHeadAudioEncoderLoader").load("audio_encoders/wav2vec2-base-960h.safetensors")[0]
+    assert run(pack, "FlashHeadVAELoader", "vae/wan_2.1_vae.pth", False)[0].vae.latent_channels == 16
+    encoder = run(pack, "FlashHeadAudioEncoderLoader", "audio_encoders/wav2vec2-base-960h.safetensors")[0]
     assert encoder.encoder.model.config.hidden_size == model.config.audio_channels
 
 
@@ -320,11 +494,11 @@ def test_single_files_load(pack, comfy_folders):
 def test_loader_errors_are_clear(pack, comfy_folders):
     loader = node(pack, "FlashHeadModelLoader")
     with pytest.raises(ValueError, match="not a FlashHead DiT"):
-        loader.load("diffusion_models/not_flashhead.safetensors", "auto", "auto", "auto", False)
+        loader.execute("diffusion_models/not_flashhead.safetensors", "auto", "auto", "auto", False)
     with pytest.raises(ValueError, match="pro model, but lite was asked for"):
-        loader.load("diffusion_models/flashhead_pro.safetensors", "lite", "auto", "auto", False)
+        loader.execute("diffusion_models/flashhead_pro.safetensors", "lite", "auto", "auto", False)
     with pytest.raises(ValueError, match="available"):  # no flash-attn on CPU: the error lists what is there
-        loader.load(f"flashhead/{RELEASE}/Model_Lite", "auto", "auto", "flash_attn_2", False)
+        loader.execute(f"flashhead/{RELEASE}/Model_Lite", "auto", "auto", "flash_attn_2", False)
 
 
 # --- generation ------------------------------------------------------------------------------------------------------
@@ -333,18 +507,18 @@ def test_loader_errors_are_clear(pack, comfy_folders):
 def test_talking_video_44k_stereo(pack, lite, comfy_folders, progress_events):
     picture, speech = image(), audio(1.3, 44100, 2)
     before = snapshot({"image": picture, "audio": speech})
-    out = node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=speech, image=picture, width=SIZE, height=SIZE,
+    out = node(pack, "FlashHeadTalkingVideo").execute(**lite, audio=speech, image=picture, width=SIZE, height=SIZE,
                                                        seed=1, color_correction=1.0, mode="stream",
                                                        context_seconds=8.0, filename_prefix="FlashHead/test")
     assert_unchanged(before, {"image": picture, "audio": speech})
-    (saved,) = out["ui"]["images"]
+    (saved,) = out.ui.as_dict()["images"]
     path = comfy_folders / saved["subfolder"] / saved["filename"]
     assert saved["subfolder"] == "FlashHead" and saved["type"] == "output" and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left beside it
     info = video_info(pack, path)
     assert (info.frames, info.width, info.height, info.fps) == (round(1.3 * 25), SIZE, SIZE, 25.0)
     assert (info.audio_sample_rate, info.audio_channels) == (44100, 2)  # the original audio, not the 16 kHz copy
-    (video,) = out["result"]
+    (video,) = out.args
     assert video.get_dimensions() == (SIZE, SIZE)
     components = video.get_components()
     assert components.images.shape == (round(1.3 * 25), SIZE, SIZE, 3) and components.audio is not None
@@ -358,10 +532,10 @@ def test_talking_video_44k_stereo(pack, lite, comfy_folders, progress_events):
 @needs_comfy
 def test_talking_video_24k_mono_once_mode_pro(pack, pro, comfy_folders):
     speech = audio(1.0, 24000, 1)
-    out = node(pack, "FlashHeadTalkingVideo").generate(**pro, audio=speech, image=image(), width=SIZE, height=SIZE,
+    out = node(pack, "FlashHeadTalkingVideo").execute(**pro, audio=speech, image=image(), width=SIZE, height=SIZE,
                                                        seed=2, color_correction=0.5, mode="once",
                                                        context_seconds=8.0, filename_prefix="pro")
-    (saved,) = out["ui"]["images"]
+    (saved,) = out.ui.as_dict()["images"]
     info = video_info(pack, comfy_folders / saved["filename"])
     assert info.frames == 25 and (info.audio_sample_rate, info.audio_channels) == (24000, 1)
 
@@ -370,31 +544,31 @@ def test_talking_video_24k_mono_once_mode_pro(pack, pro, comfy_folders):
 def test_sampler_image_latent_and_vae_decode_agree(pack, lite, comfy_folders):
     speech, picture = audio(1.7, 24000, 1), image(batch=1)
     before = snapshot({"audio": speech, "image": picture})
-    (embeds,) = node(pack, "FlashHeadAudioEncode").encode(lite["audio_encoder"], speech, lite["model"], "stream", 8.0)
+    (embeds,) = run(pack, "FlashHeadAudioEncode", lite["audio_encoder"], speech, lite["model"], "stream", 8.0)
     assert embeds.total_frames == round(1.7 * 25) and embeds.variant == "lite"
     assert all(w.shape == (1, 33, 5, 12, lite["model"].config.audio_channels) for w in embeds.windows)
     sampler = node(pack, "FlashHeadSampler")
-    images, fps, latent = sampler.sample(lite["model"], lite["vae"], embeds, picture, SIZE, SIZE, 3, 1.0)
+    images, fps, latent = sampler.execute(lite["model"], lite["vae"], embeds, picture, SIZE, SIZE, 3, 1.0).args
     assert_unchanged(before, {"audio": speech, "image": picture})
     assert images.shape == (round(1.7 * 25), SIZE, SIZE, 3) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and fps == 25.0
     chunks = len(embeds.windows)
     assert latent["samples"].shape == (chunks, 128, 5, SIZE // 32, SIZE // 32)
-    (decoded,) = node(pack, "FlashHeadVAEDecode").decode(lite["vae"], latent)
+    (decoded,) = run(pack, "FlashHeadVAEDecode", lite["vae"], latent)
     assert decoded.shape == images.shape
     torch.testing.assert_close(decoded, images, atol=2e-4, rtol=0)
     # Same inputs, same seed: same frames (nothing of the first run leaked into the cached objects).
-    again, _, _ = sampler.sample(lite["model"], lite["vae"], embeds, picture, SIZE, SIZE, 3, 1.0)
+    again, _, _ = sampler.execute(lite["model"], lite["vae"], embeds, picture, SIZE, SIZE, 3, 1.0).args
     assert torch.equal(again, images)
     # A LATENT without FlashHead's layout (e.g. saved and loaded again) decodes every chunk whole.
-    (whole,) = node(pack, "FlashHeadVAEDecode").decode(lite["vae"], {"samples": latent["samples"]})
+    (whole,) = run(pack, "FlashHeadVAEDecode", lite["vae"], {"samples": latent["samples"]})
     assert whole.shape == (chunks * 33, SIZE, SIZE, 3)
 
 
 @needs_comfy
 def test_lite_model_with_wan_vae_is_refused(pack, lite, pro, comfy_folders):
     with pytest.raises(ValueError, match="VAE mismatch.*lite"):
-        node(pack, "FlashHeadTalkingVideo").generate(lite["model"], pro["vae"], lite["audio_encoder"],
+        node(pack, "FlashHeadTalkingVideo").execute(lite["model"], pro["vae"], lite["audio_encoder"],
                                                      audio(0.5, 44100, 2), image(), SIZE, SIZE, 0, 1.0, "stream", 8.0,
                                                      "x")
     assert not any(comfy_folders.rglob("*"))
@@ -402,23 +576,23 @@ def test_lite_model_with_wan_vae_is_refused(pack, lite, pro, comfy_folders):
 
 @needs_comfy
 def test_off_grid_size_names_the_nearest_sizes(pack, lite, comfy_folders):
-    (embeds,) = node(pack, "FlashHeadAudioEncode").encode(lite["audio_encoder"], audio(0.5, 44100, 2), lite["model"],
+    (embeds,) = run(pack, "FlashHeadAudioEncode", lite["audio_encoder"], audio(0.5, 44100, 2), lite["model"],
                                                           "stream", 8.0)
     with pytest.raises(ValueError, match="width 80 is not a multiple of 32: use 64 or 96"):
-        node(pack, "FlashHeadSampler").sample(lite["model"], lite["vae"], embeds, image(), 80, 64, 0, 1.0)
+        run(pack, "FlashHeadSampler", lite["model"], lite["vae"], embeds, image(), 80, 64, 0, 1.0)
 
 
 @needs_comfy
 def test_embeddings_for_another_variant_are_refused(pack, lite, pro, comfy_folders):
-    (embeds,) = node(pack, "FlashHeadAudioEncode").encode(lite["audio_encoder"], audio(0.5, 24000, 1), lite["model"],
+    (embeds,) = run(pack, "FlashHeadAudioEncode", lite["audio_encoder"], audio(0.5, 24000, 1), lite["model"],
                                                           "once", 8.0)
     with pytest.raises(ValueError, match="made for a FlashHead lite model"):
-        node(pack, "FlashHeadSampler").sample(pro["model"], pro["vae"], embeds, image(), SIZE, SIZE, 0, 1.0)
+        run(pack, "FlashHeadSampler", pro["model"], pro["vae"], embeds, image(), SIZE, SIZE, 0, 1.0)
 
 
 @needs_comfy
 def test_bad_audio_and_image_inputs(pack, lite, comfy_folders):
-    encode = node(pack, "FlashHeadAudioEncode").encode
+    encode = node(pack, "FlashHeadAudioEncode").execute
     two_tracks = {"waveform": torch.zeros(2, 1, 24000), "sample_rate": 24000}
     with pytest.raises(ValueError, match="batch of 2 tracks"):
         encode(lite["audio_encoder"], two_tracks, lite["model"], "stream", 8.0)
@@ -426,7 +600,7 @@ def test_bad_audio_and_image_inputs(pack, lite, comfy_folders):
         encode(lite["audio_encoder"], {"waveform": torch.zeros(1, 1, 0), "sample_rate": 24000}, lite["model"],
                "stream", 8.0)
     with pytest.raises(ValueError, match="batch of 3 images"):
-        node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(0.5, 24000, 1), image=image(batch=3),
+        node(pack, "FlashHeadTalkingVideo").execute(**lite, audio=audio(0.5, 24000, 1), image=image(batch=3),
                                                      width=SIZE, height=SIZE, seed=0, color_correction=1.0,
                                                      mode="stream", context_seconds=8.0, filename_prefix="x")
     assert not any(comfy_folders.rglob("*.mp4"))
@@ -445,7 +619,7 @@ def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, c
     comfy.utils.ProgressBar.update_absolute = update_then_cancel
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(3.0, 44100, 2), image=image(),
+            node(pack, "FlashHeadTalkingVideo").execute(**lite, audio=audio(3.0, 44100, 2), image=image(),
                                                          width=SIZE, height=SIZE, seed=0, color_correction=1.0,
                                                          mode="stream", context_seconds=8.0, filename_prefix="cut")
     finally:
@@ -454,10 +628,10 @@ def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, c
     assert not comfy.model_management.processing_interrupted()  # the flag was consumed, as ComfyUI expects
     assert [p for p in comfy_folders.rglob("*") if p.is_file()] == []
     # the next prompt in the same process runs normally
-    out = node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(0.5, 44100, 2), image=image(), width=SIZE,
+    out = node(pack, "FlashHeadTalkingVideo").execute(**lite, audio=audio(0.5, 44100, 2), image=image(), width=SIZE,
                                                        height=SIZE, seed=0, color_correction=1.0, mode="stream",
                                                        context_seconds=8.0, filename_prefix="after")
-    (saved,) = out["ui"]["images"]
+    (saved,) = out.ui.as_dict()["images"]
     assert video_info(pack, comfy_folders / saved["filename"]).frames == round(0.5 * 25)
 
 
@@ -465,7 +639,7 @@ def test_interrupt_mid_video_leaves_no_file_and_the_next_run_works(pack, lite, c
 def test_models_follow_comfyui_memory_management(pack, lite, comfy_folders):
     """ComfyUI may unload every model between runs (e.g. another workflow needs the memory): the next run loads
     them back through ModelPatcher and works."""
-    run = node(pack, "FlashHeadTalkingVideo").generate
+    run = node(pack, "FlashHeadTalkingVideo").execute
     kwargs = dict(audio=audio(0.6, 44100, 2), image=image(), width=SIZE, height=SIZE, seed=0, color_correction=1.0,
                   mode="stream", context_seconds=8.0, filename_prefix="mem")
     run(**lite, **kwargs)
@@ -478,13 +652,14 @@ def test_models_follow_comfyui_memory_management(pack, lite, comfy_folders):
 
 @needs_comfy
 @pytest.mark.parametrize("name, value", [("context_seconds", float("nan")), ("context_seconds", float("inf")),
-                                         ("color_correction", 1.5), ("width", 4096), ("seed", -1)])
+                                         ("color_correction", 1.5), ("width", 4096), ("seed", -1),
+                                         ("mode", "streaming")])
 def test_numeric_inputs_are_validated(pack, lite, comfy_folders, name, value):
     """NaN, infinity or an out-of-range number (e.g. sent through the API) is an error naming the input."""
     kwargs = dict(audio=audio(0.5, 24000, 1), image=image(), width=SIZE, height=SIZE, seed=0, color_correction=1.0,
                   mode="stream", context_seconds=8.0, filename_prefix="x")
     with pytest.raises(ValueError, match=name):
-        node(pack, "FlashHeadTalkingVideo").generate(**lite, **{**kwargs, name: value})
+        node(pack, "FlashHeadTalkingVideo").execute(**lite, **{**kwargs, name: value})
     assert not any(comfy_folders.rglob("*.mp4"))
 
 
@@ -493,7 +668,7 @@ def test_a_size_that_does_not_fit_in_memory_is_refused_before_running(pack, lite
     host = importlib.import_module(f"{PACK_NAME}.nodes._host")
     monkeypatch.setattr(host, "free_memory", lambda device: 2**20)
     with pytest.raises(ValueError, match="GiB of working memory.*free"):
-        node(pack, "FlashHeadTalkingVideo").generate(**lite, audio=audio(0.5, 24000, 1), image=image(), width=SIZE,
+        node(pack, "FlashHeadTalkingVideo").execute(**lite, audio=audio(0.5, 24000, 1), image=image(), width=SIZE,
                                                      height=SIZE, seed=0, color_correction=1.0, mode="stream",
                                                      context_seconds=8.0, filename_prefix="x")
     assert not any(comfy_folders.rglob("*.mp4"))
@@ -504,3 +679,105 @@ def test_pack_ships_the_frontend_extension(pack):
     assert pack.WEB_DIRECTORY == "./web"
     script = (REPO / "web" / "flashhead.js").read_text()
     assert "FlashHeadTalkingVideo" in script and "nodePreviewImages" in script
+
+
+# --- V3 specifics: host check, validation through ComfyUI, memory management, fp8 --------------------------------------
+
+@needs_comfy
+def test_a_host_without_the_pinned_api_gets_one_line_naming_the_minimum_comfyui(pack, monkeypatch, caplog):
+    """A ComfyUI without comfy_api.v0_0_2: importing the pack logs one error line naming the minimum ComfyUI, raises
+    nothing (no traceback in ComfyUI's log) and offers no entry point, so ComfyUI registers nothing of it."""
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", None)  # `import comfy_api.v0_0_2` now fails
+    name = "comfyui_flashhead_old_host"
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    with caplog.at_level("WARNING"):
+        spec.loader.exec_module(module)
+    for key in [k for k in sys.modules if k.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, key)
+    records = [r for r in caplog.records if r.name.startswith(name)]
+    assert len(records) == 1 and records[0].levelname == "ERROR" and "\n" not in records[0].getMessage()
+    message = records[0].getMessage()
+    assert "needs ComfyUI 0.3.64 or newer" in message and "comfy_api.v0_0_2" in message and "Update ComfyUI" in message
+    assert not hasattr(module, "comfy_entrypoint") and not hasattr(module, "NODE_CLASS_MAPPINGS")
+
+
+def _validate_prompt(pack, prompt: dict) -> list[dict]:
+    """ComfyUI's own validation of an API prompt (execution.validate_inputs, as POST /prompt runs it) with the
+    FlashHead nodes registered -> the errors of every node."""
+    errors = []
+    with pytest.MonkeyPatch.context() as patch:
+        # ComfyUI's nodes.py, by path: `python -m pytest` puts the checkout first on sys.path, where `nodes` is ours.
+        comfy_nodes = sys.modules.get("nodes")
+        if not hasattr(comfy_nodes, "NODE_CLASS_MAPPINGS"):
+            spec = importlib.util.spec_from_file_location("nodes", Path(folder_paths.__file__).parent / "nodes.py")
+            comfy_nodes = importlib.util.module_from_spec(spec)
+            patch.setitem(sys.modules, "nodes", comfy_nodes)
+            spec.loader.exec_module(comfy_nodes)
+        import execution
+
+        patch.setattr(execution, "nodes", comfy_nodes)
+        for node_id, cls in node_classes(pack).items():
+            patch.setitem(comfy_nodes.NODE_CLASS_MAPPINGS, node_id, cls)
+        validated = {}
+        for unique_id in prompt:
+            valid, node_errors, _ = asyncio.run(execution.validate_inputs("test", prompt, unique_id, validated))
+            errors += node_errors
+    return errors
+
+
+@needs_comfy
+def test_validation_errors_read_as_clearly_as_before(pack, comfy_folders):
+    """Through ComfyUI's own validation: a model that is not there says where to put it (not 'Value not in list');
+    an old workflow without the new weight_dtype validates; a bad weight_dtype names the choices."""
+    lite = _head_copy("workflows/api/flashhead_lite.json")
+    loaders = {k: v for k, v in lite.items() if v["class_type"].startswith("FlashHead") and "Loader" in v["class_type"]}
+    assert _validate_prompt(pack, loaders) == []  # the V1 values, weight_dtype absent
+    missing = json.loads(json.dumps(loaders))
+    model_key = next(k for k, v in missing.items() if v["class_type"] == "FlashHeadModelLoader")
+    missing[model_key]["inputs"]["model"] = "flashhead/gone/Model_Lite"
+    (error,) = _validate_prompt(pack, missing)
+    assert error["type"] == "custom_validation_failed" and "not found" in error["details"]
+    assert "models/flashhead/" in error["details"] and "press R" in error["details"]
+    bad = json.loads(json.dumps(loaders))
+    bad[model_key]["inputs"]["weight_dtype"] = "fp4"
+    errors = _validate_prompt(pack, bad)
+    if errors:  # ComfyUI 0.33 checks a V3 COMBO against its options
+        (error,) = errors
+        assert error["type"] == "value_not_in_list" and "weight_dtype" in error["details"]
+        assert "fp8_e4m3fn" in error["details"]
+    # 0.3.64 does not: the node itself says it, before loading anything
+    with pytest.raises(ValueError, match="weight_dtype must be one of default, fp8_e4m3fn, fp8_e5m2; got 'fp4'"):
+        node(pack, "FlashHeadModelLoader").execute(**bad[model_key]["inputs"])
+
+
+@needs_comfy
+def test_models_use_core_model_patcher_where_the_host_has_it_and_comfy_casting_layers(pack, lite):
+    import comfy.model_patcher
+    import comfy.ops
+
+    expected = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    for key in ("model", "vae", "audio_encoder"):
+        assert isinstance(lite[key].patcher, expected)
+    dit = lite["model"].dit
+    assert lite["model"].offloadable
+    assert isinstance(dit.blocks[0].self_attn.q, comfy.ops.manual_cast.Linear)
+    assert isinstance(dit.patch_embedding, comfy.ops.manual_cast.Conv3d)
+
+
+@needs_comfy
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e5m2"])
+def test_fp8_weight_dtype_stores_the_block_weights_in_fp8_and_generates(pack, comfy_folders, weight_dtype):
+    loader = node(pack, "FlashHeadModelLoader")
+    (model,) = loader.execute(f"flashhead/{RELEASE}/Model_Lite", "auto", "fp32", "auto", False, weight_dtype).args
+    fp8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[weight_dtype]
+    assert model.dit.blocks[0].ffn[0].weight.dtype == fp8 and model.dit.dtype == torch.float32
+    (default,) = loader.execute(f"flashhead/{RELEASE}/Model_Lite", "auto", "fp32", "auto", False).args
+    assert default.dit.blocks[0].ffn[0].weight.dtype == torch.float32
+    assert model.patcher.model_size() < default.patcher.model_size()
+    (vae,) = run(pack, "FlashHeadVAELoader", f"flashhead/{RELEASE}/VAE_LTX", False)
+    (encoder,) = run(pack, "FlashHeadAudioEncoderLoader", f"flashhead/{RELEASE}/wav2vec2-base-960h")
+    (embeds,) = run(pack, "FlashHeadAudioEncode", encoder, audio(0.5, 24000, 1), model, "once", 8.0)
+    images, _, _ = run(pack, "FlashHeadSampler", model, vae, embeds, image(), SIZE, SIZE, 0, 1.0)
+    assert images.shape == (round(0.5 * 25), SIZE, SIZE, 3) and torch.isfinite(images).all()
