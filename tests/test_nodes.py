@@ -341,9 +341,15 @@ def _widget_names(cls) -> list[str]:
     return names
 
 
+# The last commit of the V1 nodes: its workflows/ are the ones saved with the V1 pack.
+V1_COMMIT = "1e6c6fc81974d0f7e03b1ed6ee6e97fc805484ec"
+
+
 def _head_copy(relative: str):
-    """A file of workflows/ as it is in git HEAD (the workflows saved with the V1 pack), else the working copy."""
-    result = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{relative}"], capture_output=True, text=True)
+    """A file of workflows/ as it was saved with the V1 pack (at V1_COMMIT), else (a checkout without that history)
+    the working copy."""
+    result = subprocess.run(["git", "-C", str(REPO), "show", f"{V1_COMMIT}:{relative}"], capture_output=True,
+                            text=True)
     return json.loads(result.stdout if result.returncode == 0 else (REPO / relative).read_text())
 
 
