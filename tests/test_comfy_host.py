@@ -1,18 +1,27 @@
-"""The pack inside a real ComfyUI 0.3.64, built from ../shared/comfy_host (no mock of `comfy.*`).
+"""The pack inside real ComfyUI hosts, built from ../shared/comfy_host (no mock of `comfy.*`): 0.3.64 and 0.33.0.
 
-Once per session the host is built with the shared setup.sh (reused when $COMFY_HOST_DIR already holds it), and tiny
-random-weight checkpoints are written with `flashhead make-tiny-checkpoint` in the released layout and linked as
-models/flashhead/SoulX-FlashHead-1_3B. Every check goes through the shared check_pack.py: the pack is pip-installed
+Every test here runs once per host (the `host` fixture is parametrized over HOSTS; pytest runs all tests of one host,
+then all of the other). Each host is built once with the shared setup.sh (0.3.64 from ComfyUI-0.3.64.tar.gz into
+$COMFY_HOST_DIR, 0.33.0 from ComfyUI-0.33.0.tar.gz into $COMFY_HOST_DIR_033 with COMFYUI_TARBALL set), reused when it is
+already there and records the commit the kit names for that tarball; `test_host_is_the_expected_comfyui` tells them
+apart. Tiny random-weight checkpoints are written with `flashhead make-tiny-checkpoint` in the released layout and linked
+as models/flashhead/SoulX-FlashHead-1_3B. Every check goes through the shared check_pack.py: the pack is pip-installed
 (requirements.txt, as ComfyUI-Manager does), imports, registers every FlashHead node, and each shipped API workflow
-runs end to end; the MP4 it writes is read back (frame count, audio track). One run is interrupted mid-video and must
-end as interrupted with no file left; 20 prompts queued in one ComfyUI keep its memory flat and an unchanged graph
-re-executes nothing; one UI workflow is dropped on the real web frontend (headless Chromium). The node unit tests
-(tests/test_nodes.py) run here too, in the host's Python, where `comfy` is importable.
+runs end to end; the MP4 it writes is read back (frame count, size, audio track). The TTS workflow runs DJZ-Speak
+(espeak-ng, from the kit's packs/) beside the pack and its MP4's audio must match the speech that node made; the upscale
+workflow runs ComfyUI's UpscaleModelLoader + ImageUpscaleWithModel on a tiny Real-ESRGAN x2plus written by
+tests/host_tiny_upscaler.py (spandrel must recognise it). One run is interrupted mid-video and must end as interrupted
+with no file left; 20 prompts queued in one ComfyUI keep its memory flat and an unchanged graph re-executes nothing;
+the Lite UI workflow is dropped on the real web frontend (headless Chromium) and then queued from the page twice by
+tests/frontend_video_player.py: previews during each run, then the finished MP4 in a playable <video> in the node
+(screenshots in $FLASHHEAD_SCREENSHOT_DIR). The node unit tests (tests/test_nodes.py) run here too, in each host's
+Python, where `comfy` is importable.
 
 Where ../shared/comfy_host is absent (a user's checkout) everything here skips; where it is present, any failure
 fails. Speed: the workflows run at 64x64 (the shipped 512x512 is set back to 64 in a copy) on 1-3 s of audio.
-Environment: COMFY_HOST_DIR (default ~/comfy_host), FLASHHEAD_HOST_REBUILD=1 re-runs setup.sh even when the host
-exists, FLASHHEAD_HOST_MEMORY=1 adds the 10 s vs 60 s peak-RSS comparison (about two minutes more).
+Environment: COMFY_HOST_DIR (default ~/comfy_host), COMFY_HOST_DIR_033 (default ~/comfy_host_033),
+FLASHHEAD_HOST_REBUILD=1 re-runs setup.sh even when a host exists, FLASHHEAD_SCREENSHOT_DIR (default a pytest tmp dir),
+FLASHHEAD_HOST_MEMORY=1 adds the 10 s vs 60 s peak-RSS comparison (about two minutes more per host).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +41,6 @@ from flashhead_core.testing.media import write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_HOST = Path(os.environ.get("FLASHHEAD_SHARED_HOST", REPO.parent / "shared" / "comfy_host"))
-HOST_DIR = Path(os.environ.get("COMFY_HOST_DIR", Path.home() / "comfy_host")).expanduser()
 PACK_DIR_NAME = "ComfyUI-FlashHead"  # the folder name under custom_nodes/, as a git clone names it
 RELEASE = "SoulX-FlashHead-1_3B"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
@@ -39,8 +48,13 @@ NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoder
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TEST_SIZE = 64
-# The TTS workflow names this node (ComfyUI-F5-TTS); its test runs the same graph with LoadAudio in its place.
-TTS_NODES = {"F5TTSAudioInputs"}
+# The TTS workflow's speech comes from DJZSpeak_v1 (ComfyUI-DJZ-Speak, espeak-ng), a pack the kit ships for chain tests:
+# it really runs beside this pack (check_pack --with-pack); the test also saves its AUDIO (SaveAudio) to compare.
+TTS_NODES = {"DJZSpeak_v1"}
+TTS_PACK = SHARED_HOST / "packs" / "ComfyUI-DJZ-Speak-f01aa4d.tar.gz"
+# The upscale workflow's model upscaler; the test writes a tiny random-weight one under this name.
+UPSCALER = "RealESRGAN_x2plus.pth"
+UPSCALE = 2
 AUDIO_FILES = {"speech.wav": (2.0, 44100, 2), "speech_24k_mono.wav": (1.52, 24000, 1),
                "voice_sample.wav": (1.0, 24000, 1)}
 
@@ -100,41 +114,116 @@ if queue:
         return run
 
     check_pack.run_prompt = run_queue
+
+# FLASHHEAD_PLAYER=<config.json> ({{"python", "script", "args"}}): after the workflow ran, while this ComfyUI still runs,
+# drive its web page with tests/frontend_video_player.py (queues the UI workflow from the frontend, checks the player)
+# and write {{"rc", "stdout", "stderr"}} to <config.json>.out.
+player = os.environ.get("FLASHHEAD_PLAYER")
+if player:
+    import subprocess
+    config = json.load(open(player))
+    _before_player = check_pack.run_prompt
+
+    def run_then_player(cp, port, prompt, *args, **kwargs):
+        run = _before_player(cp, port, prompt, *args, **kwargs)
+        out = {{"rc": None, "stdout": "", "stderr": "the workflow did not succeed: " + str(run["outcome"])}}
+        if run["outcome"] == "success":
+            r = subprocess.run([config["python"], config["script"], "--port", str(port), *config["args"]],
+                               capture_output=True, text=True, timeout=config.get("timeout", 900))
+            out = {{"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-6000:]}}
+        json.dump(out, open(player + ".out", "w"))
+        return run
+
+    check_pack.run_prompt = run_then_player
 sys.exit(check_pack.main(sys.argv[1:]))
 """
 
 
 # --- session fixtures ------------------------------------------------------------------------------------------------
 
-def _host_ready() -> bool:
-    info = HOST_DIR / "HOST_INFO.txt"
-    commit = (SHARED_HOST / "COMFYUI_COMMIT").read_text().strip() if (SHARED_HOST / "COMFYUI_COMMIT").is_file() else ""
-    return (info.is_file() and (HOST_DIR / "ComfyUI" / "main.py").is_file()
-            and (HOST_DIR / "venv" / "bin" / "python").is_file() and commit in info.read_text())
+@dataclass(frozen=True)
+class HostSpec:
+    """One ComfyUI version to test in: its tarball in the kit, the commit recorded for it, where it is built."""
+    version: str
+    tarball: str
+    commit_file: str
+    dir_env: str
+    default_dir: str
+    frontend: str  # comfyui_frontend_package that its requirements pin
+
+    @property
+    def dir(self) -> Path:
+        return Path(os.environ.get(self.dir_env) or Path.home() / self.default_dir).expanduser()
+
+    @property
+    def commit(self) -> str:
+        return (SHARED_HOST / self.commit_file).read_text().strip()
+
+
+HOSTS = [HostSpec("0.3.64", "ComfyUI-0.3.64.tar.gz", "COMFYUI_COMMIT", "COMFY_HOST_DIR", "comfy_host", "1.27.10"),
+         HostSpec("0.33.0", "ComfyUI-0.33.0.tar.gz", "ComfyUI-0.33.0.commit", "COMFY_HOST_DIR_033", "comfy_host_033",
+                  "1.49.6")]
+
+
+def _host_info(spec: HostSpec) -> dict:
+    info = spec.dir / "HOST_INFO.txt"
+    if not info.is_file():
+        return {}
+    fields = {}
+    for line in info.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if value.strip() and not line.startswith(" "):
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _host_ready(spec: HostSpec) -> bool:
+    info = _host_info(spec)
+    return ((spec.dir / "ComfyUI" / "main.py").is_file() and (spec.dir / "venv" / "bin" / "python").is_file()
+            and info.get("comfyui_commit") == spec.commit and info.get("comfyui_version") == spec.version)
+
+
+@pytest.fixture(scope="session", params=HOSTS, ids=[h.version for h in HOSTS])
+def host_spec(request) -> HostSpec:
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def host() -> Path:
-    """The ComfyUI host: built with setup.sh unless it is already there (FLASHHEAD_HOST_REBUILD=1 forces it)."""
-    if os.environ.get("FLASHHEAD_HOST_REBUILD") == "1" or not _host_ready():
-        result = subprocess.run(["bash", str(SHARED_HOST / "setup.sh")], capture_output=True, text=True,
-                                env={**os.environ, "COMFY_HOST_DIR": str(HOST_DIR)}, timeout=1200)
+def host(host_spec) -> Path:
+    """The ComfyUI host of this version: built once with setup.sh unless it is already there (FLASHHEAD_HOST_REBUILD=1
+    forces it), then reused by every test of that version. pytest groups the tests by host, one version after the
+    other."""
+    spec = host_spec
+    if os.environ.get("FLASHHEAD_HOST_REBUILD") == "1" or not _host_ready(spec):
+        env = {**os.environ, "COMFY_HOST_DIR": str(spec.dir)}
+        env.pop("COMFYUI_TARBALL", None)
+        if spec.tarball != HOSTS[0].tarball:
+            env["COMFYUI_TARBALL"] = str(SHARED_HOST / spec.tarball)
+        result = subprocess.run(["bash", str(SHARED_HOST / "setup.sh")], capture_output=True, text=True, env=env,
+                                timeout=1800)
         if result.returncode != 0:
-            pytest.fail(f"building the ComfyUI host failed (setup.sh exit {result.returncode}):\n"
+            pytest.fail(f"building the ComfyUI {spec.version} host failed (setup.sh exit {result.returncode}):\n"
                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    assert _host_ready(), f"setup.sh finished but {HOST_DIR} is not a complete host"
-    return HOST_DIR
+    assert _host_ready(spec), f"setup.sh finished but {spec.dir} is not a complete ComfyUI {spec.version} host"
+    return spec.dir
 
 
 @pytest.fixture(scope="session")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("comfy_host_run")
+def shared_work(tmp_path_factory) -> Path:
+    """Files every host uses (tiny checkpoints, inputs)."""
+    return tmp_path_factory.mktemp("comfy_host_shared")
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(work) -> Path:
+def work(tmp_path_factory, host_spec) -> Path:
+    """This host's summaries, outputs and test copies."""
+    return tmp_path_factory.mktemp(f"comfy_host_{host_spec.version}")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(shared_work) -> Path:
     """`flashhead make-tiny-checkpoint` (both variants in one root, as the release holds both)."""
-    root = work / RELEASE
+    root = shared_work / RELEASE
     result = subprocess.run([sys.executable, "-m", "flashhead_core", "make-tiny-checkpoint", str(root),
                              "--variant", "both"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -161,9 +250,9 @@ def _portrait(path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def inputs(work) -> Path:
+def inputs(shared_work) -> Path:
     """ComfyUI input files the workflows name: portrait.png and the audio of AUDIO_FILES."""
-    folder = work / "inputs"
+    folder = shared_work / "inputs"
     folder.mkdir()
     _portrait(folder / "portrait.png")
     for name, (seconds, rate, channels) in AUDIO_FILES.items():
@@ -216,36 +305,121 @@ def test_pack_imports_and_registers_every_node(installed):
     assert sorted(pack["example_workflows"]) == sorted(p.stem for p in UI_WORKFLOWS)
 
 
-def _api_prompt_for_test(path: Path) -> tuple[dict, float]:
-    """The shipped API workflow at TEST_SIZE, with any TTS node replaced by LoadAudio of a 24 kHz mono file (same id,
-    so every link stays); returns (prompt, seconds of the speech the FlashHead nodes hear)."""
+def test_host_is_the_expected_comfyui(installed, host_spec):
+    """The host under test is the ComfyUI this parameter names: setup.sh recorded the kit's commit for that tarball
+    (each tarball has its own), the running server reports the version, and its frontend is the one it pins."""
+    info = _host_info(host_spec)
+    assert info["comfyui_commit"] == host_spec.commit and info["comfyui_version"] == host_spec.version, info
+    assert len({h.commit for h in HOSTS}) == len(HOSTS) and len({h.dir.resolve() for h in HOSTS}) == len(HOSTS)
+    assert installed["comfyui"]["version"] == host_spec.version, installed["comfyui"]
+    frontend = (host_spec.dir / "HOST_INFO.txt").read_text()
+    assert f"comfyui_frontend_package=={host_spec.frontend}" in frontend
+
+
+def _api_prompt_for_test(path: Path) -> tuple[dict, float | None]:
+    """The shipped API workflow at TEST_SIZE; returns (prompt, seconds of the speech the FlashHead nodes hear, None when
+    a TTS node makes it: then a SaveAudio node (id "tts_speech") is added that saves the TTS node's AUDIO)."""
     prompt = json.loads(path.read_text())
     for node in prompt.values():
         if node["class_type"].startswith("FlashHead"):
             for key in ("width", "height"):
                 if key in node["inputs"]:
                     node["inputs"][key] = TEST_SIZE
-        if node["class_type"] in TTS_NODES:
-            node.update(class_type="LoadAudio", inputs={"audio": "speech_24k_mono.wav"},
-                        _meta={"title": "LoadAudio (in place of the TTS node)"})
-    heard = {prompt[src[0]]["inputs"]["audio"] for node in prompt.values() if node["class_type"].startswith("FlashHead")
+    heard = {src[0] for node in prompt.values() if node["class_type"].startswith("FlashHead")
              for src in [node["inputs"].get("audio")] if isinstance(src, list)}
     assert len(heard) == 1, f"{path.name}: expected one speech input for FlashHead, found {heard}"
-    return prompt, AUDIO_FILES[heard.pop()][0]
+    source = prompt[heard.pop()]
+    if source["class_type"] in TTS_NODES:
+        tts_id = next(k for k, v in prompt.items() if v is source)
+        prompt["tts_speech"] = {"class_type": "SaveAudio", "inputs": {"audio": [tts_id, 0],
+                                                                       "filename_prefix": "FlashHead/tts_speech"}}
+        return prompt, None
+    assert source["class_type"] == "LoadAudio", source
+    return prompt, AUDIO_FILES[source["inputs"]["audio"]][0]
+
+
+def _espeak() -> str | None:
+    if not shutil.which("espeak-ng") and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "espeak-ng"], capture_output=True, timeout=600)
+    return shutil.which("espeak-ng")
+
+
+@pytest.fixture(scope="session")
+def upscaler(host, work) -> Path:
+    """A tiny random-weight Real-ESRGAN x2plus (published RRDBNet key layout), written and checked with spandrel in the
+    host's own Python: ComfyUI's UpscaleModelLoader must recognise it as ESRGAN at scale 2."""
+    path = work / "upscale_models" / UPSCALER
+    path.parent.mkdir(exist_ok=True)
+    result = subprocess.run([str(host / "venv" / "bin" / "python"), str(REPO / "tests" / "host_tiny_upscaler.py"),
+                             str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    described = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"\ntiny upscaler {path}: {described}")
+    assert described["architecture"] == "ESRGAN" and described["scale"] == UPSCALE, described
+    assert described["out_shape"] == [1, 3, 16 * UPSCALE, 16 * UPSCALE], described
+    return path
+
+
+def _decode_audio(path: Path, rate: int = 16000) -> np.ndarray:
+    """The first audio stream as mono float at `rate` Hz (PyAV's resampler, as ComfyUI decodes)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                  for out in resampler.resample(frame)]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def _compare_speech(reference: np.ndarray, heard: np.ndarray, rate: int = 16000) -> dict:
+    """How well the MP4's (AAC) track matches the TTS speech: the best normalised cross-correlation of the waveforms
+    within +-100 ms, the correlation of their 10 ms RMS envelopes at that lag, and the two durations."""
+    max_lag = rate // 10
+    n = min(len(reference), len(heard))
+    best = (-2.0, 0)
+    for lag in range(-max_lag, max_lag + 1):
+        a = reference[max(0, -lag): n - max(0, lag)]
+        b = heard[max(0, lag): max(0, lag) + len(a)]
+        if len(a) >= rate // 4 and len(b) == len(a):
+            r = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+            if r > best[0]:
+                best = (r, lag)
+    lag = best[1]
+    a = reference[max(0, -lag): n - max(0, lag)]
+    b = heard[max(0, lag): max(0, lag) + len(a)]
+    win = rate // 100
+    frames = len(a) // win
+    env_a = np.sqrt((a[: frames * win].reshape(frames, win) ** 2).mean(axis=1))
+    env_b = np.sqrt((b[: frames * win].reshape(frames, win) ** 2).mean(axis=1))
+    return {"waveform_correlation": round(best[0], 4), "lag_ms": round(1000 * lag / rate, 2),
+            "envelope_correlation": round(float(np.corrcoef(env_a, env_b)[0, 1]), 4),
+            "tts_seconds": round(len(reference) / rate, 4), "mp4_audio_seconds": round(len(heard) / rate, 4)}
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
-def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_checkpoint, inputs):
+def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_checkpoint, inputs, request):
+    """Each shipped API workflow runs in the host at TEST_SIZE. The TTS one runs DJZ-Speak (espeak-ng) beside the pack
+    and its MP4's audio must be that speech; the upscale one gets a tiny real ESRGAN and its video is UPSCALE x larger."""
     from flashhead_core.video_io import read_video_info
 
     prompt, seconds = _api_prompt_for_test(workflow)
-    if workflow.stem == "flashhead_tts":
-        assert TTS_NODES & {n["class_type"] for n in json.loads(workflow.read_text()).values()}
+    types = {n["class_type"] for n in prompt.values()}
+    extra = []
+    if TTS_NODES & types:
+        assert TTS_PACK.is_file(), f"{TTS_PACK} is missing from the kit"
+        if _espeak() is None:
+            pytest.skip("no espeak-ng (apt-get install -y espeak-ng), which the DJZ-Speak TTS node runs")
+        extra += ["--with-pack", str(TTS_PACK)]
+    if "UpscaleModelLoader" in types:
+        assert {n["inputs"]["model_name"] for n in prompt.values() if n["class_type"] == "UpscaleModelLoader"} == {UPSCALER}
+        extra += ["--models", f"{request.getfixturevalue('upscaler')}=models/upscale_models/{UPSCALER}"]
     test_copy = work / f"{workflow.stem}_{TEST_SIZE}.json"
     test_copy.write_text(json.dumps(prompt))
     output = work / f"output_{workflow.stem}"
     code, summary, log = check_pack(host, work, workflow.stem, "--no-install-requirements", "--workflow",
-                                    str(test_copy), "--inputs", str(inputs), *_models(tiny_checkpoint),
+                                    str(test_copy), "--inputs", str(inputs), *_models(tiny_checkpoint), *extra,
                                     "--output-dir", str(output), "--expect-nodes", *NODE_IDS)
     assert code == 0, f"{workflow.name} failed in ComfyUI:\n{log}"
     run = summary["workflow"]
@@ -253,9 +427,20 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
     videos = [Path(o["path"]) for o in run["outputs"] if o["path"].endswith(".mp4")]
     assert len(videos) == 1, run["outputs"]
     info = read_video_info(videos[0])
+    if seconds is None:  # TTS: the speech is what the TTS node made, saved beside the video by SaveAudio
+        (speech,) = [Path(o["path"]) for o in run["outputs"] if o["node"] == "tts_speech"]
+        tts = _decode_audio(speech)
+        match = _compare_speech(tts, _decode_audio(videos[0]))
+        print(f"\nTTS speech {speech.name} vs the MP4's audio track: {match}")
+        seconds = len(tts) / 16000
+        assert abs(match["mp4_audio_seconds"] - match["tts_seconds"]) < 0.05, match
+        assert match["waveform_correlation"] > 0.9 and match["envelope_correlation"] > 0.9, match
+        assert abs(match["lag_ms"]) < 30, match
     assert info.frames == round(seconds * 25), f"{workflow.name}: {info}"
     assert info.fps == 25.0 and info.audio_channels and info.audio_sample_rate
     assert abs(info.audio_duration - seconds) < 0.1
+    scale = UPSCALE if "UpscaleModelLoader" in types else 1
+    assert (info.width, info.height) == (TEST_SIZE * scale, TEST_SIZE * scale), info
     # every FlashHead node that reports progress reached its total
     for node in run["nodes"]:
         if "progress" in node:
@@ -303,21 +488,38 @@ def _as_returning_user(host: Path) -> None:
         settings.write_text(json.dumps({**values, "Comfy.TutorialCompleted": True}, indent=4))
 
 
-def test_ui_workflow_runs_from_the_real_frontend(installed, host, work, tiny_checkpoint, inputs):
+def _screenshot_dir(work: Path) -> Path:
+    folder = Path(os.environ.get("FLASHHEAD_SCREENSHOT_DIR") or work / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, work, tiny_checkpoint, inputs,
+                                                 monkeypatch):
     """Drop the Lite UI workflow on ComfyUI's own web page (headless Chromium), as a user would: no missing node, no
     alert; the prompt the frontend builds (what the Run button queues) equals the API copy and runs end to end.
-    (A full run rather than check_pack's --load-only, which crashes while printing its summary in this kit.)"""
+    Then, in the same ComfyUI, tests/frontend_video_player.py queues it twice from the page itself (app.queuePrompt,
+    a new seed each time): during each run the Talking Video node shows per-step JPEG previews (blob: URLs); after it
+    the node holds a <video> playing the MP4 from /view (not a preview), and a screenshot of the page is saved."""
     if _chromium() is None:
         pytest.skip("no Chromium (apt-get install -y chromium needs root and the Debian archive)")
     _as_returning_user(host)
     workflow = json.loads((REPO / "workflows" / "flashhead_lite.json").read_text())
     talking = next(n for n in workflow["nodes"] if n["type"] == "FlashHeadTalkingVideo")
     talking["widgets_values"][:2] = [TEST_SIZE, TEST_SIZE]  # width, height: the first two widgets
-    test_copy = work / "flashhead_lite_ui.json"
+    test_copy = work / f"flashhead_lite_ui_{host_spec.version}.json"
     test_copy.write_text(json.dumps(workflow))
-    code, summary, log = check_pack(host, work, "frontend", "--no-install-requirements", "--workflow", str(test_copy),
-                                    "--frontend", "--screenshot", str(work / "frontend.png"), "--inputs", str(inputs),
-                                    *_models(tiny_checkpoint), "--output-dir", str(work / "output_frontend"))
+    shots = _screenshot_dir(work)
+    player = work / f"player_{host_spec.version}.json"
+    player.write_text(json.dumps({"python": str(host / "venv" / "bin" / "python"),
+                                  "script": str(REPO / "tests" / "frontend_video_player.py"),
+                                  "args": ["--workflow", str(test_copy), "--runs", "2",
+                                           "--screenshot-prefix", str(shots / f"player_{host_spec.version}")]}))
+    monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))  # read by CHECK_PACK_RUNNER in the check_pack process
+    code, summary, log = check_pack(host, work, f"frontend_{host_spec.version}", "--no-install-requirements", "--workflow",
+                                    str(test_copy), "--frontend", "--screenshot", str(shots / f"loaded_{host_spec.version}.png"),
+                                    "--inputs", str(inputs), *_models(tiny_checkpoint),
+                                    "--output-dir", str(work / f"output_frontend_{host_spec.version}"))
     assert code == 0, f"the frontend did not load and run the Lite UI workflow cleanly:\n{log}"
     assert summary["frontend"]["missing_node_types"] == [] and summary["frontend"]["alerts"] == []
     built = summary["workflow"]["api_prompt"]
@@ -328,6 +530,32 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, work, tiny_che
     assert set(built) == set(expected)
     (video,) = [o["path"] for o in summary["workflow"]["outputs"]]
     assert video.endswith(".mp4")
+
+    # --- the player, as a user sees it
+    out = json.loads(Path(str(player) + ".out").read_text())
+    assert out["rc"] == 0, f"the player check could not drive the page:\n{out['stderr']}"
+    report = json.loads(out["stdout"].strip().splitlines()[-1])
+    print(f"\nfrontend {report.get('version')} on {host_spec.version}: screenshots "
+          + ", ".join([str(shots / f"loaded_{host_spec.version}.png")] + [r["screenshot"] for r in report["runs"]]))
+    assert report["api_found"] and report["version"] == host_spec.frontend, report
+    assert len(report["runs"]) == 2, report
+    for index, run in enumerate(report["runs"], 1):
+        where = f"run {index} on {host_spec.version}: {json.dumps(run)}"
+        assert run["status"] == "execution_success", where
+        assert run["node_executed"], where      # a new seed: the node really ran, not served from the cache
+        assert run["preview_seen"] and all(s.startswith("blob:") for s in run["preview_srcs"]), where
+        player_video = run["video"]
+        assert player_video, f"no <video> in the Talking Video node after the run: {where}"
+        assert player_video["src"].split("?")[0].endswith("/view") and ".mp4" in player_video["src"], where
+        assert "type=output" in player_video["src"] and not player_video["src"].startswith("blob:"), where
+        assert player_video["readyState"] >= 1 and player_video["duration"] > 0, where
+        rect = player_video["rect"]
+        assert player_video["videoWidth"] == TEST_SIZE and rect["width"] > 0 and rect["height"] > 0, where
+        assert 0 <= rect["x"] < 1600 and 0 <= rect["y"] < 1000, f"the player is off screen: {where}"
+        assert not [s for s in run["images_shown"] if s.startswith("blob:")], f"a preview still shows: {where}"
+    first, second = (r["video"]["src"] for r in report["runs"])
+    assert first != second, "the second run must show its own video"
+    assert report["console_errors"] == [], report["console_errors"]
 
 
 def test_node_unit_tests_pass_inside_the_host(installed, host):
