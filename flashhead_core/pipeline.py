@@ -35,10 +35,12 @@ from .video_io import AudioStream, VideoWriter, aac_can_store
 
 @dataclass
 class Pipeline:
-    """The three loaded models of one run (from `load_pipeline`, or loaded by a host such as ComfyUI)."""
+    """The three loaded models of one run (from `load_pipeline`, or loaded by a host such as ComfyUI). device:
+    where the DiT computes when a host keeps part of its weights offloaded (default: where its weights are)."""
     model: FlashHeadDiT
     vae: VideoVAE
     audio_encoder: Wav2Vec2FrameEncoder
+    device: torch.device | None = None
 
 
 def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str | torch.device = "cpu",
@@ -110,7 +112,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
     check_memory(height, width, available_memory(pipeline.vae.device) if free_memory is None else free_memory)
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
-                               sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel)
+                               sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
+                               device=pipeline.device)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
     total = video_frame_count(num_samples)
     if on_step is not None:

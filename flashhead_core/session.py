@@ -122,20 +122,25 @@ class Identity:
 
 class StreamingSession:
     """Chunked autoregressive generation for one stream. Not thread-safe: one session per stream (sessions sharing
-    a model and VAE may run in parallel threads)."""
+    a model and VAE may run in parallel threads).
+
+    device: where the DiT computes (default: where its first parameter is). A host that keeps part of the weights
+    offloaded (ComfyUI's low-VRAM modes; the layers cast each weight to the input's device) passes its compute
+    device here."""
 
     def __init__(self, model: FlashHeadDiT, vae: VideoVAE, *, height: int = 512, width: int = 512, seed: int = 0,
                  sampler: SamplerConfig = SamplerConfig(), chunk_frames: int = CHUNK_FRAMES,
                  vae_generator_seed: int | None = None,
                  progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
-                 stage: StageHook = untimed):
+                 stage: StageHook = untimed, device: torch.device | str | None = None):
         check_vae_matches_model(vae, model.config)
         check_size(height, width, model.config.spatial_multiple)
         self.model, self.vae, self.sampler = model, vae, sampler
         self.config = model.config
         self.height, self.width = height, width
         self.chunk_frames = chunk_frames  # 33 in the product; the reference fixtures use fewer
-        self.device, self.dtype = next(model.parameters()).device, model.dtype
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = model.dtype
         self.timesteps = shifted_timesteps(sampler, self.dtype).to(self.device)
         # Noise is drawn on the CPU in float32 and then cast: the same seed gives the same noise on any device.
         self.noise_generator = torch.Generator().manual_seed(check_seed(seed))

@@ -123,7 +123,7 @@ class FlashHeadSampler(io.ComfyNode):
         progress = _host.StepProgress(sampler.steps)
         session = StreamingSession(model.dit, vae.vae, height=height, width=width, seed=seed, sampler=sampler,
                                    progress=lambda chunk, step: progress.step(chunk, step, chunks),
-                                   should_cancel=_host.interrupted)
+                                   should_cancel=_host.interrupted, device=model.patcher.load_device)
         out = torch.empty((total, height, width, 3), dtype=torch.float32, device=_host.output_device())
         latents = []
 

@@ -52,7 +52,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
         prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
         path, filename, subfolder = _host.output_file(filename_prefix, width, height, "mp4")
         progress = _host.StepProgress(SamplerConfig().steps)
-        pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder)
+        pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder, device=model.patcher.load_device)
         cancelled_as_interrupt(lambda: write_talking_video(
             pipeline, image, audio, path, height=height, width=width, seed=seed, mode=mode,
             color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
