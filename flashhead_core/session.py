@@ -38,11 +38,9 @@ BYTES_PER_PIXEL_FRAME = 144
 def memory_estimate(height: int, width: int, chunk_frames: int = CHUNK_FRAMES) -> int:
     """Bytes one chunk needs beside the weights at height x width: BYTES_PER_PIXEL_FRAME * H * W * chunk_frames.
 
-    Method: one-chunk Lite and Pro runs (tiny random-weight checkpoints, CPU, float32, tiled decode on) at 256, 512
-    and 1024 pixels square; the peak RSS above the RSS after loading, fitted as a line in H * W * 33 (the decoded
-    chunk in float32, its colour correction, the IMAGE copy, the MP4 encoder's frame). Measured: Lite 534 MB at 512,
-    1507 MB at 1024 (39 bytes per pixel and frame); Pro 325 MB at 256, 1164 MB at 512 (136: its whole-frame decode
-    below the tiling threshold). The larger slope, rounded up, is BYTES_PER_PIXEL_FRAME. The released models add their decoder activations, which the tiled decode bounds."""
+    BYTES_PER_PIXEL_FRAME is the larger of the Lite and Pro slopes measured by `flashhead bench chunk-memory` (peak
+    RSS of a one-chunk run above the RSS after loading, fitted as a line in H * W * 33), rounded up; the figures and
+    the method are in docs/performance.md."""
     return BYTES_PER_PIXEL_FRAME * height * width * chunk_frames
 
 

@@ -312,8 +312,6 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
 def bench_stream(args: argparse.Namespace) -> dict:
     """The whole job (tiny random checkpoint, synthetic portrait and speech, MP4 written incrementally): frames per
     second and the process's peak RSS. Run it for two lengths (or `bench stream-memory`) to see memory stay flat."""
-
-
     height, width = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
         tmp = Path(tmp)
@@ -348,6 +346,46 @@ def bench_stream_memory(args: argparse.Namespace) -> dict:
             "ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 3), "long_fps": long["fps"]}
 
 
+def _chunk_memory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro", "both"], default="both")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square sizes in pixels")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child's single measurement
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def bench_chunk_memory(args: argparse.Namespace) -> dict:
+    """Working memory of one chunk beside the loaded weights, the figure behind `session.BYTES_PER_PIXEL_FRAME`:
+    for each variant and size, a fresh process loads a tiny checkpoint (RSS after loading), generates one chunk
+    (peak RSS) and the difference is fitted as bytes per output pixel and chunk frame (a line through the sizes)."""
+    if args.one is not None:
+        variant = args.variant
+        with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
+            tmp = Path(tmp)
+            pipeline = load_pipeline(write_tiny_checkpoint(tmp, variant), variant=variant, device=args.device)
+            image = synthetic_portrait(tmp / "face.png")
+            speech = write_wav(tmp / "speech.wav", synthetic_speech(PRESETS[variant].new_frames / 25))
+            loaded = _rss_mb()
+            write_talking_video(pipeline, image, speech, tmp / "out.mp4", height=args.one, width=args.one)
+        return {"extra_mb": round(peak_memory_mb(torch.device("cpu")) - loaded, 1)}
+    results = {}
+    for variant in (["lite", "pro"] if args.variant == "both" else [args.variant]):
+        extra = {}
+        for size in args.sizes:
+            command = [sys.executable, "-m", "flashhead_core", "bench", "chunk-memory", "--variant", variant,
+                       "--one", str(size), "--device", args.device]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            extra[size] = json.loads(output.strip().splitlines()[-1])["extra_mb"]
+        pixels = [size * size * CHUNK_FRAMES for size in args.sizes]
+        slope = np.polyfit(pixels, [extra[s] * 2**20 for s in args.sizes], 1)[0] if len(pixels) > 1 else \
+            extra[args.sizes[0]] * 2**20 / pixels[0]
+        results[variant] = {"extra_mb": extra, "bytes_per_pixel_frame": round(float(slope), 1)}
+    return {"chunk_memory": results, "note": "tiny random-weight checkpoints, float32, tiled decode on"}
+
+
 # name -> (function(args) -> dict of results, function(parser) adding its options)
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]] = {
     "dit": (bench_dit, _dit_options),
@@ -356,4 +394,5 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argpars
     "e2e": (bench_e2e, _e2e_options),
     "stream": (bench_stream, _stream_options),
     "stream-memory": (bench_stream_memory, _stream_memory_options),
+    "chunk-memory": (bench_chunk_memory, _chunk_memory_options),
 }
