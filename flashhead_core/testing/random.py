@@ -15,6 +15,7 @@ from ..attention import resolve_backend
 from ..audio.wav2vec2 import BASE_960H_CONFIG, Wav2Vec2FrameEncoder, wav2vec2_config
 from ..model import FlashHeadDiT
 from ..vae.ltx import VERSION_090, LtxVAE
+from ..vae import ltx, wan
 from ..vae.wan import WanVAE
 from ..weights import build_on_meta
 
@@ -62,9 +63,12 @@ def _random(factory: Callable[[], nn.Module], seed: int, device, dtype) -> nn.Mo
 
 
 def random_wan_vae(base_dim: int = 96, *, seed: int = 0, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, tiling: bool = True) -> WanVAE:
-    """A Wan2.1 VAE (released size by default) with random weights."""
-    return WanVAE(_random(lambda: AutoencoderKLWan(base_dim=base_dim, z_dim=16), seed, device, dtype), tiling)
+                   dtype: torch.dtype = torch.float32, tiling: bool = True, operations=None) -> WanVAE:
+    """A Wan2.1 VAE (released size by default) with random weights (operations: as in load_vae)."""
+    model = _random(lambda: AutoencoderKLWan(base_dim=base_dim, z_dim=16), seed, device, dtype)
+    if operations is not None:
+        wan.use_operations(model, operations)
+    return WanVAE(model, tiling)
 
 
 def ltx_kwargs(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tuple[int, ...] = (4, 3, 3, 3, 4)) -> dict:
@@ -75,10 +79,14 @@ def ltx_kwargs(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tuple[i
 
 def random_ltx_vae(channels: tuple[int, ...] = (128, 256, 512, 512), layers: tuple[int, ...] = (4, 3, 3, 3, 4), *,
                    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   tiling: bool = True) -> LtxVAE:
-    """An LTX-Video 0.9.0 VAE (released size by default) with random weights and random latent statistics."""
+                   tiling: bool = True, operations=None) -> LtxVAE:
+    """An LTX-Video 0.9.0 VAE (released size by default) with random weights and random latent statistics
+    (operations: as in load_vae)."""
     kwargs = ltx_kwargs(channels, layers)
-    return LtxVAE(_random(lambda: AutoencoderKLLTXVideo(**kwargs), seed, device, dtype), tiling)
+    model = _random(lambda: AutoencoderKLLTXVideo(**kwargs), seed, device, dtype)
+    if operations is not None:
+        ltx.use_operations(model, operations)
+    return LtxVAE(model, tiling)
 
 
 def random_dit(config, device: torch.device, dtype: torch.dtype, attention: str = "auto"):

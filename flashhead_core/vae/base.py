@@ -41,12 +41,18 @@ class VideoVAE:
 
     def __init__(self, model: nn.Module, tiling: bool = True):
         self.model = model
+        # Where encode/decode compute (inputs are moved there); None: where the network's first parameter is. A host
+        # that keeps part of the network offloaded (ComfyUI, with `operations`) sets its compute device here.
+        self.execution_device: torch.device | None = None
         self.tiling = tiling  # decode frames with a side above tile_pixels tile by tile (bounded memory, exact)
         self.tile_pixels = TILE_PIXELS  # the largest tile core, in output pixels (the halo comes on top)
 
     # Read from the network each time, so the wrapper follows it when a host (ComfyUI) moves it between devices.
     @property
     def device(self) -> torch.device:
+        """The compute device: `execution_device` when set, else the first parameter's device."""
+        if self.execution_device is not None:
+            return torch.device(self.execution_device)
         return next(self.model.parameters()).device
 
     @property

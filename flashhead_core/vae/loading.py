@@ -37,16 +37,19 @@ NEEDED_VAE = {"pro": f"the Wan2.1 VAE ({VAE_WAN_FILE})", "lite": f"the LTX-Video
 
 
 def load_vae(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-             variant: str = "auto", tiling: bool = True) -> VideoVAE:
+             variant: str = "auto", tiling: bool = True, operations=None) -> VideoVAE:
     """Load the Wan2.1 or LTX-Video VAE from any accepted layout (module docstring). variant: "auto", "pro" (Wan)
     or "lite" (LTX); a file of the other kind is an error. tiling: the exact tiled decode above 512x512 (False:
-    always decode whole frames)."""
+    always decode whole frames). operations: None (diffusers' torch.nn layers, as built) or a namespace such as
+    comfy.ops.manual_cast or flashhead_core.layers: the network's Conv/Linear/norm layers are re-classed onto it in
+    place after loading (flashhead_core.layers.use_operations), so a host can keep weights offloaded and cast them
+    per layer."""
     if variant not in ("auto", "lite", "pro"):
         raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
     file, config_json = find_vae_file(path, variant)
     source = _open(file)
     return vae_from_state_dict(source, config_json=config_json, device=device, dtype=dtype, variant=variant,
-                               tiling=tiling, origin=str(file))
+                               tiling=tiling, origin=str(file), operations=operations)
 
 
 def find_vae_file(path: str | Path, variant: str = "auto") -> tuple[Path, dict | None]:
@@ -97,8 +100,8 @@ def _open(file: Path) -> SafetensorsSource | DictSource:
 def vae_from_state_dict(source: SafetensorsSource | DictSource | dict[str, torch.Tensor], *,
                         config_json: dict | None = None, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, variant: str = "auto", tiling: bool = True,
-                        origin: str = "state dict") -> VideoVAE:
-    """Recognise the VAE in a state dict (any accepted key layout) and build it."""
+                        origin: str = "state dict", operations=None) -> VideoVAE:
+    """Recognise the VAE in a state dict (any accepted key layout) and build it (operations: as in load_vae)."""
     if isinstance(source, dict):
         source = DictSource(source)
     families = {"wan": wan, "ltx": ltx}
@@ -118,7 +121,7 @@ def vae_from_state_dict(source: SafetensorsSource | DictSource | dict[str, torch
     state = {k: source.get(prefix + k) for k in shapes}
     try:
         return module.from_state_dict(state, layout, config_json=config_json, device=device, dtype=dtype,
-                                      tiling=tiling)
+                                      tiling=tiling, operations=operations)
     except CheckpointError as e:
         raise CheckpointError(f"{origin}: {e}") from e
 

@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKLLTXVideo
 
 from ..errors import CheckpointError
+from ..layers import use_operations
 from ..weights import build_on_meta, require_keys
 from .base import VideoVAE
 from .keymap import KeyMap, check_config_json
@@ -90,7 +91,9 @@ def to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json: dict | None = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    tiling: bool = True) -> "LtxVAE":
+                    tiling: bool = True, operations=None) -> "LtxVAE":
+    """operations: None (diffusers' torch.nn layers) or a namespace (comfy.ops.manual_cast, flashhead_core.layers)
+    the Conv3d and LayerNorm layers are re-classed onto (`use_operations`); RMS norms have no weights here."""
     timestep = [k for k in state if any(t in k for t in _TIMESTEP_KEYS)]
     if timestep:
         raise CheckpointError(f"this is an LTX-Video 0.9.1 or later VAE (timestep-conditioned decoder: {timestep[0]});"
@@ -104,6 +107,8 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
     check_config_json(config_json, kwargs, "AutoencoderKLLTXVideo", WHAT)
     model = build_on_meta(lambda: AutoencoderKLLTXVideo(**kwargs), state, device=device, dtype=dtype, what=WHAT,
                           file_names=KEYS.to_original if layout == "original" else str)
+    if operations is not None:
+        use_operations(model, operations)
     return LtxVAE(model, tiling)
 
 
@@ -116,8 +121,11 @@ class LtxVAE(VideoVAE):
         self.sample_posterior = sample_posterior  # True: the official stochastic encode
 
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std), each [1, 128, 1, 1, 1]: the network's buffers, wherever it is."""
-        return self.model.latents_mean.view(1, -1, 1, 1, 1), self.model.latents_std.view(1, -1, 1, 1, 1)
+        """(mean, std), each [1, 128, 1, 1, 1]: the network's buffers, on the compute device (a host keeping the
+        network partly offloaded may leave the root's buffers elsewhere)."""
+        device = self.device
+        return (self.model.latents_mean.view(1, -1, 1, 1, 1).to(device),
+                self.model.latents_std.view(1, -1, 1, 1, 1).to(device))
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None,

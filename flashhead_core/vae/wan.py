@@ -18,12 +18,14 @@ diffusers' names. `KEYS` maps one to the other.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d
+from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d, WanRMS_norm
 
+from .. import layers
 from ..errors import CheckpointError
 from ..weights import build_on_meta, require_keys
 from .base import VideoVAE
@@ -78,7 +80,9 @@ def model_kwargs(shapes: dict[str, tuple[int, ...]]) -> dict:
 
 def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json: dict | None = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    tiling: bool = True) -> "WanVAE":
+                    tiling: bool = True, operations=None) -> "WanVAE":
+    """operations: None (diffusers' torch.nn layers) or a namespace (comfy.ops.manual_cast, flashhead_core.layers):
+    see `use_operations`."""
     if layout == "original":
         state = {KEYS.to_diffusers(k): v for k, v in state.items()}
     kwargs = model_kwargs({k: tuple(v.shape) for k, v in state.items()})
@@ -88,7 +92,34 @@ def from_state_dict(state: dict[str, torch.Tensor], layout: str, *, config_json:
     check_config_json(config_json, kwargs, "AutoencoderKLWan", WHAT)
     model = build_on_meta(lambda: AutoencoderKLWan(**kwargs), state, device=device, dtype=dtype, what=WHAT,
                           file_names=KEYS.to_original if layout == "original" else str)
+    if operations is not None:
+        use_operations(model, operations)
     return WanVAE(model, tiling)
+
+
+def use_operations(model: AutoencoderKLWan, operations) -> int:
+    """Re-class the network onto `operations` (layers.use_operations: WanCausalConv3d -> operations.Conv3d, the
+    attention's and resamplers' Conv2d -> operations.Conv2d), and its RMS norms, which no namespace has, onto
+    `OffloadableRMSNorm` (gains moved to the input's device per call). Returns how many Conv layers were re-classed."""
+    count = layers.use_operations(model, operations)
+    for module in model.modules():
+        if type(module) is WanRMS_norm:
+            module.__class__ = OffloadableRMSNorm
+    return count
+
+
+class OffloadableRMSNorm(WanRMS_norm):
+    """diffusers' WanRMS_norm whose gain (and bias) may be on another device than the input, as a host that keeps
+    part of the network offloaded leaves them: moved to the input's device for the call (dtype kept), then diffusers'
+    own forward runs, so the arithmetic is unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        if self.gamma.device == x.device and (not isinstance(bias, torch.Tensor) or bias.device == x.device):
+            return super().forward(x)
+        moved = SimpleNamespace(channel_first=self.channel_first, scale=self.scale, gamma=self.gamma.to(x.device),
+                                bias=bias.to(x.device) if isinstance(bias, torch.Tensor) else bias)
+        return WanRMS_norm.forward(moved, x)
 
 
 class WanVAE(VideoVAE):
