@@ -230,8 +230,8 @@ def load_to_device(partial=(), whole=(), memory_required: int = 0) -> None:
 
     partial: patchers ComfyUI may load only in part (lowvram, --novram): modules built with `operations()`, whose
     layers cast offloaded weights over per call. They are loaded first, with room kept for the `whole` ones.
-    whole: patchers of modules without ComfyUI's casting layers (the diffusers VAEs, transformers' wav2vec2, a DiT
-    built without `operations()`): loaded with force_full_load; if ComfyUI still left part of one on the offload
+    whole: patchers of modules without ComfyUI's casting layers (transformers' wav2vec2, a DiT from a scaled-fp8
+    file, built with flashhead_core.layers): loaded with force_full_load; if ComfyUI still left part of one on the offload
     device (--novram puts every model in lowvram mode), that is said plainly instead of failing later on a device
     mismatch."""
     partial, whole = list(partial), list(whole)

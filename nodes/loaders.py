@@ -232,7 +232,9 @@ class FlashHeadVAELoader(io.ComfyNode):
         path = _host.resolve_option(vae, "FlashHead VAE", WHERE_VAE)
         load_device, offload_device = _host.mm.vae_device(), _host.mm.vae_offload_device()
         dtype = _host.mm.vae_dtype(load_device, allowed_dtypes=[torch.bfloat16])  # bf16 as released, else fp32
-        loaded = load_vae(path, device=offload_device, dtype=dtype, tiling=tiled_decode)
+        # ComfyUI's casting layers, so it may keep part of the VAE offloaded; it computes on the load device.
+        loaded = load_vae(path, device=offload_device, dtype=dtype, tiling=tiled_decode, operations=_host.operations())
+        loaded.execution_device = load_device
         return io.NodeOutput(FlashHeadVAE(_host.make_patcher(loaded.model, load_device, offload_device), loaded, vae))
 
 

@@ -60,9 +60,9 @@ def prepare_models(model, vae, width: int, height: int, also_load=()) -> None:
     _host.require_host()
     check_size(height, width, model.config.spatial_multiple)
     check_vae_matches_model(vae.vae, model.config)
-    # The DiT may stay partly offloaded (ComfyUI's casting layers); the VAE and wav2vec2 load whole.
-    _host.load_to_device(partial=[model.patcher] if model.offloadable else [],
-                         whole=[vae.patcher, *also_load] + ([] if model.offloadable else [model.patcher]),
+    # The DiT and the VAE may stay partly offloaded (ComfyUI's casting layers); wav2vec2 loads whole.
+    _host.load_to_device(partial=[vae.patcher] + ([model.patcher] if model.offloadable else []),
+                         whole=[*also_load] + ([] if model.offloadable else [model.patcher]),
                          memory_required=memory_estimate(height, width))
     check_memory(height, width, _host.free_memory(vae.vae.device))
 
@@ -173,7 +173,7 @@ class FlashHeadVAEDecode(io.ComfyNode):
                              f"for this VAE, got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the "
                              f"LTX VAE, a Pro LATENT 16 and the Wan2.1 VAE)")
         height, width = samples.shape[-2] * run_vae.stride[1], samples.shape[-1] * run_vae.stride[2]
-        _host.load_to_device(whole=[vae.patcher], memory_required=memory_estimate(height, width))
+        _host.load_to_device(partial=[vae.patcher], memory_required=memory_estimate(height, width))
         check_memory(height, width, _host.free_memory(run_vae.device))
         pieces, done = [], 0
         total = layout["total_frames"] if layout else None
