@@ -20,13 +20,35 @@ const dropWidgets = (node, names) => {
   }
 };
 
+// A preview can still land after the node has executed (its image loads asynchronously, or a last preview message
+// is handled after "executed"): until the node runs again, preview (blob:) images are refused and the store entry
+// that would bring them back is dropped, so the player stays alone.
+const isPreview = (imgs) => Array.isArray(imgs) && imgs.some((img) => String(img?.src ?? "").startsWith("blob:"));
+
 app.registerExtension({
   name: "FlashHead.TalkingVideo",
+  nodeCreated(node) {
+    if (node.comfyClass !== TYPE) return;
+    let imgs = node.imgs;
+    Object.defineProperty(node, "imgs", {
+      configurable: true,
+      enumerable: true,
+      get: () => imgs,
+      set(value) {
+        if (node.flashHeadFinished && isPreview(value)) {
+          delete app.nodePreviewImages?.[locator(node)];
+          return;
+        }
+        imgs = value;
+      },
+    });
+  },
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== TYPE) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function () {
       onExecuted?.apply(this, arguments);
+      this.flashHeadFinished = true;
       delete app.nodePreviewImages?.[locator(this)];
       this.imgs = undefined;
       this.preview = undefined;
@@ -38,6 +60,7 @@ app.registerExtension({
     api.addEventListener("executing", ({ detail }) => {
       const node = detail != null && app.graph.getNodeById(detail);
       if (!node || node.comfyClass !== TYPE) return;
+      node.flashHeadFinished = false;
       delete app.nodeOutputs?.[locator(node)];
       node.images = undefined;
       node.animatedImages = false;
