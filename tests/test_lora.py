@@ -1,0 +1,191 @@
+"""LoRAs on the DiT (flashhead_core.lora): the published key layouts (PEFT/diffusers lora_A/lora_B, kohya
+lora_down/lora_up + alpha, ComfyUI's diffusion_model. prefix, diffusers' Wan module names, diff/diff_b), written by
+hand here (peft is not a dependency), applied to the tiny DiT: its output equals the model whose weights were merged
+by the formula W + strength * alpha / rank * up @ down. fp8-stored weights take the on-the-fly path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flashhead_core.checkpoint import load_dit
+from flashhead_core.errors import FlashHeadError
+from flashhead_core.lora import LoRAError, apply_loras, merged_state_dict, parse_lora, parse_lora_option, read_lora
+from flashhead_core.testing.dit import write_tiny_dit
+
+RANK = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_pro(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora_ckpt")
+    write_tiny_dit(root, "pro", seed=3)
+    return root / "Model_Pro"
+
+
+def _inputs(model, frames=2, size=64, seed=0):
+    config = model.config
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, config.out_dim, frames, size // config.vae_stride[1], size // config.vae_stride[2])
+    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
+    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
+
+
+def _flow(model, inputs):
+    z, t, ref, windows = inputs
+    with torch.no_grad():
+        return model(z.to(model.dtype), t, ref.to(model.dtype), model.audio_proj(windows.to(model.dtype))).float()
+
+
+# Released module names -> (out, in) of the tiny DiT (dim 128, ffn 256).
+MODULES = {"blocks.0.self_attn.q": (128, 128), "blocks.1.cross_attn.o": (128, 128), "blocks.0.ffn.0": (256, 128),
+           "blocks.1.ffn.2": (128, 256)}
+DIFFUSERS = {"blocks.0.self_attn.q": "blocks.0.attn1.to_q", "blocks.1.cross_attn.o": "blocks.1.attn2.to_out.0",
+             "blocks.0.ffn.0": "blocks.0.ffn.net.0.proj", "blocks.1.ffn.2": "blocks.1.ffn.net.2"}
+
+
+def _pairs(seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    return {m: (scale * torch.randn(o, RANK, generator=g), scale * torch.randn(RANK, i, generator=g))
+            for m, (o, i) in MODULES.items()}
+
+
+def lora_state_dict(fmt: str, pairs: dict, alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """A LoRA in one published layout."""
+    sd = {}
+    for module, (up, down) in pairs.items():
+        if fmt == "kohya":
+            stem = "lora_unet_" + module.replace(".", "_")
+            sd |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+        else:
+            stem = {"peft": f"base_model.model.{module}", "comfy": f"diffusion_model.{module}",
+                    "diffusers": f"transformer.{DIFFUSERS[module]}", "plain": module}[fmt]
+            sd |= {f"{stem}.lora_A.weight": down, f"{stem}.lora_B.weight": up}
+        if alpha is not None:
+            sd[f"{stem}.alpha"] = torch.tensor(alpha)
+    return sd
+
+
+def _reference(path, loras, dtype=torch.float32):
+    """The model with the merged weights (by the formula), loaded fresh."""
+    model = load_dit(path, dtype=dtype)
+    merged = merged_state_dict(model, loras)
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in merged.items()})
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["peft", "comfy", "diffusers", "kohya", "plain"])
+def test_each_key_format_gives_the_merged_model(tiny_pro, fmt):
+    pairs = _pairs()
+    alpha = 2.0 if fmt in ("kohya", "comfy") else None
+    model = load_dit(tiny_pro)
+    lora = parse_lora(lora_state_dict(fmt, pairs, alpha), model, name=fmt, strength=0.7)
+    assert set(lora.patches) == set(MODULES) and not lora.skipped
+    inputs = _inputs(model)
+    before = _flow(model, inputs)
+    assert set(apply_loras(model, [lora]).values()) == {"merged"}
+    # by hand: W + strength * alpha / rank * up @ down
+    expected_q = load_dit(tiny_pro).blocks[0].self_attn.q.weight + \
+        0.7 * (alpha / RANK if alpha else 1.0) * pairs["blocks.0.self_attn.q"][0] @ pairs["blocks.0.self_attn.q"][1]
+    torch.testing.assert_close(model.blocks[0].self_attn.q.weight, expected_q)
+    after = _flow(model, inputs)
+    torch.testing.assert_close(after, _flow(_reference(tiny_pro, [lora]), inputs))
+    assert not torch.allclose(after, before)
+
+
+def test_formats_agree_and_loras_chain_with_their_strengths(tiny_pro, tmp_path):
+    model = load_dit(tiny_pro)
+    kohya = parse_lora(lora_state_dict("kohya", _pairs(), alpha=RANK), model, strength=1.0)
+    peft = parse_lora(lora_state_dict("peft", _pairs()), model, strength=1.0)
+    for module in MODULES:
+        torch.testing.assert_close(kohya.patches[module].up, peft.patches[module].up)
+        assert kohya.patches[module].lora_scale() == peft.patches[module].lora_scale() == 1.0
+    save_file(lora_state_dict("comfy", _pairs(seed=1), alpha=8.0), str(tmp_path / "a.safetensors"))
+    save_file(lora_state_dict("kohya", _pairs(seed=2)), str(tmp_path / "b.safetensors"))
+    loras = [read_lora(tmp_path / "a.safetensors", model, 0.5), read_lora(tmp_path / "b.safetensors", model, -1.0)]
+    inputs = _inputs(model)
+    reference = _flow(_reference(tiny_pro, loras), inputs)
+    apply_loras(model, loras)
+    torch.testing.assert_close(_flow(model, inputs), reference)
+
+
+def test_strength_zero_changes_nothing(tiny_pro):
+    model = load_dit(tiny_pro)
+    inputs = _inputs(model)
+    before = _flow(model, inputs)
+    apply_loras(model, [parse_lora(lora_state_dict("peft", _pairs()), model, strength=0.0)])
+    torch.testing.assert_close(_flow(model, inputs), before, rtol=0, atol=0)
+
+
+def test_full_deltas_diff_and_diff_b(tiny_pro):
+    model = load_dit(tiny_pro)
+    g = torch.Generator().manual_seed(5)
+    sd = {"diffusion_model.blocks.0.norm3.diff": 0.1 * torch.randn(128, generator=g),
+          "diffusion_model.blocks.0.self_attn.k.diff": 0.01 * torch.randn(128, 128, generator=g),
+          "diffusion_model.blocks.0.self_attn.k.diff_b": 0.01 * torch.randn(128, generator=g)}
+    lora = parse_lora(sd, model, strength=0.5)
+    inputs = _inputs(model)
+    reference = _flow(_reference(tiny_pro, [lora]), inputs)
+    apply_loras(model, [lora])
+    torch.testing.assert_close(_flow(model, inputs), reference)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_weights_take_the_lora_on_the_fly(tiny_pro, weight_dtype):
+    """fp8-stored Linear weights are not merged (the delta would round away in 3 mantissa bits): a forward hook adds
+    the low-rank path. The output equals the model whose weights are the dequantised fp8 values plus the delta,
+    in float32."""
+    pairs = _pairs(scale=0.02)
+    model = load_dit(tiny_pro, dtype=torch.float32, weight_dtype=weight_dtype)
+    stored = model.blocks[0].self_attn.q.weight.clone()
+    lora = parse_lora(lora_state_dict("comfy", pairs, alpha=2.0), model, strength=0.8)
+    assert set(apply_loras(model, [lora]).values()) == {"on the fly"}
+    assert torch.equal(model.blocks[0].self_attn.q.weight.view(torch.uint8), stored.view(torch.uint8))
+    reference = load_dit(tiny_pro, dtype=torch.float32)
+    dequantised = {k: v.float() for k, v in model.state_dict().items()}
+    reference.load_state_dict(dequantised)
+    reference.load_state_dict({k: v for k, v in merged_state_dict(reference, [lora]).items()})
+    inputs = _inputs(model)
+    torch.testing.assert_close(_flow(model, inputs), _flow(reference, inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_skippable_wan_modules_are_listed_not_applied(tiny_pro):
+    model = load_dit(tiny_pro)
+    sd = lora_state_dict("comfy", _pairs()) | {
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_A.weight": torch.zeros(RANK, 128),
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_B.weight": torch.zeros(128, RANK),
+        "diffusion_model.text_embedding.0.lora_A.weight": torch.zeros(RANK, 4096),
+        "diffusion_model.img_emb.proj.1.lora_A.weight": torch.zeros(RANK, 1280),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(RANK, 8)}
+    lora = parse_lora(sd, model)
+    assert set(lora.patches) == set(MODULES) and len(lora.skipped) == 5
+
+
+def test_a_lora_for_another_model_is_refused_with_the_keys_named(tiny_pro, tmp_path):
+    model = load_dit(tiny_pro)
+    with pytest.raises(LoRAError, match="match no layer.*down_blocks_0_attn"):  # an SD LoRA
+        parse_lora({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
+                    "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4)}, model)
+    wide = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(RANK, 5120),
+            "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(5120, RANK)}
+    with pytest.raises(LoRAError, match="another model.*5120"):  # Wan 14B
+        parse_lora(wide, model)
+    with pytest.raises(LoRAError, match="none of its"):
+        parse_lora({"diffusion_model.img_emb.proj.1.lora_A.weight": torch.zeros(RANK, 1280)}, model)
+    with pytest.raises(LoRAError, match="one half"):
+        parse_lora({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(RANK, 128)}, model)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LoRAError, match="not a readable"):
+        read_lora(tmp_path / "bad.safetensors", model)
+    with pytest.raises(LoRAError, match="not found"):
+        read_lora(tmp_path / "missing.safetensors", model)
+    with pytest.raises(FlashHeadError, match="strength"):
+        parse_lora(lora_state_dict("peft", _pairs()), model, strength=float("nan"))
+
+
+def test_cli_option_parsing():
+    assert parse_lora_option("style.safetensors:0.8") == ("style.safetensors", 0.8)
+    assert parse_lora_option("style.safetensors") == ("style.safetensors", 1.0)
+    assert parse_lora_option("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)
+    assert parse_lora_option("C:\\loras\\a.safetensors:-0.5") == ("C:\\loras\\a.safetensors", -0.5)
