@@ -46,6 +46,15 @@ class DownloadError(FlashHeadError):
     """The weights could not be downloaded; the message carries the commands to fetch them by hand."""
 
 
+class ContinuationError(FlashHeadError):
+    """A continuation state that cannot continue this run: another variant, size, dtype or audio context, or a state
+    from once mode (which cannot continue exactly)."""
+
+
+class BatchError(InputError):
+    """Batched streams that do not pair up: unequal counts of portraits and audio tracks, or no stream at all."""
+
+
 def check_range(value, name: str, low: float, high: float, fix: str = "") -> float:
     """A finite real number in [low, high], else InputError naming `name`, the value and the range (+ `fix`)."""
     hint = f" ({fix})" if fix else ""

@@ -28,6 +28,7 @@ from .model import FlashHeadDiT
 from .release import AUDIO_DIR
 from .sampler import SamplerConfig
 from .session import StreamingSession, available_memory, check_memory
+from .state import check_continuation, continuation_run, once_mode_state, resume
 from .streaming import chunk_count, stream_talking_head, video_frame_count
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .video_io import AudioStream, VideoWriter, aac_can_store
@@ -97,7 +98,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
                         on_chunk: Callable[[int, int, float], None] | None = None,
                         on_frames: Callable[[torch.Tensor, int, int], None] | None = None,
                         on_step: Callable[[int, int, int], None] | None = None,
-                        should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None) -> dict:
+                        should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None,
+                        continue_from=None, on_state: Callable[[object], None] | None = None) -> dict:
     """Generate and write the MP4 incrementally; returns a summary dict.
 
     image: anything `image.load_image` takes; audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
@@ -106,7 +108,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     total) after each chunk; on_step(chunk, step, chunks in all) before each denoising step; should_cancel() is
     polled inside every long stage. free_memory: bytes free for the run on the VAE's device (default: measured), checked against
     `session.memory_estimate` before anything runs. The MP4 appears only when complete: on error or cancellation
-    nothing is left behind.
+    nothing is left behind. continue_from: a `state.ContinuationState` to continue (stream mode; checked before
+    anything runs; the seed is then unused); on_state(state) receives the state the run ends in (flashhead_core/state.py).
     """
     # The cheap checks first (size, memory, seed, model/VAE pair), then the audio, checked in full (the model hears
     # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
@@ -114,21 +117,32 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
                                device=pipeline.device)
+    if continue_from is not None:
+        check_continuation(continue_from, session, mode, context_seconds)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
-    total = video_frame_count(num_samples)
+    total, run = video_frame_count(num_samples), None
+    if continue_from is not None or on_state is not None:
+        run = continuation_run(session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples,
+                               continue_from, image)
+        total = run.total_frames
     if on_step is not None:
         chunks = chunk_count(total, mode, session.config.new_frames)
         session.progress = lambda chunk, step: on_step(chunk, step, chunks)
-    session.add_identity("reference", image)
+    if continue_from is None:
+        session.add_identity("reference", image)
+    else:
+        resume(session, continue_from, image, context_seconds)
     start = time.perf_counter()
     with VideoWriter(out, width, height, fps=FPS, audio=soundtrack) as writer:
-        for frames in stream_talking_head(session, pipeline.audio_encoder, speech, mode, context_seconds,
-                                          num_samples):
+        for frames in run if run is not None else stream_talking_head(
+                session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples):
             writer.write(frames)
             if on_frames is not None:
                 on_frames(frames, writer.frames_written, total)
             if on_chunk is not None:
                 on_chunk(writer.frames_written, total, time.perf_counter() - start)
     seconds = time.perf_counter() - start
+    if on_state is not None:
+        on_state(run.state if run.state is not None else once_mode_state(session, total))
     return {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
             "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}
