@@ -189,3 +189,24 @@ def test_cli_option_parsing():
     assert parse_lora_option("style.safetensors") == ("style.safetensors", 1.0)
     assert parse_lora_option("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)
     assert parse_lora_option("C:\\loras\\a.safetensors:-0.5") == ("C:\\loras\\a.safetensors", -0.5)
+
+
+def test_cli_lora(tmp_path, capsys):
+    from flashhead_core.testing import write_tiny_checkpoint
+    from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
+    from flashhead_core.tools.cli import main
+
+    root = write_tiny_checkpoint(tmp_path / "ckpt", "pro")
+    image = synthetic_portrait(tmp_path / "face.png", 96)
+    wav = write_wav(tmp_path / "s.wav", synthetic_speech(0.5))
+    save_file(lora_state_dict("kohya", _pairs(), alpha=2.0), str(tmp_path / "k.safetensors"))
+    save_file(lora_state_dict("comfy", _pairs(seed=1)) | {
+        "diffusion_model.img_emb.proj.1.lora_A.weight": torch.zeros(RANK, 8)}, str(tmp_path / "c.safetensors"))
+    base = ["generate", "--checkpoint", str(root), "--image", str(image), "--audio", str(wav), "--size", "64x64",
+            "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "a.mp4"), "--lora", f"{tmp_path / 'k.safetensors'}:0.5",
+                        "--lora", str(tmp_path / "c.safetensors")]) == 0
+    assert (tmp_path / "a.mp4").is_file() and "skipped 1 keys" in capsys.readouterr().err
+    save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 4)}, str(tmp_path / "sd.safetensors"))
+    assert main(base + ["--out", str(tmp_path / "b.mp4"), "--lora", str(tmp_path / "sd.safetensors")]) == 1
+    assert "match no layer" in capsys.readouterr().err and not (tmp_path / "b.mp4").exists()

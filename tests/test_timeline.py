@@ -135,3 +135,28 @@ def test_bad_timeline_fails_before_any_chunk_and_writes_nothing(pipeline, tmp_pa
             write_timeline_video(pipeline, Timeline.of(timeline), track(samples), out / "x.mp4", height=SIZE,
                                  width=SIZE, on_step=lambda *a: steps.append(a))
     assert steps == [] and list(out.iterdir()) == []
+
+
+def test_cli_timeline(pipeline, tmp_path, capsys):
+    if pipeline.model.config.variant != "pro":
+        pytest.skip("one variant is enough")
+    from PIL import Image
+
+    from flashhead_core.testing.media import write_wav
+    from flashhead_core.tools.cli import main
+
+    root = write_tiny_checkpoint(tmp_path / "ckpt", "pro")
+    for i in (1, 2):
+        Image.fromarray((portrait(i)[0].numpy() * 255).astype("uint8")).save(tmp_path / f"f{i}.png")
+    wav = write_wav(tmp_path / "s.wav", synthetic_speech(2.0))
+    base = ["generate", "--checkpoint", str(root), "--audio", str(wav), "--size", f"{SIZE}x{SIZE}", "--device", "cpu"]
+    timeline = f"{tmp_path / 'f1.png'}@0,{tmp_path / 'f2.png'}@1.2"
+    assert main(base + ["--out", str(tmp_path / "t.mp4"), "--timeline", timeline]) == 0
+    assert (tmp_path / "t.mp4").is_file()
+    assert '"chunk": 1' in capsys.readouterr().out
+    # past the audio: one error line, exit 1, nothing written
+    assert main(base + ["--out", str(tmp_path / "bad.mp4"), "--timeline", timeline.replace("@1.2", "@2.5")]) == 1
+    assert "past the end of the audio" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
+    assert main(base + ["--out", str(tmp_path / "bad.mp4"), "--timeline", timeline,
+                        "--image", str(tmp_path / "f1.png")]) == 1
+    assert "not both" in capsys.readouterr().err
