@@ -298,3 +298,33 @@ def merged_state_dict(model: nn.Module, loras: list[LoRA]) -> dict[str, torch.Te
             if patch.diff_b is not None:
                 state[f"{module}.bias"] += lora.strength * patch.diff_b.float()
     return state
+
+
+class LoRALinear(nn.Module):
+    """`base` (a Linear, left as it is) plus low-rank terms computed on the fly: base(x) + Σ scale * up(down(x)).
+    What the ComfyUI LoRA node puts in place of a Linear (a ModelPatcher object patch, swapped in on load and back
+    on unload). The terms are plain tensors, copied to the input's device and dtype once per (device, dtype)."""
+
+    def __init__(self, base: nn.Module, terms: list[tuple[torch.Tensor, torch.Tensor, float]]):
+        super().__init__()
+        self.base = base
+        self.terms = list(terms)
+        self._cast: dict[tuple, list] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        key = (x.device, x.dtype)
+        if key not in self._cast:
+            self._cast = {key: [(up.to(x.device, x.dtype), down.to(x.device, x.dtype), scale)
+                                for up, down, scale in self.terms]}
+        for up, down, scale in self._cast[key]:
+            out = out + scale * F.linear(F.linear(x, down), up)
+        return out
+
+
+def low_rank_terms(lora: LoRA, module: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """The (up, down, strength * alpha / rank) term of one module, [] when the LoRA has no low-rank pair for it."""
+    patch = lora.patches.get(module)
+    if patch is None or patch.down is None:
+        return []
+    return [(patch.up.float(), patch.down.float().flatten(1), lora.strength * patch.lora_scale())]
