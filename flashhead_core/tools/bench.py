@@ -386,6 +386,64 @@ def bench_chunk_memory(args: argparse.Namespace) -> dict:
     return {"chunk_memory": results, "note": "tiny random-weight checkpoints, float32, tiled decode on"}
 
 
+# --- batched streams: N portraits x N tracks, one DiT call per step for all -----------------------------------------
+
+def _batch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", type=int, default=4, help="portraits x tracks generated together")
+    parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each synthetic speech track")
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default 64x64 tiny, 512x512 with --full-size)")
+    parser.add_argument("--full-size", action="store_true",
+                        help="full-size random-weight DiT, VAE and wav2vec2 (flashhead_core.testing.random; a GPU)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+
+
+def bench_batch(args: argparse.Namespace) -> dict:
+    """Aggregate and per-stream frames per second of `--streams` batched streams against one stream alone (the same
+    models, size and track length); the audio encode and the VAE are included, the MP4 writing is not."""
+    from ..batch import batch_talking_heads
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    height, width = parse_size(args.size or ("512x512" if args.full_size else "64x64"))
+    with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
+        tmp = Path(tmp)
+        if args.full_size:
+            config = PRESETS[args.variant]
+            model = random_dit(config, device, dtype)
+            vae = (random_ltx_vae if args.variant == "lite" else random_wan_vae)(device=device, dtype=dtype)
+            encoder = random_wav2vec2(device)
+        else:
+            pipeline = load_pipeline(write_tiny_checkpoint(tmp, args.variant), variant=args.variant, device=device,
+                                     dtype=dtype)
+            model, vae, encoder = pipeline.model, pipeline.vae, pipeline.audio_encoder
+        image = synthetic_portrait(tmp / "face.png")
+        track = synthetic_speech(args.seconds)
+
+        def timed(streams: int) -> tuple[float, int]:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = batch_talking_heads(model, vae, encoder, [image] * streams, [track] * streams, height=height,
+                                      width=width, seed=0, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start, sum(len(frames) for frames in out)
+
+        timed(1)  # warm-up (kernels, allocator, RoPE tables)
+        single_seconds, single_frames = timed(1)
+        batch_seconds, batch_frames = timed(args.streams)
+    single_fps = single_frames / single_seconds
+    aggregate = batch_frames / batch_seconds
+    return {"variant": args.variant, "size": f"{width}x{height}", "dtype": str(dtype).removeprefix("torch."),
+            "streams": args.streams, "frames_per_stream": single_frames, "audio_seconds": args.seconds,
+            "single_stream_fps": round(single_fps, 2), "aggregate_fps": round(aggregate, 2),
+            "per_stream_fps": round(aggregate / args.streams, 2), "speedup": round(aggregate / single_fps, 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "note": "full-size random weights" if args.full_size else "tiny random-weight model"}
+
+
 # name -> (function(args) -> dict of results, function(parser) adding its options)
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]] = {
     "dit": (bench_dit, _dit_options),
@@ -395,4 +453,5 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argpars
     "stream": (bench_stream, _stream_options),
     "stream-memory": (bench_stream_memory, _stream_memory_options),
     "chunk-memory": (bench_chunk_memory, _chunk_memory_options),
+    "batch": (bench_batch, _batch_options),
 }

@@ -1,0 +1,78 @@
+"""FlashHead Batch Sampler: N portraits (an IMAGE batch) x N speech tracks (an AUDIO batch) generated together, one
+DiT call per denoising step for all streams (flashhead_core.batch). Stream i uses seed + i and gives the frames a
+FlashHead Sampler run with that seed gives (up to the batched matmuls' float rounding)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..flashhead_core.audio import load_audio
+from ..flashhead_core.batch import batch_talking_heads, check_pairs
+from ..flashhead_core.config import FPS
+from ..flashhead_core.sampler import SamplerConfig
+from ..flashhead_core.streaming import check_encoder_fits
+
+from . import _host
+from ._inputs import check_numbers
+from ._io import CATEGORY, AudioEncoder, Model, Vae, io
+from .audio import audio_mode_inputs
+from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
+
+
+def audio_tracks(audio: dict) -> list[dict]:
+    """A ComfyUI AUDIO with waveform [N, C, T] -> N single-track AUDIO dicts."""
+    waveform = audio["waveform"]
+    return [{"waveform": waveform[i:i + 1], "sample_rate": audio["sample_rate"]} for i in range(waveform.shape[0])]
+
+
+class FlashHeadBatchSampler(io.ComfyNode):
+    """Several talking heads at once: the i-th portrait voiced by the i-th track."""
+
+    @classmethod
+    def define_schema(cls):
+        inputs = generation_inputs()
+        inputs[0] = io.Image.Input("image", tooltip=(
+            "The portraits, one per stream (an IMAGE batch of N; repeat a portrait to voice it with several tracks)."))
+        return io.Schema(
+            node_id="FlashHeadBatchSampler", display_name="FlashHead Batch Sampler", category=CATEGORY,
+            description=("Generates N talking heads together: the i-th portrait of the IMAGE batch with the i-th "
+                         "track of the AUDIO batch, all streams in one DiT call per step (higher throughput on a "
+                         "GPU). Stream i uses seed + i. Outputs every stream's frames one stream after the other."),
+            inputs=[
+                Model.Input("model", tooltip="From FlashHead Model Loader (Lite or Pro)."),
+                Vae.Input("vae", tooltip="From FlashHead VAE Loader: LTX for Lite, Wan2.1 for Pro."),
+                AudioEncoder.Input("audio_encoder", tooltip="From FlashHead Audio Encoder Loader (wav2vec2)."),
+                io.Audio.Input("audio", tooltip=("The speech tracks, one per stream (an AUDIO batch of N, waveform "
+                                                 "[N, C, T]).")),
+                *inputs,
+                *audio_mode_inputs(),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip=(
+                    "All streams' frames, stream after stream: [N x frames, H, W, 3] (split with ImageFromBatch).")),
+                io.Float.Output(display_name="frame_rate", tooltip="25.0: connect to CreateVideo's fps."),
+                io.Int.Output(display_name="frames_per_stream", tooltip="Frames of each stream (the batch is "
+                                                                         "streams x this)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
+                context_seconds) -> io.NodeOutput:
+        check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction, mode=mode,
+                      context_seconds=context_seconds)
+        portraits = [image[i:i + 1] for i in range(image.shape[0])]
+        tracks = [load_audio(track) for track in audio_tracks(audio)]
+        check_pairs(portraits, tracks)  # before anything loads or runs (stream i's seed, seed + i, is checked too)
+        check_encoder_fits(audio_encoder.encoder, model.config)
+        prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
+
+        def run():
+            return batch_talking_heads(
+                model.dit, vae.vae, audio_encoder.encoder, portraits, tracks, height=height, width=width, seed=seed,
+                mode=mode, context_seconds=context_seconds, device=model.patcher.load_device,
+                sampler=SamplerConfig(color_correction=color_correction), should_cancel=_host.interrupted)
+
+        streams = cancelled_as_interrupt(run)
+        frames = torch.cat(streams).to(_host.output_device())
+        return io.NodeOutput(frames, float(FPS), streams[0].shape[0])
