@@ -8,6 +8,9 @@ from .audio import FlashHeadAudioEncode
 from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
 from .sampler import FlashHeadSampler, FlashHeadVAEDecode
 from .video import FlashHeadTalkingVideo
+from .lora import FlashHeadLoraLoader
+from .timeline import FlashHeadIdentityTimeline
+from .batch import FlashHeadBatchSampler
 
 NODES: list[type[io.ComfyNode]] = [
     FlashHeadModelLoader,
@@ -17,6 +20,9 @@ NODES: list[type[io.ComfyNode]] = [
     FlashHeadSampler,
     FlashHeadVAEDecode,
     FlashHeadTalkingVideo,
+    FlashHeadLoraLoader,
+    FlashHeadIdentityTimeline,
+    FlashHeadBatchSampler,
 ]
 
 

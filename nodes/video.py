@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from ..flashhead_core.pipeline import Pipeline, write_talking_video
 from ..flashhead_core.sampler import SamplerConfig
+from ..flashhead_core.errors import InputError
+from ..flashhead_core.timeline import write_timeline_video
 
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
 from .audio import audio_mode_inputs
+from .continuation import state_input, state_output
 from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
+from .timeline import TimelineWire
 
 
 class FlashHeadTalkingVideo(io.ComfyNode):
@@ -37,26 +41,42 @@ class FlashHeadTalkingVideo(io.ComfyNode):
                 io.String.Input("filename_prefix", default="FlashHead/talking", tooltip=(
                     "Where in ComfyUI's output folder: <prefix>_00001_.mp4, numbered like SaveVideo's files "
                     "(sub-folders allowed, e.g. FlashHead/anna).")),
+                state_input(),
+                # Added after the V1 nodes: last and optional, so older workflows (UI and API) load unchanged.
+                TimelineWire.Input("timeline", optional=True, tooltip=(
+                    "From FlashHead Identity Timeline: portraits that take over at given times (the image input "
+                    "plays until the first one).")),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip=(
                 "The MP4 just written (H.264 + AAC, 25 fps), as ComfyUI VIDEO: connect GetVideoComponents, "
-                "SaveVideo, ..."))],
+                "SaveVideo, ...")), state_output()],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
-                context_seconds, filename_prefix) -> io.NodeOutput:
+                context_seconds, filename_prefix, state=None, timeline=None) -> io.NodeOutput:
         check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction,
                       mode=mode, context_seconds=context_seconds)
         prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
         path, filename, subfolder = _host.output_file(filename_prefix, width, height, "mp4")
         progress = _host.StepProgress(SamplerConfig().steps)
         pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder, device=model.patcher.load_device)
-        cancelled_as_interrupt(lambda: write_talking_video(
-            pipeline, image, audio, path, height=height, width=width, seed=seed, mode=mode,
-            color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
-            on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
-            free_memory=_host.free_memory(vae.vae.device)))
+        states = []  # the state this run ends in (FLASHHEAD_STATE output)
+        if timeline is not None:  # several portraits (nodes/timeline.py); no continuation state either way yet
+            if state is not None:
+                raise InputError("a timeline run cannot continue a state yet: disconnect the state or the timeline")
+            cancelled_as_interrupt(lambda: write_timeline_video(
+                pipeline, timeline.with_first(image), audio, path, height=height, width=width, seed=seed, mode=mode,
+                color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
+                on_frames=lambda frames, written, total: progress.chunk_done(frames),
+                should_cancel=_host.interrupted, free_memory=_host.free_memory(vae.vae.device)))
+            states.append(None)
+        else:
+            cancelled_as_interrupt(lambda: write_talking_video(
+                pipeline, image, audio, path, height=height, width=width, seed=seed, mode=mode,
+                color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
+                on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
+                free_memory=_host.free_memory(vae.vae.device), continue_from=state, on_state=states.append))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
-        return io.NodeOutput(InputImpl.VideoFromFile(str(path)), ui=ui.PreviewVideo([saved]))
+        return io.NodeOutput(InputImpl.VideoFromFile(str(path)), states[-1], ui=ui.PreviewVideo([saved]))

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_flashhead_under_test"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
-            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo"]
+            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadBatchSampler"]
 # Each node's inputs in the order of the V1 nodes (INPUT_TYPES, required then optional), written out so that a reorder
 # fails here: saved UI workflows store widget values by position. Inputs added since go after these (NEW_INPUTS).
 V1_INPUT_ORDER = {
@@ -39,8 +39,10 @@ V1_INPUT_ORDER = {
     "FlashHeadVAEDecode": ["vae", "latent"],
     "FlashHeadTalkingVideo": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
                               "color_correction", "mode", "context_seconds", "filename_prefix"],
+    "FlashHeadBatchSampler": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
+                              "color_correction", "mode", "context_seconds"],  # new since V1 (nodes/batch.py)
 }
-NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"]}  # optional, with defaults: old workflows lack them
+NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline"]}  # optional, with defaults: old workflows lack them
 # Folded under "advanced inputs" where the host supports it (ComfyUI 0.33; 0.3.64 has no such option).
 ADVANCED = {
     "FlashHeadModelLoader": {"variant", "dtype", "attention", "compile", "weight_dtype"},
@@ -48,6 +50,7 @@ ADVANCED = {
     "FlashHeadAudioEncode": {"mode", "context_seconds"},
     "FlashHeadSampler": {"color_correction"},
     "FlashHeadTalkingVideo": {"color_correction", "mode", "context_seconds"},
+    "FlashHeadBatchSampler": {"color_correction", "mode", "context_seconds"},
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 RELEASE = "SoulX-FlashHead-1_3B"
@@ -314,7 +317,7 @@ def test_schemas_keep_the_v1_inputs_in_order_with_a_tooltip_on_every_input(pack,
     assert node(pack, "FlashHeadSampler").RETURN_TYPES == ["IMAGE", "FLOAT", "LATENT"]
     assert [node(pack, n).RETURN_TYPES[0] for n in NODE_IDS[:4]] == [
         "FLASHHEAD_MODEL", "FLASHHEAD_VAE", "FLASHHEAD_AUDIO_ENCODER", "FLASHHEAD_AUDIO_EMBEDS"]
-    assert node(pack, "FlashHeadTalkingVideo").RETURN_TYPES == ["VIDEO"] and node(pack, "FlashHeadTalkingVideo").OUTPUT_NODE
+    assert node(pack, "FlashHeadTalkingVideo").RETURN_TYPES == ["VIDEO", "FLASHHEAD_STATE"] and node(pack, "FlashHeadTalkingVideo").OUTPUT_NODE
 
 
 @needs_comfy
@@ -524,7 +527,8 @@ def test_talking_video_44k_stereo(pack, lite, comfy_folders, progress_events):
     info = video_info(pack, path)
     assert (info.frames, info.width, info.height, info.fps) == (round(1.3 * 25), SIZE, SIZE, 25.0)
     assert (info.audio_sample_rate, info.audio_channels) == (44100, 2)  # the original audio, not the 16 kHz copy
-    (video,) = out.args
+    video, state = out.args  # the FLASHHEAD_STATE output (nodes/continuation.py)
+    assert state.frames_emitted == round(1.3 * 25)
     assert video.get_dimensions() == (SIZE, SIZE)
     components = video.get_components()
     assert components.images.shape == (round(1.3 * 25), SIZE, SIZE, 3) and components.audio is not None
