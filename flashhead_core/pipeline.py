@@ -19,8 +19,17 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .audio import (DEFAULT_CONTEXT_SECONDS, AudioFile, Wav2Vec2FrameEncoder, decode_pieces, load_wav2vec2,
-                    mono_16k_pieces, probe_audio_file, read_audio, to_mono_16k)
+from .audio import (
+    DEFAULT_CONTEXT_SECONDS,
+    AudioFile,
+    Wav2Vec2FrameEncoder,
+    decode_pieces,
+    load_wav2vec2,
+    mono_16k_pieces,
+    probe_audio_file,
+    read_audio,
+    to_mono_16k,
+)
 from .checkpoint import load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
 from .errors import CheckpointError
@@ -30,6 +39,7 @@ from .sampler import SamplerConfig
 from .session import StreamingSession, available_memory, check_memory
 from .state import check_continuation, continuation_run, once_mode_state, resume
 from .streaming import chunk_count, stream_talking_head, video_frame_count
+from .timeline import Timeline, TimelineError, add_timeline_identities, first_new_frame, switch_plan, timeline_frames
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .video_io import AudioStream, VideoWriter, aac_can_store
 
@@ -102,7 +112,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
                         continue_from=None, on_state: Callable[[object], None] | None = None) -> dict:
     """Generate and write the MP4 incrementally; returns a summary dict.
 
-    image: anything `image.load_image` takes; audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
+    image: anything `image.load_image` takes, or a `timeline.Timeline` of several portraits with their start times
+    (the summary then lists where each takes over, under 'timeline'); audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
     dict {"waveform": [1, C, T], "sample_rate"}, an array with sample_rate). Hooks: on_chunk(frames written, frames
     total, seconds elapsed) and on_frames(the chunk's new frames [n, H, W, 3] float 0..1 CPU, frames written, frames
     total) after each chunk; on_step(chunk, step, chunks in all) before each denoising step; should_cancel() is
@@ -117,10 +128,15 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
                                device=pipeline.device)
+    timeline = image if isinstance(image, Timeline) else None
+    if timeline is not None and (continue_from is not None or on_state is not None):
+        raise TimelineError("a timeline run cannot continue a state or end in one yet: give one portrait, or "
+                            "disconnect the state")
     if continue_from is not None:
         check_continuation(continue_from, session, mode, context_seconds)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
     total, run = video_frame_count(num_samples), None
+    plan = switch_plan(timeline, total, mode, session.config.new_frames) if timeline is not None else None
     if continue_from is not None or on_state is not None:
         run = continuation_run(session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples,
                                continue_from, image)
@@ -128,7 +144,11 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     if on_step is not None:
         chunks = chunk_count(total, mode, session.config.new_frames)
         session.progress = lambda chunk, step: on_step(chunk, step, chunks)
-    if continue_from is None:
+    if timeline is not None:
+        add_timeline_identities(session, timeline)
+        run = timeline_frames(session, pipeline.audio_encoder, speech, timeline, mode, context_seconds, num_samples,
+                              plan)
+    elif continue_from is None:
         session.add_identity("reference", image)
     else:
         resume(session, continue_from, image, context_seconds)
@@ -144,5 +164,11 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     seconds = time.perf_counter() - start
     if on_state is not None:
         on_state(run.state if run.state is not None else once_mode_state(session, total))
-    return {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
-            "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}
+    summary = {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
+               "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}
+    if timeline is not None:
+        new_frames = session.config.new_frames
+        summary["timeline"] = [{"portrait": timeline.entries[i].label, "start": timeline.entries[i].start,
+                                "chunk": chunk, "frame": first_new_frame(chunk, mode, new_frames)}
+                               for chunk, i in sorted(plan.items())]
+    return summary

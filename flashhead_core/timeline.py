@@ -31,7 +31,7 @@ import torch
 from .audio import DEFAULT_CONTEXT_SECONDS
 from .config import CHUNK_FRAMES, FPS
 from .errors import InputError
-from .streaming import AUDIO_MODES, audio_chunks, check_encoder_fits, stream_frames, video_frame_count
+from .streaming import audio_chunks, check_encoder_fits, stream_frames, video_frame_count
 
 
 class TimelineError(InputError):
@@ -168,51 +168,3 @@ def timeline_frames(session, encoder, samples: np.ndarray | Iterable[np.ndarray]
         add_timeline_identities(session, timeline)
     chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
     return stream_frames(session, switching_chunks(session, chunks, plan), mode, total)
-
-
-def write_timeline_video(pipeline, timeline: Timeline, audio, out, *, height: int = 512, width: int = 512,
-                         seed: int = 0, mode: str = "stream", color_correction: float = 1.0,
-                         context_seconds: float = DEFAULT_CONTEXT_SECONDS, on_chunk=None, on_frames=None,
-                         on_step=None, should_cancel=None, free_memory: int | None = None) -> dict:
-    """`pipeline.write_talking_video` with an identity timeline instead of one portrait (same arguments and hooks,
-    same summary, plus 'timeline': the chunk and first frame where each portrait takes over). Everything is checked
-    (size, memory, seed, the audio in full, the timeline against its length, every portrait encoded) before the first
-    chunk; on an error nothing is written."""
-    import time
-
-    from .config import FPS as _FPS
-    from .pipeline import _speech_and_soundtrack
-    from .sampler import SamplerConfig
-    from .session import StreamingSession, available_memory, check_memory
-    from .streaming import chunk_count
-    from .video_io import VideoWriter
-
-    check_memory(height, width, available_memory(pipeline.vae.device) if free_memory is None else free_memory)
-    session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
-                               sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
-                               device=pipeline.device)
-    if mode not in AUDIO_MODES:
-        raise InputError(f"audio mode must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
-    speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
-    total = video_frame_count(num_samples)
-    new_frames = session.config.new_frames
-    plan = switch_plan(timeline, total, mode, new_frames)
-    if on_step is not None:
-        chunks = chunk_count(total, mode, new_frames)
-        session.progress = lambda chunk, step: on_step(chunk, step, chunks)
-    add_timeline_identities(session, timeline)
-    start = time.perf_counter()
-    with VideoWriter(out, width, height, fps=_FPS, audio=soundtrack) as writer:
-        for frames in timeline_frames(session, pipeline.audio_encoder, speech, timeline, mode, context_seconds,
-                                      num_samples, plan):
-            writer.write(frames)
-            if on_frames is not None:
-                on_frames(frames, writer.frames_written, total)
-            if on_chunk is not None:
-                on_chunk(writer.frames_written, total, time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    switches = [{"portrait": timeline.entries[i].label, "start": timeline.entries[i].start, "chunk": c,
-                 "frame": first_new_frame(c, mode, new_frames)} for c, i in sorted(plan.items())]
-    return {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
-            "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}",
-            "timeline": switches}

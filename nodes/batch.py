@@ -11,7 +11,6 @@ from ..flashhead_core.batch import batch_talking_heads, check_pairs
 from ..flashhead_core.config import FPS
 from ..flashhead_core.sampler import SamplerConfig
 from ..flashhead_core.streaming import check_encoder_fits
-
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, Model, Vae, io

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from ._io import ComfyExtension, io
 from .audio import FlashHeadAudioEncode
-from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
-from .sampler import FlashHeadSampler, FlashHeadVAEDecode
-from .video import FlashHeadTalkingVideo
-from .lora import FlashHeadLoraLoader
-from .timeline import FlashHeadIdentityTimeline
 from .batch import FlashHeadBatchSampler
+from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
+from .lora import FlashHeadLoraLoader
+from .sampler import FlashHeadSampler, FlashHeadVAEDecode
+from .timeline import FlashHeadIdentityTimeline
+from .video import FlashHeadTalkingVideo
 
 NODES: list[type[io.ComfyNode]] = [
     FlashHeadModelLoader,

@@ -19,11 +19,11 @@ from ..flashhead_core.audio import load_wav2vec2
 from ..flashhead_core.checkpoint import SCALED_FP8_KEY, WEIGHT_DTYPES, load_dit
 from ..flashhead_core.vae import load_vae
 from ..flashhead_core.weights import SafetensorsSource
-
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, Model, Vae, advanced, io
 from ._wires import FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE
+
 RELEASE = "SoulX-FlashHead-1_3B"
 MODEL_DIR_NAMES = {"Model_Lite", "Model_Pro"}
 VAE_DIR_NAMES = {"VAE_Wan", "VAE_LTX"}

@@ -21,7 +21,6 @@ import dataclasses
 import logging
 
 from ..flashhead_core.lora import LoRAError, LoRALinear, low_rank_terms, read_lora
-
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, Model, io

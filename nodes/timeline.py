@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from ..flashhead_core.timeline import Timeline, TimelineError, parse_times
-
 from ._io import CATEGORY, io
 
 TIMELINE = "FLASHHEAD_TIMELINE"

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from ..flashhead_core.pipeline import Pipeline, write_talking_video
 from ..flashhead_core.sampler import SamplerConfig
-from ..flashhead_core.errors import InputError
-from ..flashhead_core.timeline import write_timeline_video
-
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
@@ -63,20 +60,13 @@ class FlashHeadTalkingVideo(io.ComfyNode):
         progress = _host.StepProgress(SamplerConfig().steps)
         pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder, device=model.patcher.load_device)
         states = []  # the state this run ends in (FLASHHEAD_STATE output)
-        if timeline is not None:  # several portraits (nodes/timeline.py); no continuation state either way yet
-            if state is not None:
-                raise InputError("a timeline run cannot continue a state yet: disconnect the state or the timeline")
-            cancelled_as_interrupt(lambda: write_timeline_video(
-                pipeline, timeline.with_first(image), audio, path, height=height, width=width, seed=seed, mode=mode,
-                color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
-                on_frames=lambda frames, written, total: progress.chunk_done(frames),
-                should_cancel=_host.interrupted, free_memory=_host.free_memory(vae.vae.device)))
-            states.append(None)
-        else:
-            cancelled_as_interrupt(lambda: write_talking_video(
-                pipeline, image, audio, path, height=height, width=width, seed=seed, mode=mode,
-                color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
-                on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
-                free_memory=_host.free_memory(vae.vae.device), continue_from=state, on_state=states.append))
+        portraits = image if timeline is None else timeline.with_first(image)  # several: nodes/timeline.py
+        cancelled_as_interrupt(lambda: write_talking_video(
+            pipeline, portraits, audio, path, height=height, width=width, seed=seed, mode=mode,
+            color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
+            on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
+            free_memory=_host.free_memory(vae.vae.device), continue_from=state,
+            on_state=None if timeline is not None else states.append))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
-        return io.NodeOutput(InputImpl.VideoFromFile(str(path)), states[-1], ui=ui.PreviewVideo([saved]))
+        video = InputImpl.VideoFromFile(str(path))
+        return io.NodeOutput(video, states[0] if states else None, ui=ui.PreviewVideo([saved]))

@@ -585,15 +585,16 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
 
 
 def test_node_unit_tests_pass_inside_the_host(installed, host):
-    """tests/test_nodes.py in ComfyUI's own Python (comfy importable): every test must run, none may skip."""
+    """tests/test_nodes*.py in ComfyUI's own Python (comfy importable): every test must run, none may skip."""
     python = host / "venv" / "bin" / "python"
     if subprocess.run([str(python), "-c", "import pytest"], capture_output=True).returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest"],
                        check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("FLASHHEAD_REQUIRE_REFERENCE", "PYTHONPATH")}
     env["PYTHONPATH"] = str(host / "ComfyUI")
-    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                             "tests/test_nodes.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    node_tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_nodes*.py"))
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *node_tests],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " skipped" not in result.stdout.splitlines()[-1], result.stdout[-3000:]
 

@@ -27,7 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_flashhead_under_test"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
-            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadBatchSampler"]
+            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler"]
 # Each node's inputs in the order of the V1 nodes (INPUT_TYPES, required then optional), written out so that a reorder
 # fails here: saved UI workflows store widget values by position. Inputs added since go after these (NEW_INPUTS).
 V1_INPUT_ORDER = {
@@ -39,8 +40,11 @@ V1_INPUT_ORDER = {
     "FlashHeadVAEDecode": ["vae", "latent"],
     "FlashHeadTalkingVideo": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
                               "color_correction", "mode", "context_seconds", "filename_prefix"],
+    # new since V1: nodes/lora.py, nodes/timeline.py, nodes/batch.py
+    "FlashHeadLoraLoader": ["model", "lora_name", "strength"],
+    "FlashHeadIdentityTimeline": ["images", "start_times"],
     "FlashHeadBatchSampler": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
-                              "color_correction", "mode", "context_seconds"],  # new since V1 (nodes/batch.py)
+                              "color_correction", "mode", "context_seconds"],
 }
 NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline"]}  # optional, with defaults: old workflows lack them
 # Folded under "advanced inputs" where the host supports it (ComfyUI 0.33; 0.3.64 has no such option).
@@ -344,21 +348,16 @@ def _widget_names(cls) -> list[str]:
     return names
 
 
-# The last commit of the V1 nodes: its workflows/ are the ones saved with the V1 pack.
-V1_COMMIT = "1e6c6fc81974d0f7e03b1ed6ee6e97fc805484ec"
-
-
-def _head_copy(relative: str):
-    """A file of workflows/ as it was saved with the V1 pack (at V1_COMMIT), else (a checkout without that history)
-    the working copy."""
-    result = subprocess.run(["git", "-C", str(REPO), "show", f"{V1_COMMIT}:{relative}"], capture_output=True,
-                            text=True)
-    return json.loads(result.stdout if result.returncode == 0 else (REPO / relative).read_text())
+# The shipped workflows as they were saved with the V1 nodes (commit 1e6c6fc, the last V1 commit), kept as test data
+# so the check needs no git history.
+V1_WORKFLOWS = Path(__file__).resolve().parent / "data" / "v1_workflows"
+V1_UI_WORKFLOWS = sorted(V1_WORKFLOWS.glob("*.json"))
+V1_API_WORKFLOWS = sorted((V1_WORKFLOWS / "api").glob("*.json"))
 
 
 def _v1_widget_names(node_id: str) -> list[str]:
     """The widget names of the V1 node (from V1_INPUT_ORDER): what the saved values were stored for."""
-    non_widgets = {"model", "vae", "audio_encoder", "audio", "image", "audio_embeds", "latent"}
+    non_widgets = {"model", "vae", "audio_encoder", "audio", "image", "images", "audio_embeds", "latent"}
     loaders = {"FlashHeadModelLoader": "model", "FlashHeadVAELoader": "vae",
                "FlashHeadAudioEncoderLoader": "audio_encoder"}
     names = []
@@ -371,11 +370,11 @@ def _v1_widget_names(node_id: str) -> list[str]:
 
 
 @needs_comfy
-@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+@pytest.mark.parametrize("ui_path", V1_UI_WORKFLOWS, ids=[p.stem for p in V1_UI_WORKFLOWS])
 def test_saved_v1_ui_workflows_map_widget_values_to_the_same_inputs(pack, comfy_folders, ui_path):
-    """The UI workflows as saved with the V1 nodes (git HEAD's copies): each FlashHead node's widget values, read by
-    position against the V3 node's widgets, land on the inputs they were saved for, and each value is valid there."""
-    workflow = _head_copy(f"workflows/{ui_path.name}")
+    """The UI workflows as saved with the V1 nodes: each FlashHead node's widget values, read by position against the
+    V3 node's widgets, land on the inputs they were saved for, and each value is valid there."""
+    workflow = json.loads(ui_path.read_text())
     classes = node_classes(pack)
     checked = 0
     for saved in workflow["nodes"]:
@@ -403,15 +402,12 @@ def test_saved_v1_ui_workflows_map_widget_values_to_the_same_inputs(pack, comfy_
     assert checked >= 4
 
 
-API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
-
-
 @needs_comfy
-@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=[p.stem for p in API_WORKFLOWS])
+@pytest.mark.parametrize("api_path", V1_API_WORKFLOWS, ids=[p.stem for p in V1_API_WORKFLOWS])
 def test_saved_v1_api_workflows_still_validate(pack, comfy_folders, api_path):
     """The API workflows as saved with the V1 nodes (git HEAD): every FlashHead node has every required input, no
     unknown one, and its loader values validate (old '<folder>/<path>' values included)."""
-    workflow = _head_copy(f"workflows/api/{api_path.name}")
+    workflow = json.loads(api_path.read_text())
     classes = node_classes(pack)
     for node_id, saved in workflow.items():
         if saved["class_type"] not in classes:
@@ -741,7 +737,7 @@ def _validate_prompt(pack, prompt: dict) -> list[dict]:
 def test_validation_errors_read_as_clearly_as_before(pack, comfy_folders):
     """Through ComfyUI's own validation: a model that is not there says where to put it (not 'Value not in list');
     an old workflow without the new weight_dtype validates; a bad weight_dtype names the choices."""
-    lite = _head_copy("workflows/api/flashhead_lite.json")
+    lite = json.loads((V1_WORKFLOWS / "api" / "flashhead_lite.json").read_text())
     loaders = {k: v for k, v in lite.items() if v["class_type"].startswith("FlashHead") and "Loader" in v["class_type"]}
     assert _validate_prompt(pack, loaders) == []  # the V1 values, weight_dtype absent
     missing = json.loads(json.dumps(loaders))

@@ -9,13 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashhead_core.pipeline import load_pipeline
+from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.session import StreamingSession
 from flashhead_core.streaming import audio_chunks, new_images, stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_speech
-from flashhead_core.timeline import (Timeline, TimelineError, chunk_of_frame, first_new_frame, parse_timeline,
-                                     switch_plan, write_timeline_video)
+from flashhead_core.timeline import (
+    Timeline,
+    TimelineError,
+    chunk_of_frame,
+    first_new_frame,
+    parse_timeline,
+    switch_plan,
+)
 
 SIZE = 64
 
@@ -96,7 +102,7 @@ def test_each_segment_equals_that_portrait_alone(pipeline, tmp_path):
     a, b = portrait(1), portrait(2)
     cut = (new + 3) / 25  # frame new + 3 -> chunk 1: B takes over at frame `new`
     frames = []
-    summary = write_timeline_video(pipeline, Timeline.of([(a, 0), (b, cut)]), track(samples), tmp_path / "t.mp4",
+    summary = write_talking_video(pipeline, Timeline.of([(a, 0), (b, cut)]), track(samples), tmp_path / "t.mp4",
                                    height=SIZE, width=SIZE, on_frames=lambda f, *_: frames.append(f))
     frames = torch.cat(frames)
     assert summary["timeline"] == [{"portrait": "portrait 1", "start": 0, "chunk": 0, "frame": 0},
@@ -115,7 +121,7 @@ def test_once_mode_segments(pipeline, tmp_path):
     samples = synthetic_speech((33 + new) * 640 / 16000, seed=2)  # chunk 0 (33 frames) + chunk 1
     a, b = portrait(3), portrait(4)
     frames = []
-    write_timeline_video(pipeline, Timeline.of([(a, 0), (b, 34 / 25)]), track(samples), tmp_path / "o.mp4",
+    write_talking_video(pipeline, Timeline.of([(a, 0), (b, 34 / 25)]), track(samples), tmp_path / "o.mp4",
                          height=SIZE, width=SIZE, mode="once", on_frames=lambda f, *_: frames.append(f))
     frames = torch.cat(frames)
     torch.testing.assert_close(frames[:33], alone(pipeline, a, samples, "once")[:33], rtol=0, atol=0)
@@ -132,7 +138,7 @@ def test_bad_timeline_fails_before_any_chunk_and_writes_nothing(pipeline, tmp_pa
     for timeline in ([(portrait(1), 0), (portrait(2), 2.5)], [(portrait(1), 0), (portrait(2), 1.5),
                                                               (portrait(3), 1.2)]):
         with pytest.raises(TimelineError):
-            write_timeline_video(pipeline, Timeline.of(timeline), track(samples), out / "x.mp4", height=SIZE,
+            write_talking_video(pipeline, Timeline.of(timeline), track(samples), out / "x.mp4", height=SIZE,
                                  width=SIZE, on_step=lambda *a: steps.append(a))
     assert steps == [] and list(out.iterdir()) == []
 

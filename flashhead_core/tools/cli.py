@@ -15,7 +15,7 @@ from ..errors import FlashHeadError, InputError
 from ..lora import apply_loras, parse_lora_option, read_lora
 from ..pipeline import load_pipeline, write_talking_video
 from ..testing import write_tiny_checkpoint
-from ..timeline import parse_timeline, write_timeline_video
+from ..timeline import parse_timeline
 from . import bench
 from .demo import run_demo
 from .download import download
@@ -61,16 +61,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             bar.set_postfix(fps=f"{done / seconds:.1f}")
 
-        if args.timeline is not None:
-            summary = write_timeline_video(pipeline, parse_timeline(args.timeline), args.audio, args.out,
-                                           height=height, width=width, seed=args.seed, mode=args.audio_mode,
-                                           color_correction=args.color_correction,
-                                           context_seconds=args.context_seconds, on_chunk=on_chunk)
-        else:
-            summary = write_talking_video(pipeline, args.image, args.audio, args.out, height=height, width=width,
-                                          seed=args.seed, mode=args.audio_mode,
-                                          color_correction=args.color_correction,
-                                          context_seconds=args.context_seconds, on_chunk=on_chunk)
+        portraits = args.image if args.timeline is None else parse_timeline(args.timeline)
+        summary = write_talking_video(pipeline, portraits, args.audio, args.out, height=height, width=width,
+                                      seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
+                                      context_seconds=args.context_seconds, on_chunk=on_chunk)
     print(json.dumps(summary))
     print(f"video written to {Path(summary['out']).resolve()}", file=sys.stderr)
     return 0
