@@ -58,9 +58,12 @@ UPSCALE = 2
 AUDIO_FILES = {"speech.wav": (2.0, 44100, 2), "speech_24k_mono.wav": (1.52, 24000, 1),
                "voice_sample.wav": (1.0, 24000, 1)}
 
-pytestmark = pytest.mark.skipif(not (SHARED_HOST / "setup.sh").is_file(),
-                                reason=f"{SHARED_HOST} is absent (as on a user's machine): the real-ComfyUI tests need "
-                                       f"the shared host kit (setup.sh, check_pack.py)")
+# Slow (two ComfyUI hosts built and started many times: minutes): deselected by the quick `python -m pytest -q`,
+# run by .ci/run (`-m "slow or not slow"`).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (SHARED_HOST / "setup.sh").is_file(),
+                                 reason=f"{SHARED_HOST} is absent (as on a user's machine): the real-ComfyUI tests "
+                                        f"need the shared host kit (setup.sh, check_pack.py)")]
 
 # check_pack.py reads /history right after the websocket says 'execution_success'; ComfyUI stores the history a
 # moment later (the prompt worker finishes after sending that event, and a GC pause after a first run with big
