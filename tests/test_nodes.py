@@ -156,7 +156,8 @@ def tiny_root(tmp_path_factory, pack):
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory, tiny_root):
     """A ComfyUI models/ tree: the released folder under flashhead/, single files in diffusion_models/, vae/ and
-    audio_encoders/ (plus files that are not FlashHead's, which are listed but refused on load)."""
+    audio_encoders/ (plus files that are not FlashHead's, which are listed but refused on load), and an empty loras/
+    (the LoRA tests write their files there)."""
     models = tmp_path_factory.mktemp("models")
     shutil.copytree(tiny_root, models / "flashhead" / RELEASE)
     (models / "diffusion_models").mkdir()
@@ -171,6 +172,7 @@ def models_dir(tmp_path_factory, tiny_root):
     from safetensors.torch import save_file
 
     save_file({"weight": torch.zeros(2, 2)}, str(models / "diffusion_models" / "not_flashhead.safetensors"))
+    (models / "loras").mkdir()
     return models
 
 
@@ -178,7 +180,7 @@ def models_dir(tmp_path_factory, tiny_root):
 def comfy_folders(pack, models_dir, tmp_path, monkeypatch):
     """Point ComfyUI's folders at the temporary models tree and output folder."""
     paths = dict(folder_paths.folder_names_and_paths)
-    for name in ("flashhead", "diffusion_models", "vae", "audio_encoders"):
+    for name in ("flashhead", "diffusion_models", "vae", "audio_encoders", "loras"):
         monkeypatch.setitem(folder_paths.folder_names_and_paths, name,
                             ([str(models_dir / name)], paths[name][1]))
     folder_paths.filename_list_cache.clear()
@@ -221,11 +223,11 @@ def pro(pack, comfy_folders):
     return _models(pack, "pro")
 
 
-def _models(pack, variant):
+def _models(pack, variant, weight_dtype="default"):
     model = f"flashhead/{RELEASE}/{'Model_Lite' if variant == 'lite' else 'Model_Pro'}"
     vae = f"flashhead/{RELEASE}/{'VAE_LTX' if variant == 'lite' else 'VAE_Wan'}"
     return {
-        "model": run(pack, "FlashHeadModelLoader", model, "auto", "fp32", "auto", False)[0],
+        "model": run(pack, "FlashHeadModelLoader", model, "auto", "fp32", "auto", False, weight_dtype)[0],
         "vae": run(pack, "FlashHeadVAELoader", vae, False)[0],
         "audio_encoder": run(pack, "FlashHeadAudioEncoderLoader", 
             f"flashhead/{RELEASE}/wav2vec2-base-960h")[0],
@@ -237,12 +239,12 @@ def image(height=96, width=80, batch=1, seed=0):
     return torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(seed))
 
 
-def audio(seconds, rate, channels, seed=0):
-    """ComfyUI AUDIO: {"waveform": [1, C, T] float32 in -1..1, "sample_rate": rate}."""
+def audio(seconds, rate, channels, seed=0, batch=1):
+    """ComfyUI AUDIO: {"waveform": [B, C, T] float32 in -1..1, "sample_rate": rate} (B tracks: the Batch Sampler)."""
     t = torch.arange(int(seconds * rate)) / rate
     voice = 0.3 * torch.sin(2 * torch.pi * 180 * t) * (0.6 + 0.4 * torch.sin(2 * torch.pi * 4 * t))
-    noise = 0.02 * torch.randn(channels, t.numel(), generator=torch.Generator().manual_seed(seed))
-    return {"waveform": (voice + noise)[None].float(), "sample_rate": rate}
+    noise = 0.02 * torch.randn(batch, channels, t.numel(), generator=torch.Generator().manual_seed(seed))
+    return {"waveform": (voice + noise).float(), "sample_rate": rate}
 
 
 def snapshot(value):
@@ -787,3 +789,180 @@ def test_fp8_weight_dtype_stores_the_block_weights_in_fp8_and_generates(pack, co
     (embeds,) = run(pack, "FlashHeadAudioEncode", encoder, audio(0.5, 24000, 1), model, "once", 8.0)
     images, _, _ = run(pack, "FlashHeadSampler", model, vae, embeds, image(), SIZE, SIZE, 0, 1.0)
     assert images.shape == (round(0.5 * 25), SIZE, SIZE, 3) and torch.isfinite(images).all()
+
+
+# --- LoRA loader and identity timeline -------------------------------------------------------------------------------
+
+def kohya_lora(dim=128, ffn=256, rank=4, seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for module, (out, inp) in {"blocks.0.self_attn.q": (dim, dim), "blocks.1.ffn.0": (ffn, dim),
+                               "blocks.0.cross_attn.v": (dim, dim)}.items():
+        stem = "lora_unet_" + module.replace(".", "_")
+        sd |= {f"{stem}.lora_down.weight": scale * torch.randn(rank, inp, generator=g),
+               f"{stem}.lora_up.weight": scale * torch.randn(out, rank, generator=g), f"{stem}.alpha": torch.tensor(2.0)}
+    return sd
+
+
+def comfy_lora(seed=1):
+    return {k.replace("lora_unet_blocks_0_self_attn_q", "diffusion_model.blocks.0.self_attn.q")
+            .replace("lora_unet_blocks_1_ffn_0", "diffusion_model.blocks.1.ffn.0")
+            .replace("lora_unet_blocks_0_cross_attn_v", "diffusion_model.blocks.0.cross_attn.v")
+            .replace(".lora_down.", ".lora_A.").replace(".lora_up.", ".lora_B."): v
+            for k, v in kohya_lora(seed=seed).items()}
+
+
+def _dit_inputs(config, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, config.out_dim, 2, SIZE // config.vae_stride[1], SIZE // config.vae_stride[2])
+    windows = torch.randn(1, 1 + config.t_stride, 5, 12, config.audio_channels, generator=g)
+    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
+
+
+def _flow(dit, inputs):
+    z, t, ref, windows = inputs
+    with torch.no_grad():
+        return dit(z, t, ref, dit.audio_proj(windows)).float()
+
+
+def _loaded_flow(pack, model, inputs):
+    """The DiT's output with `model`'s patcher loaded as a run loads it (ComfyUI applies its patches)."""
+    host = importlib.import_module(f"{PACK_NAME}.nodes._host")
+    host.load_to_device(partial=[model.patcher])
+    return _flow(model.dit, inputs)
+
+
+@needs_comfy
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_chained_loras_equal_the_merged_model_and_leave_the_input_alone(pack, comfy_folders, models_dir,
+                                                                         weight_dtype):
+    from safetensors.torch import save_file
+
+    lora_core = importlib.import_module(f"{PACK_NAME}.flashhead_core.lora")
+    checkpoint = importlib.import_module(f"{PACK_NAME}.flashhead_core.checkpoint")
+    save_file(kohya_lora(), str(models_dir / "loras" / "k.safetensors"))
+    save_file(comfy_lora(), str(models_dir / "loras" / "c.safetensors"))
+    folder_paths.filename_list_cache.clear()
+    cls = node(pack, "FlashHeadLoraLoader")
+    options = cls.INPUT_TYPES()["required"]["lora_name"][1]["options"]
+    assert {"k.safetensors", "c.safetensors"} <= set(options)
+    base = _models(pack, "lite", weight_dtype)["model"]
+    inputs = _dit_inputs(base.config)
+    before = _loaded_flow(pack, base, inputs)
+    one = run(pack, "FlashHeadLoraLoader", base, "k.safetensors", 0.8)[0]
+    two = run(pack, "FlashHeadLoraLoader", one, "c.safetensors", -0.5)[0]
+    assert not base.patcher.object_patches and len(one.patcher.object_patches) == 3
+    assert two.source.endswith("k.safetensors + c.safetensors")
+    # the reference: the core's model with the merged weights (float32; fp8: the dequantised fp8 values + deltas)
+    reference = checkpoint.load_dit(models_dir / "flashhead" / RELEASE / "Model_Lite")
+    reference.load_state_dict({k: v.float() for k, v in base.dit.state_dict().items()})
+    loras = [lora_core.read_lora(models_dir / "loras" / "k.safetensors", reference, 0.8),
+             lora_core.read_lora(models_dir / "loras" / "c.safetensors", reference, -0.5)]
+    lora_core.apply_loras(reference, loras)
+    torch.testing.assert_close(_loaded_flow(pack, two, inputs), _flow(reference, inputs), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(_loaded_flow(pack, two, inputs), before)
+    # the plain model again: ComfyUI swapped the LoRA layers out
+    torch.testing.assert_close(_loaded_flow(pack, base, inputs), before, rtol=0, atol=0)
+
+
+@needs_comfy
+def test_a_lora_for_another_model_is_refused(pack, lite, models_dir):
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_down_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 320),
+               "lora_unet_down_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(320, 4)},
+              str(models_dir / "loras" / "sd15.safetensors"))
+    save_file(kohya_lora(dim=5120, ffn=13824), str(models_dir / "loras" / "wan14b.safetensors"))
+    folder_paths.filename_list_cache.clear()
+    base = lite["model"]
+    errors = importlib.import_module(f"{PACK_NAME}.flashhead_core.errors")
+    with pytest.raises(errors.FlashHeadError, match="match no layer.*down_blocks_0_attn1_to_q"):
+        run(pack, "FlashHeadLoraLoader", base, "sd15.safetensors", 1.0)
+    with pytest.raises(errors.FlashHeadError, match="another model"):
+        run(pack, "FlashHeadLoraLoader", base, "wan14b.safetensors", 1.0)
+    assert node(pack, "FlashHeadLoraLoader").validate_inputs("nope.safetensors") is not True
+
+
+@needs_comfy
+def test_timeline_node_and_talking_video(pack, lite, comfy_folders):
+    timeline = run(pack, "FlashHeadIdentityTimeline", image(72, 64, batch=2), "1.2, 2.2")[0]
+    assert [round(s, 2) for s in timeline.starts] == [1.2, 2.2] and len(timeline.portraits) == 2
+    errors = importlib.import_module(f"{PACK_NAME}.flashhead_core.errors")
+    with pytest.raises(errors.FlashHeadError, match="2 start times for 3 portraits"):
+        run(pack, "FlashHeadIdentityTimeline", image(72, 64, batch=3), "1, 2")
+    cls = node(pack, "FlashHeadTalkingVideo")
+    ids = [i.id for i in cls.GET_SCHEMA().inputs]
+    assert ids[-1] == "timeline" and cls.GET_SCHEMA().inputs[-1].optional
+    args = (lite["model"], lite["vae"], lite["audio_encoder"], audio(3.0, 24000, 1), image(72, 64, seed=5), SIZE,
+            SIZE, 42, 1.0, "stream", 8.0, "FlashHead/tl")
+    video = cls.execute(*args, timeline=timeline).args[0]
+    assert Path(video.get_stream_source()).is_file()
+    # past the audio: an error before anything runs, nothing written
+    late = run(pack, "FlashHeadIdentityTimeline", image(72, 64), "3.5")[0]
+    with pytest.raises(errors.FlashHeadError, match="past the end of the audio"):
+        cls.execute(*args[:-1], "FlashHead/late", timeline=late)
+    assert not list((comfy_folders / "FlashHead").glob("late*"))
+
+
+# --- continuation state and batch sampler ----------------------------------------------------------------------------
+
+@needs_comfy
+def test_schemas_append_the_state_last_and_register_the_batch_sampler(pack, comfy_folders):
+    classes = node_classes(pack)
+    video = classes["FlashHeadTalkingVideo"]
+    inputs = video.GET_SCHEMA().inputs
+    ids = [i.id for i in inputs]
+    assert ids.index("state") > ids.index("filename_prefix") and inputs[ids.index("state")].optional
+    assert video.RETURN_TYPES == ["VIDEO", "FLASHHEAD_STATE"]
+    assert list(classes)[-1] == "FlashHeadBatchSampler"
+    assert classes["FlashHeadBatchSampler"].RETURN_TYPES == ["IMAGE", "FLOAT", "INT"]
+
+
+@needs_comfy
+def test_talking_video_continues_from_its_state(pack, lite, pro, comfy_folders):
+    """Two Talking Video runs chained by the state write the frames of one run over both audios (the MP4s are
+    H.264, so the decoded frames are compared with a lossy tolerance and the frame counts exactly)."""
+    video = node(pack, "FlashHeadTalkingVideo")
+    step = lite["model"].config.new_frames * 640
+    whole = audio(2 * step / 16000, 16000, 1)
+    first = {"waveform": whole["waveform"][..., :step], "sample_rate": 16000}
+    second = {"waveform": whole["waveform"][..., step:], "sample_rate": 16000}
+    portrait = image()
+    common = dict(image=portrait, width=SIZE, height=SIZE, color_correction=1.0, mode="stream", context_seconds=2.0)
+    long_video, _ = video.execute(**lite, audio=whole, seed=7, filename_prefix="long", **common).args
+    a, state = video.execute(**lite, audio=first, seed=7, filename_prefix="a", **common).args
+    b, end = video.execute(**lite, audio=second, seed=123, filename_prefix="b", state=state, **common).args
+    assert state.frames_emitted == 24 and end.frames_emitted == 48
+    joined = torch.cat([a.get_components().images, b.get_components().images])
+    expected = long_video.get_components().images
+    assert joined.shape == expected.shape
+    assert (joined - expected).abs().mean() < 0.02  # MP4 re-encoding only (the core test is bit-exact)
+    # once mode: the state refuses to continue, before any file is written
+    _, once_state = video.execute(**lite, audio=first, seed=7, filename_prefix="once",
+                                  **{**common, "mode": "once"}).args
+    with pytest.raises(ValueError, match="once mode"):
+        video.execute(**lite, audio=second, seed=7, filename_prefix="refused", state=once_state, **common)
+    with pytest.raises(ValueError, match="variant lite but this run has variant pro"):
+        video.execute(**pro, audio=second, seed=7, filename_prefix="refused", state=state, **common)
+    assert not list(comfy_folders.rglob("refused*"))
+
+
+@needs_comfy
+def test_batch_sampler_streams_equal_their_single_runs(pack, lite, comfy_folders):
+    classes = node_classes(pack)
+    portraits, tracks = image(batch=2), audio(30 * 640 / 16000, 16000, 1, batch=2)
+    images, fps, per_stream = classes["FlashHeadBatchSampler"].execute(
+        **lite, audio=tracks, image=portraits, width=SIZE, height=SIZE, seed=4, color_correction=1.0,
+        mode="stream", context_seconds=8.0).args
+    assert images.shape == (2 * 30, SIZE, SIZE, 3) and fps == 25.0 and per_stream == 30
+    for i in range(2):
+        one = {"waveform": tracks["waveform"][i:i + 1], "sample_rate": 16000}
+        (embeds,) = classes["FlashHeadAudioEncode"].execute(lite["audio_encoder"], one, lite["model"], "stream",
+                                                            8.0).args
+        alone = classes["FlashHeadSampler"].execute(lite["model"], lite["vae"], embeds, portraits[i:i + 1], SIZE,
+                                                    SIZE, 4 + i, 1.0).args[0]
+        torch.testing.assert_close(images[i * 30:(i + 1) * 30], alone, atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match="2 portrait.*3 audio track"):
+        classes["FlashHeadBatchSampler"].execute(**lite, audio=audio(10 * 640 / 16000, 16000, 1, batch=3),
+                                                 image=portraits, width=SIZE, height=SIZE, seed=0,
+                                                 color_correction=1.0, mode="stream", context_seconds=8.0)
