@@ -451,32 +451,6 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
             assert value == total, node
 
 
-MEMORY_MODES = ("--lowvram", "--novram")
-MEMORY_WORKFLOWS = [p for p in API_WORKFLOWS if p.stem in ("flashhead_lite", "flashhead_pro")]
-
-
-@pytest.mark.parametrize("mode", MEMORY_MODES)
-@pytest.mark.parametrize("workflow", MEMORY_WORKFLOWS, ids=[p.stem for p in MEMORY_WORKFLOWS])
-def test_workflow_runs_in_comfyuis_low_memory_modes(workflow, mode, installed, host, host_spec, work, tiny_checkpoint,
-                                                    inputs):
-    """The Lite and Pro workflows under ComfyUI's --lowvram and --novram (which load the models in part and cast
-    layers per call on a GPU; on this CPU host they exercise the same code paths with one device): success, the
-    video's full length, and ComfyUI's peak RSS printed for the notes."""
-    from flashhead_core.video_io import read_video_info
-
-    prompt, seconds = _api_prompt_for_test(workflow)
-    test_copy = work / f"{workflow.stem}_{TEST_SIZE}{mode.replace('-', '_')}.json"
-    test_copy.write_text(json.dumps(prompt))
-    output = work / f"output_{workflow.stem}{mode.replace('-', '_')}"
-    code, summary, log = check_pack(host, work, f"{workflow.stem}{mode}", "--no-install-requirements", "--workflow",
-                                    str(test_copy), "--inputs", str(inputs), *_models(tiny_checkpoint),
-                                    "--output-dir", str(output), f"--extra-arg={mode}")
-    assert code == 0, f"{workflow.name} failed in ComfyUI {mode}:\n{log}"
-    videos = [Path(o["path"]) for o in summary["workflow"]["outputs"] if o["path"].endswith(".mp4")]
-    assert len(videos) == 1 and read_video_info(videos[0]).frames == round(seconds * 25)
-    print(f"\n{host_spec.version} {workflow.stem} {mode}: ComfyUI peak RSS {summary['comfyui']['peak_rss_mb']} MB")
-
-
 def test_interrupt_mid_video_ends_interrupted_and_leaves_no_file(installed, host, work, tiny_checkpoint):
     """Three minutes of speech (far more than any machine generates in the 10 s before POST /interrupt): the run must
     end as 'interrupted' after at least one chunk, and the output folder must hold nothing (no MP4, no partial)."""

@@ -659,6 +659,37 @@ def test_models_follow_comfyui_memory_management(pack, lite, comfy_folders):
 
 
 @needs_comfy
+@pytest.mark.parametrize("variant", ["lite", "pro"])
+def test_partly_loaded_models_give_the_same_frames(pack, comfy_folders, variant):
+    """ComfyUI's low-VRAM load (what --lowvram / --novram or a small GPU do: ModelPatcher loads a model only up to a
+    budget, here a third of it, and the layers beyond it cast their weights per call) gives the same frames as whole
+    models, for the DiT and the VAE. On this CPU host ComfyUI refuses --lowvram/--novram beside --cpu (one argument
+    group), so the partial load is asked for directly, through ComfyUI's own ModelPatcher."""
+    models = _models(pack, variant)
+    core = importlib.import_module(f"{PACK_NAME}.flashhead_core")
+    pipeline = core.Pipeline(models["model"].dit, models["vae"].vae, models["audio_encoder"].encoder)
+    speech, portrait = audio(0.6, 16000, 1)["waveform"][0, 0].numpy(), image()
+
+    def frames():
+        session = core.StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE, seed=3)
+        session.add_identity("face", portrait)
+        return torch.cat(list(core.stream_talking_head(session, pipeline.audio_encoder, speech)))
+
+    whole = frames()
+    patchers = [models["model"].patcher, models["vae"].patcher]
+    for patcher in patchers:
+        patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=patcher.model_size() // 3)
+    try:
+        for patcher in patchers:
+            casting = [m for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)]
+            assert patcher.model.model_lowvram and casting, type(patcher.model.inner).__name__
+        assert torch.equal(frames(), whole)
+    finally:
+        for patcher in patchers:
+            patcher.unpatch_model(device_to=torch.device("cpu"))
+
+
+@needs_comfy
 @pytest.mark.parametrize("name, value", [("context_seconds", float("nan")), ("context_seconds", float("inf")),
                                          ("color_correction", 1.5), ("width", 4096), ("seed", -1),
                                          ("mode", "streaming")])
