@@ -56,7 +56,11 @@ TTS_PACK = SHARED_HOST / "packs" / "ComfyUI-DJZ-Speak-f01aa4d.tar.gz"
 UPSCALER = "RealESRGAN_x2plus.pth"
 UPSCALE = 2
 AUDIO_FILES = {"speech.wav": (2.0, 44100, 2), "speech_24k_mono.wav": (1.52, 24000, 1),
-               "voice_sample.wav": (1.0, 24000, 1)}
+               "voice_sample.wav": (1.0, 24000, 1),
+               # the continue workflow: part 1 ends on a Lite chunk boundary (2 x 24 frames), part 2 goes on
+               "speech_part1.wav": (1.92, 16000, 1), "speech_part2.wav": (1.0, 16000, 1)}
+LORA = "my_wan_lora.safetensors"  # the LoRA workflow's file: a tiny one for the tiny DiT, written by the test
+TIMELINE_TEST_TIMES = "1.0"  # the timeline workflow's second portrait takes over within the test's 2-s speech
 
 # Slow (two ComfyUI hosts built and started many times: minutes): deselected by the quick `python -m pytest -q`,
 # run by .ci/run (`-m "slow or not slow"`).
@@ -258,6 +262,7 @@ def inputs(shared_work) -> Path:
     folder = shared_work / "inputs"
     folder.mkdir()
     _portrait(folder / "portrait.png")
+    _portrait(folder / "portrait2.png")
     for name, (seconds, rate, channels) in AUDIO_FILES.items():
         _write_wav(folder / name, seconds, rate, channels)
     return folder
@@ -328,9 +333,13 @@ def _api_prompt_for_test(path: Path) -> tuple[dict, float | None]:
             for key in ("width", "height"):
                 if key in node["inputs"]:
                     node["inputs"][key] = TEST_SIZE
-    heard = {src[0] for node in prompt.values() if node["class_type"].startswith("FlashHead")
-             for src in [node["inputs"].get("audio")] if isinstance(src, list)}
-    assert len(heard) == 1, f"{path.name}: expected one speech input for FlashHead, found {heard}"
+        if node["class_type"] == "FlashHeadIdentityTimeline":
+            node["inputs"]["start_times"] = TIMELINE_TEST_TIMES
+    heard = sorted({src[0] for node in prompt.values() if node["class_type"].startswith("FlashHead")
+                    for src in [node["inputs"].get("audio")] if isinstance(src, list)})
+    if len(heard) > 1:  # several videos (the continue workflow): the seconds of each, in order
+        return prompt, [AUDIO_FILES[prompt[h]["inputs"]["audio"]][0] for h in heard]
+    assert len(heard) == 1, f"{path.name}: expected a speech input for FlashHead, found {heard}"
     source = prompt[heard.pop()]
     if source["class_type"] in TTS_NODES:
         tts_id = next(k for k, v in prompt.items() if v is source)
@@ -339,6 +348,23 @@ def _api_prompt_for_test(path: Path) -> tuple[dict, float | None]:
         return prompt, None
     assert source["class_type"] == "LoadAudio", source
     return prompt, AUDIO_FILES[source["inputs"]["audio"]][0]
+
+
+def _tiny_lora(work: Path) -> Path:
+    """A kohya-format LoRA (rank 4) on the first block's attention of the tiny DiT (dim 128)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = work / LORA
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name in ("q", "k", "v", "o"):
+        stem = f"lora_unet_blocks_0_self_attn_{name}"
+        tensors |= {f"{stem}.lora_down.weight": 0.05 * torch.randn(4, 128, generator=generator),
+                    f"{stem}.lora_up.weight": 0.05 * torch.randn(128, 4, generator=generator),
+                    f"{stem}.alpha": torch.tensor(4.0)}
+    save_file(tensors, str(path))
+    return path
 
 
 def _espeak() -> str | None:
@@ -415,6 +441,8 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
         if _espeak() is None:
             pytest.skip("no espeak-ng (apt-get install -y espeak-ng), which the DJZ-Speak TTS node runs")
         extra += ["--with-pack", str(TTS_PACK)]
+    if "FlashHeadLoraLoader" in types:
+        extra += ["--models", f"{_tiny_lora(work)}=models/loras/{LORA}"]
     if "UpscaleModelLoader" in types:
         assert {n["inputs"]["model_name"] for n in prompt.values() if n["class_type"] == "UpscaleModelLoader"} == {UPSCALER}
         extra += ["--models", f"{request.getfixturevalue('upscaler')}=models/upscale_models/{UPSCALER}"]
@@ -428,6 +456,9 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
     run = summary["workflow"]
     assert run["outcome"] == "success"
     videos = [Path(o["path"]) for o in run["outputs"] if o["path"].endswith(".mp4")]
+    if isinstance(seconds, list):  # one video per speech input, each exactly as long as its speech
+        assert sorted(read_video_info(v).frames for v in videos) == sorted(round(t * 25) for t in seconds), videos
+        return
     assert len(videos) == 1, run["outputs"]
     info = read_video_info(videos[0])
     if seconds is None:  # TTS: the speech is what the TTS node made, saved beside the video by SaveAudio
@@ -590,6 +621,7 @@ def test_twenty_prompts_keep_memory_flat_and_an_unchanged_graph_reruns_nothing(i
     folder = work / "inputs_queue"
     folder.mkdir()
     _portrait(folder / "portrait.png")
+    _portrait(folder / "portrait2.png")
     for name, (seconds, rate, channels) in QUEUE_AUDIO.items():
         _write_wav(folder / name, seconds, rate, channels)
     base, _ = _api_prompt_for_test(REPO / "workflows" / "api" / "flashhead_lite.json")
