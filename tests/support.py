@@ -160,3 +160,20 @@ def generated_frames(pipeline, image, samples, mode: str = "stream", seed: int =
     session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE, seed=seed)
     session.add_identity("face", image)
     return torch.cat(list(stream_talking_head(session, pipeline.audio_encoder, samples, mode)))
+
+
+def dit_inputs(model, frames: int = 2, height: int = 64, width: int = 64, seed: int = 0) -> tuple:
+    """Seeded inputs of one DiT evaluation: (z, timestep, reference latent [1, C, frames, h, w], audio windows
+    [1, 1 + t_stride * (frames - 1), 5, 12, audio_channels]), float32 on the CPU."""
+    config = model.config
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, config.out_dim, frames, height // config.vae_stride[1], width // config.vae_stride[2])
+    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
+    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
+
+
+def dit_flow(model, inputs: tuple) -> torch.Tensor:
+    """The DiT's flow for `dit_inputs` (cast to the model's compute dtype)."""
+    z, t, ref, windows = inputs
+    with torch.no_grad():
+        return model(z.to(model.dtype), t, ref.to(model.dtype), model.audio_proj(windows.to(model.dtype)))

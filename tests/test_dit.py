@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from support import dit_flow, dit_inputs
 
 from flashhead_core.attention import attention, available_backends, resolve_backend
 from flashhead_core.checkpoint import load_dit
@@ -58,20 +59,6 @@ def tiny_root(tmp_path_factory):
     return root
 
 
-def _inputs(model, frames=2, height=64, width=64, seed=0):
-    config = model.config
-    g = torch.Generator().manual_seed(seed)
-    shape = (1, config.out_dim, frames, height // config.vae_stride[1], width // config.vae_stride[2])
-    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
-    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
-
-
-def _flow(model, inputs):
-    z, t, ref, windows = inputs
-    with torch.no_grad():
-        return model(z, t, ref, model.audio_proj(windows))
-
-
 @pytest.mark.parametrize("variant", ["lite", "pro"])
 def test_folder_and_root_load_and_forward(tiny_root, variant):
     model = load_dit(tiny_root / f"Model_{variant.capitalize()}")
@@ -79,10 +66,10 @@ def test_folder_and_root_load_and_forward(tiny_root, variant):
     assert not any(p.is_meta for p in model.parameters())
     saved = load_file(str(tiny_root / f"Model_{variant.capitalize()}" / "diffusion_pytorch_model.safetensors"))
     assert torch.equal(model.state_dict()["blocks.1.ffn.2.weight"], saved["blocks.1.ffn.2.weight"])
-    inputs = _inputs(model)
-    flow = _flow(model, inputs)
+    inputs = dit_inputs(model)
+    flow = dit_flow(model, inputs)
     assert flow.shape == inputs[0].shape and flow.dtype == torch.float32 and torch.isfinite(flow).all()
-    torch.testing.assert_close(flow, _flow(load_dit(tiny_root, variant=variant), inputs), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flow, dit_flow(load_dit(tiny_root, variant=variant), inputs), rtol=1e-6, atol=1e-6)
 
 
 def test_root_with_both_variants_needs_a_choice(tiny_root):
@@ -101,8 +88,8 @@ def test_stored_dtype_is_cast_to_compute_dtype(tmp_path, tiny_root, stored):
     model = load_dit(folder, dtype=torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     reference = load_dit(tiny_root / "Model_Pro")
-    inputs = _inputs(model)
-    rel = (_flow(model, inputs) - _flow(reference, inputs)).norm() / _flow(reference, inputs).norm()
+    inputs = dit_inputs(model)
+    rel = (dit_flow(model, inputs) - dit_flow(reference, inputs)).norm() / dit_flow(reference, inputs).norm()
     assert rel < (1e-2 if stored == torch.bfloat16 else 2e-3)
 
 
@@ -120,21 +107,21 @@ def test_single_file_infers_config(tmp_path, tiny_root):
     model = load_dit(single)
     folder_model = load_dit(tiny_root / "Model_Lite")
     assert model.config == folder_model.config
-    inputs = _inputs(model)
-    torch.testing.assert_close(_flow(model, inputs), _flow(folder_model, inputs), rtol=1e-6, atol=1e-6)
+    inputs = dit_inputs(model)
+    torch.testing.assert_close(dit_flow(model, inputs), dit_flow(folder_model, inputs), rtol=1e-6, atol=1e-6)
 
 
 def test_bf16_compute_is_close_to_float32(tiny_root):
     fp32 = load_dit(tiny_root / "Model_Pro")
     bf16 = load_dit(tiny_root / "Model_Pro", dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16
-    inputs = _inputs(fp32)
-    a, b = _flow(fp32, inputs), _flow(bf16, inputs)
+    inputs = dit_inputs(fp32)
+    a, b = dit_flow(fp32, inputs), dit_flow(bf16, inputs)
     assert b.dtype == torch.float32
     assert 0 < (a - b).norm() / a.norm() < 5e-2
 
 
-def _copy_with(tmp_path, tiny_root, edit) -> "Path":
+def _copy_with(tmp_path, tiny_root, edit):
     folder = tmp_path / "Model_Pro"
     folder.mkdir()
     (folder / "config.json").write_text((tiny_root / "Model_Pro" / "config.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
+from support import dit_flow, dit_inputs
 
 from flashhead_core.checkpoint import load_dit
 from flashhead_core.errors import FlashHeadError
@@ -22,20 +23,6 @@ def tiny_pro(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_ckpt")
     write_tiny_dit(root, "pro", seed=3)
     return root / "Model_Pro"
-
-
-def _inputs(model, frames=2, size=64, seed=0):
-    config = model.config
-    g = torch.Generator().manual_seed(seed)
-    shape = (1, config.out_dim, frames, size // config.vae_stride[1], size // config.vae_stride[2])
-    windows = torch.randn(1, 1 + config.t_stride * (frames - 1), 5, 12, config.audio_channels, generator=g)
-    return torch.randn(shape, generator=g), torch.tensor([937.5]), torch.randn(shape, generator=g), windows
-
-
-def _flow(model, inputs):
-    z, t, ref, windows = inputs
-    with torch.no_grad():
-        return model(z.to(model.dtype), t, ref.to(model.dtype), model.audio_proj(windows.to(model.dtype))).float()
 
 
 # Released module names -> (out, in) of the tiny DiT (dim 128, ffn 256).
@@ -82,15 +69,15 @@ def test_each_key_format_gives_the_merged_model(tiny_pro, fmt):
     model = load_dit(tiny_pro)
     lora = parse_lora(lora_state_dict(fmt, pairs, alpha), model, name=fmt, strength=0.7)
     assert set(lora.patches) == set(MODULES) and not lora.skipped
-    inputs = _inputs(model)
-    before = _flow(model, inputs)
+    inputs = dit_inputs(model)
+    before = dit_flow(model, inputs)
     assert set(apply_loras(model, [lora]).values()) == {"merged"}
     # by hand: W + strength * alpha / rank * up @ down
     expected_q = load_dit(tiny_pro).blocks[0].self_attn.q.weight + \
         0.7 * (alpha / RANK if alpha else 1.0) * pairs["blocks.0.self_attn.q"][0] @ pairs["blocks.0.self_attn.q"][1]
     torch.testing.assert_close(model.blocks[0].self_attn.q.weight, expected_q)
-    after = _flow(model, inputs)
-    torch.testing.assert_close(after, _flow(_reference(tiny_pro, [lora]), inputs))
+    after = dit_flow(model, inputs)
+    torch.testing.assert_close(after, dit_flow(_reference(tiny_pro, [lora]), inputs))
     assert not torch.allclose(after, before)
 
 
@@ -104,18 +91,18 @@ def test_formats_agree_and_loras_chain_with_their_strengths(tiny_pro, tmp_path):
     save_file(lora_state_dict("comfy", _pairs(seed=1), alpha=8.0), str(tmp_path / "a.safetensors"))
     save_file(lora_state_dict("kohya", _pairs(seed=2)), str(tmp_path / "b.safetensors"))
     loras = [read_lora(tmp_path / "a.safetensors", model, 0.5), read_lora(tmp_path / "b.safetensors", model, -1.0)]
-    inputs = _inputs(model)
-    reference = _flow(_reference(tiny_pro, loras), inputs)
+    inputs = dit_inputs(model)
+    reference = dit_flow(_reference(tiny_pro, loras), inputs)
     apply_loras(model, loras)
-    torch.testing.assert_close(_flow(model, inputs), reference)
+    torch.testing.assert_close(dit_flow(model, inputs), reference)
 
 
 def test_strength_zero_changes_nothing(tiny_pro):
     model = load_dit(tiny_pro)
-    inputs = _inputs(model)
-    before = _flow(model, inputs)
+    inputs = dit_inputs(model)
+    before = dit_flow(model, inputs)
     apply_loras(model, [parse_lora(lora_state_dict("peft", _pairs()), model, strength=0.0)])
-    torch.testing.assert_close(_flow(model, inputs), before, rtol=0, atol=0)
+    torch.testing.assert_close(dit_flow(model, inputs), before, rtol=0, atol=0)
 
 
 def test_full_deltas_diff_and_diff_b(tiny_pro):
@@ -125,10 +112,10 @@ def test_full_deltas_diff_and_diff_b(tiny_pro):
           "diffusion_model.blocks.0.self_attn.k.diff": 0.01 * torch.randn(128, 128, generator=g),
           "diffusion_model.blocks.0.self_attn.k.diff_b": 0.01 * torch.randn(128, generator=g)}
     lora = parse_lora(sd, model, strength=0.5)
-    inputs = _inputs(model)
-    reference = _flow(_reference(tiny_pro, [lora]), inputs)
+    inputs = dit_inputs(model)
+    reference = dit_flow(_reference(tiny_pro, [lora]), inputs)
     apply_loras(model, [lora])
-    torch.testing.assert_close(_flow(model, inputs), reference)
+    torch.testing.assert_close(dit_flow(model, inputs), reference)
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
@@ -146,8 +133,8 @@ def test_fp8_weights_take_the_lora_on_the_fly(tiny_pro, weight_dtype):
     dequantised = {k: v.float() for k, v in model.state_dict().items()}
     reference.load_state_dict(dequantised)
     reference.load_state_dict({k: v for k, v in merged_state_dict(reference, [lora]).items()})
-    inputs = _inputs(model)
-    torch.testing.assert_close(_flow(model, inputs), _flow(reference, inputs), rtol=1e-4, atol=1e-5)
+    inputs = dit_inputs(model)
+    torch.testing.assert_close(dit_flow(model, inputs), dit_flow(reference, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_skippable_wan_modules_are_listed_not_applied(tiny_pro):
