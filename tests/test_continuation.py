@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from support import SIZE, generated_frames
+from support import SIZE
 
 from flashhead_core.config import SAMPLES_PER_FRAME
 from flashhead_core.errors import ContinuationError, FlashHeadError
