@@ -128,3 +128,17 @@ def test_hooks_follow_every_step_and_chunk_and_memory_is_checked_first(pipeline,
         write_talking_video(pipeline, assets["image"], assets["speech"], tmp_path / "big.mp4", height=SIZE,
                             width=SIZE, free_memory=1)
     assert not (tmp_path / "big.mp4").exists()
+
+
+def test_demo_keeps_two_playable_videos_and_their_inputs_where_it_says(tmp_path, monkeypatch, capsys):
+    """`flashhead demo` (default workdir ./flashhead-demo): both MP4s stay, with the portrait and speech they came
+    from, as long as the speech; every path it printed exists."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["demo"]) == 0
+    folder = tmp_path / "flashhead-demo"
+    printed = capsys.readouterr().out
+    for name in ("demo_lite.mp4", "demo_pro.mp4", "portrait.png", "speech.wav"):
+        assert (folder / name).is_file() and str(folder / name) in printed, name
+    for variant in ("lite", "pro"):
+        info = read_video_info(folder / f"demo_{variant}.mp4")
+        assert info.frames == 75 and abs(info.audio_duration - 3.0) < 0.05, info
