@@ -44,7 +44,8 @@ SHARED_HOST = Path(os.environ.get("FLASHHEAD_SHARED_HOST", REPO.parent / "shared
 PACK_DIR_NAME = "ComfyUI-FlashHead"  # the folder name under custom_nodes/, as a git clone names it
 RELEASE = "SoulX-FlashHead-1_3B"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
-            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo"]
+            "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler"]
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TEST_SIZE = 64
