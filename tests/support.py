@@ -91,10 +91,10 @@ class Child:
             self.peak_mb = max(self.peak_mb, int(fields["VmHWM"]) / 1024)
 
     def stderr_so_far(self) -> str:
-        self._err.flush()
-        with open(self._err.fileno(), closefd=False) as f:
-            f.seek(0)
-            return f.read()
+        """What the child wrote to stderr so far. pread, not seek + read: the child shares the file's offset, and
+        moving it would make the child write over its own output."""
+        fd = self._err.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def wait(self, timeout: float, interval: float = 1.0) -> Run:
         """Sample the memory every `interval` seconds until the child exits (killed after `timeout`)."""
