@@ -87,7 +87,10 @@ def test_cancel_at_any_check_leaves_nothing_and_the_next_run_is_unaffected(varia
 
 def test_ctrl_c_on_the_command_line_exits_130_and_leaves_nothing(checkpoints, portrait, tmp_path, out_dir):
     speech = write_wav(tmp_path / "speech.wav", synthetic_speech(60.0))  # 1500 frames: still running at the signal
-    child = Child(flashhead(*generate_args(checkpoints["lite"], portrait, speech, out_dir / "talk.mp4")))
+    # A shell ignores SIGINT in the jobs it starts in the background, and the child would inherit that: restore the
+    # default, as in a terminal, so the test does not depend on how the suite was launched.
+    child = Child(flashhead(*generate_args(checkpoints["lite"], portrait, speech, out_dir / "talk.mp4")),
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.perf_counter() + 120
     while not re.search(r"\|\s*[1-9]\d*/1500", child.stderr_so_far()):  # the progress bar: the first chunk is out
         assert child.process.poll() is None and time.perf_counter() < deadline, child.stderr_so_far()[-2000:]
