@@ -174,13 +174,13 @@ class ContinuableRun:
                  resumed: bool = False):
         check_encoder_fits(encoder, session.config)
         self.session, self.context_seconds = session, context_seconds
-        self.cache = AudioContextCache(encoder, context_seconds)
+        self.cache = AudioContextCache(encoder, context_seconds,
+                                       None if state is None else state.audio_buffer)  # as the previous run left it
         length = len(samples) if num_samples is None else num_samples
         if state is not None:
             check_state(state, session, context_seconds)
             if not resumed:
                 resume(session, state, context_seconds=context_seconds)
-            self.cache._buffer = state.audio_buffer.copy()  # the FIFO as the previous run left it
             self._leftover, self._before = state.leftover, state.frames_emitted
             self._skip = state.skip_frames
         else:

@@ -30,13 +30,18 @@ DEFAULT_CONTEXT_SECONDS = 8.0
 class AudioContextCache:
     """Sliding window over the most recent audio; `push` returns the next chunk's windows."""
 
-    def __init__(self, encoder: Wav2Vec2FrameEncoder, context_seconds: float = DEFAULT_CONTEXT_SECONDS):
+    def __init__(self, encoder: Wav2Vec2FrameEncoder, context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+                 buffer: np.ndarray | None = None):
+        """buffer: the FIFO to start from ([capacity] float32, e.g. a previous run's `buffer`); default silence."""
         capacity = round(context_seconds * AUDIO_SAMPLE_RATE)
         if capacity < CHUNK_FRAMES * SAMPLES_PER_FRAME:
             raise InputError(f"context of {context_seconds} s is shorter than one chunk "
                              f"({CHUNK_FRAMES * SAMPLES_PER_FRAME / AUDIO_SAMPLE_RATE} s); use at least that")
         self.encoder = encoder
-        self._buffer = np.zeros(capacity, dtype=np.float32)
+        if buffer is not None and np.shape(buffer) != (capacity,):
+            raise InputError(f"the saved audio context holds {np.shape(buffer)} samples, this cache {capacity} "
+                             f"({context_seconds} s): continue with the context_seconds of the first run")
+        self._buffer = np.zeros(capacity, np.float32) if buffer is None else np.array(buffer, np.float32)
 
     @property
     def buffer(self) -> np.ndarray:
