@@ -81,8 +81,8 @@ def test_one_copy_of_the_core_is_imported():
     assert Path(sys.modules["flashhead_core"].__file__).parent == PACKAGE
 
 
-HOST_OWNED = {"torch", "comfy", "comfy_api", "folder_paths"}  # the host (ComfyUI or the user) provides these
-DISTRIBUTION = {"PIL": "pillow"}  # import name -> package name where they differ
+HOST_OWNED = {"torch", "comfy", "comfy_api", "folder_paths", "server"}  # the host (ComfyUI or the user) provides these
+DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv_python_headless"}  # import name -> package name where they differ
 
 
 def _requirement_names(lines) -> set[str]:
