@@ -55,6 +55,26 @@ class BatchError(InputError):
     """Batched streams that do not pair up: unequal counts of portraits and audio tracks, or no stream at all."""
 
 
+class UploadError(InputError):
+    """An upload to `flashhead serve` that is not what its field takes: not an image, not audio, damaged."""
+
+
+class UploadTooLarge(UploadError):
+    """An upload, speech or request body above the server's configured limit."""
+
+
+class ServerBusy(FlashHeadError):
+    """`flashhead serve` already runs as many live sessions as it was configured to take."""
+
+
+class SpeechBacklogError(InputError):
+    """Speech pushed to a live session so far ahead of the generation that its backlog limit is reached."""
+
+
+class FaceError(FlashHeadError):
+    """A face crop that cannot be made: no face or several in the portrait, a face box outside it, an empty mask."""
+
+
 def check_range(value, name: str, low: float, high: float, fix: str = "") -> float:
     """A finite real number in [low, high], else InputError naming `name`, the value and the range (+ `fix`)."""
     hint = f" ({fix})" if fix else ""
