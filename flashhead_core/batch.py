@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder
+from .audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, load_audio
+from .config import AUDIO_SAMPLE_RATE
 from .errors import BatchError
 from .session import StreamingSession, decode_chunk
 from .streaming import audio_chunks, check_encoder_fits, new_images, video_frame_count
@@ -36,6 +37,20 @@ def check_pairs(images: Sequence, tracks: Sequence) -> int:
     if not images:
         raise BatchError("no stream: give at least one portrait and one audio track")
     return len(images)
+
+
+def stack_tracks(tracks: Sequence) -> tuple[np.ndarray, int]:
+    """Several single tracks (anything `audio.load_audio` takes) -> one batch of what the model hears: waveform
+    [N, 1, T] float32 mono at 16 kHz, each track padded at its end with silence to the longest (T samples), so that
+    the batch is one tensor, as ComfyUI's AUDIO batches are. Each stream's video then lasts T / 16000 s."""
+    if not tracks:
+        raise BatchError("no audio track: give at least one")
+    heard = [load_audio(track) for track in tracks]
+    longest = max(len(samples) for samples in heard)
+    waveform = np.zeros((len(heard), 1, longest), np.float32)
+    for i, samples in enumerate(heard):
+        waveform[i, 0, :len(samples)] = samples
+    return waveform, AUDIO_SAMPLE_RATE
 
 
 class BatchedSession:

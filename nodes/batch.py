@@ -1,13 +1,15 @@
 """FlashHead Batch Sampler: N portraits (an IMAGE batch) x N speech tracks (an AUDIO batch) generated together, one
 DiT call per denoising step for all streams (flashhead_core.batch). Stream i uses seed + i and gives the frames a
-FlashHead Sampler run with that seed gives (up to the batched matmuls' float rounding)."""
+FlashHead Sampler run with that seed gives (up to the batched matmuls' float rounding).
+
+FlashHead Audio Batch builds the AUDIO batch from single tracks (ComfyUI has no node that batches audio)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..flashhead_core.audio import load_audio
-from ..flashhead_core.batch import batch_talking_heads, check_pairs
+from ..flashhead_core.batch import batch_talking_heads, check_pairs, stack_tracks
 from ..flashhead_core.config import FPS
 from ..flashhead_core.sampler import SamplerConfig
 from ..flashhead_core.streaming import check_encoder_fits
@@ -75,3 +77,30 @@ class FlashHeadBatchSampler(io.ComfyNode):
         streams = cancelled_as_interrupt(run)
         frames = torch.cat(streams).to(_host.output_device())
         return io.NodeOutput(frames, float(FPS), streams[0].shape[0])
+
+
+class FlashHeadAudioBatch(io.ComfyNode):
+    """Two to four speech tracks -> one AUDIO batch for FlashHead Batch Sampler."""
+
+    @classmethod
+    def define_schema(cls):
+        def track(n: int, optional: bool):
+            return io.Audio.Input(f"audio_{n}", optional=optional, tooltip=(
+                f"Track {n}: voices portrait {n} of the Batch Sampler's IMAGE batch (one track, any rate and "
+                f"channel count)."))
+
+        return io.Schema(
+            node_id="FlashHeadAudioBatch", display_name="FlashHead Audio Batch", category=CATEGORY,
+            description=("Stacks speech tracks into one AUDIO batch for FlashHead Batch Sampler, in the order of "
+                         "the inputs. Each track becomes what the model hears (mono, 16 kHz) and is padded with "
+                         "silence to the longest, so every stream lasts as long as the longest track."),
+            inputs=[track(1, False), track(2, False), track(3, True), track(4, True)],
+            outputs=[io.Audio.Output(display_name="audio", tooltip=(
+                "waveform [N, 1, T] at 16 kHz: connect to FlashHead Batch Sampler's audio."))],
+        )
+
+    @classmethod
+    def execute(cls, audio_1, audio_2, audio_3=None, audio_4=None) -> io.NodeOutput:
+        tracks = [track for track in (audio_1, audio_2, audio_3, audio_4) if track is not None]
+        waveform, rate = stack_tracks(tracks)
+        return io.NodeOutput({"waveform": torch.from_numpy(waveform), "sample_rate": rate})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ._io import ComfyExtension, io
 from .audio import FlashHeadAudioEncode
-from .batch import FlashHeadBatchSampler
+from .batch import FlashHeadAudioBatch, FlashHeadBatchSampler
 from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
 from .lora import FlashHeadLoraLoader
 from .sampler import FlashHeadSampler, FlashHeadVAEDecode
@@ -23,6 +23,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlashHeadLoraLoader,
     FlashHeadIdentityTimeline,
     FlashHeadBatchSampler,
+    FlashHeadAudioBatch,
 ]
 
 

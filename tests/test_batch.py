@@ -8,8 +8,9 @@ import pytest
 import torch
 from support import SIZE
 
-from flashhead_core.batch import BatchedSession, batch_talking_heads, check_pairs
-from flashhead_core.errors import BatchError, InputError
+from flashhead_core.audio import load_audio
+from flashhead_core.batch import BatchedSession, batch_talking_heads, check_pairs, stack_tracks
+from flashhead_core.errors import AudioInputError, BatchError, InputError
 from flashhead_core.pipeline import load_pipeline
 from flashhead_core.session import StreamingSession
 from flashhead_core.streaming import stream_talking_head
@@ -86,3 +87,20 @@ def test_unequal_counts_are_refused_before_any_work(pipeline, faces):
     other = StreamingSession(pipeline.model, pipeline.vae, height=2 * SIZE, width=2 * SIZE)
     with pytest.raises(BatchError, match="one size"):
         BatchedSession([lite_session, other])
+
+
+def test_stacked_tracks_are_what_the_model_hears_padded_with_silence_to_the_longest():
+    rng = np.random.default_rng(0)
+    stereo_44k = rng.uniform(-0.5, 0.5, (2, 44100)).astype(np.float32)  # 1 s
+    mono_24k = rng.uniform(-0.5, 0.5, (1, 12000)).astype(np.float32)  # 0.5 s
+    tracks = [{"waveform": torch.from_numpy(stereo_44k)[None], "sample_rate": 44100},
+              {"waveform": torch.from_numpy(mono_24k)[None], "sample_rate": 24000}]
+    waveform, rate = stack_tracks(tracks)
+    assert rate == 16000 and waveform.shape == (2, 1, 16000) and waveform.dtype == np.float32
+    np.testing.assert_array_equal(waveform[0, 0], load_audio(tracks[0]))
+    np.testing.assert_array_equal(waveform[1, 0, :8000], load_audio(tracks[1]))
+    assert not waveform[1, 0, 8000:].any()
+    with pytest.raises(BatchError, match="at least one"):
+        stack_tracks([])
+    with pytest.raises(AudioInputError, match="batch of 2 tracks"):  # each input must be one track
+        stack_tracks([{"waveform": torch.zeros(2, 1, 1600), "sample_rate": 16000}])

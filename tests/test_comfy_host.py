@@ -45,7 +45,7 @@ PACK_DIR_NAME = "ComfyUI-FlashHead"  # the folder name under custom_nodes/, as a
 RELEASE = "SoulX-FlashHead-1_3B"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
             "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
-            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler"]
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch"]
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TEST_SIZE = 64
@@ -342,6 +342,9 @@ def _api_prompt_for_test(path: Path) -> tuple[dict, float | None]:
         return prompt, [AUDIO_FILES[prompt[h]["inputs"]["audio"]][0] for h in heard]
     assert len(heard) == 1, f"{path.name}: expected a speech input for FlashHead, found {heard}"
     source = prompt[heard.pop()]
+    if source["class_type"] == "FlashHeadAudioBatch":  # batched streams: each lasts as long as the longest track
+        tracks = [prompt[src[0]]["inputs"]["audio"] for src in source["inputs"].values()]
+        return prompt, [max(AUDIO_FILES[name][0] for name in tracks)] * len(tracks)
     if source["class_type"] in TTS_NODES:
         tts_id = next(k for k, v in prompt.items() if v is source)
         prompt["tts_speech"] = {"class_type": "SaveAudio", "inputs": {"audio": [tts_id, 0],

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_flashhead_under_test"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
             "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
-            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler"]
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch"]
 # Each node's inputs in the order of the V1 nodes (INPUT_TYPES, required then optional), written out so that a reorder
 # fails here: saved UI workflows store widget values by position. Inputs added since go after these (NEW_INPUTS).
 V1_INPUT_ORDER = {
@@ -45,8 +45,10 @@ V1_INPUT_ORDER = {
     "FlashHeadIdentityTimeline": ["images", "start_times"],
     "FlashHeadBatchSampler": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
                               "color_correction", "mode", "context_seconds"],
+    "FlashHeadAudioBatch": ["audio_1", "audio_2"],
 }
-NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline"]}  # optional, with defaults: old workflows lack them
+NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline"],
+              "FlashHeadAudioBatch": ["audio_3", "audio_4"]}  # optional, with defaults: old workflows lack them
 # Folded under "advanced inputs" where the host supports it (ComfyUI 0.33; 0.3.64 has no such option).
 ADVANCED = {
     "FlashHeadModelLoader": {"variant", "dtype", "attention", "compile", "weight_dtype"},
@@ -945,7 +947,7 @@ def test_schemas_append_the_state_last_and_register_the_batch_sampler(pack, comf
     ids = [i.id for i in inputs]
     assert ids.index("state") > ids.index("filename_prefix") and inputs[ids.index("state")].optional
     assert video.RETURN_TYPES == ["VIDEO", "FLASHHEAD_STATE"]
-    assert list(classes)[-1] == "FlashHeadBatchSampler"
+    assert "FlashHeadBatchSampler" in classes
     assert classes["FlashHeadBatchSampler"].RETURN_TYPES == ["IMAGE", "FLOAT", "INT"]
 
 
@@ -997,3 +999,20 @@ def test_batch_sampler_streams_equal_their_single_runs(pack, lite, comfy_folders
         classes["FlashHeadBatchSampler"].execute(**lite, audio=audio(10 * 640 / 16000, 16000, 1, batch=3),
                                                  image=portraits, width=SIZE, height=SIZE, seed=0,
                                                  color_correction=1.0, mode="stream", context_seconds=8.0)
+
+
+@needs_comfy
+def test_audio_batch_feeds_the_batch_sampler_with_each_track_as_heard(pack, lite, comfy_folders):
+    classes = node_classes(pack)
+    first, second = audio(30 * 640 / 16000, 44100, 2, seed=1), audio(20 * 640 / 16000, 24000, 1, seed=2)
+    kept = snapshot(first)
+    (tracks,) = classes["FlashHeadAudioBatch"].execute(first, second).args
+    assert tracks["sample_rate"] == 16000 and tracks["waveform"].shape == (2, 1, 30 * 640)
+    assert torch.equal(first["waveform"], kept["waveform"])  # inputs untouched
+    assert not tracks["waveform"][1, 0, 20 * 640 + 16:].any()  # the shorter track padded with silence
+    images, _, per_stream = classes["FlashHeadBatchSampler"].execute(
+        **lite, audio=tracks, image=image(batch=2), width=SIZE, height=SIZE, seed=4, color_correction=1.0,
+        mode="stream", context_seconds=8.0).args
+    assert per_stream == 30 and images.shape == (60, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="batch of 2 tracks"):
+        classes["FlashHeadAudioBatch"].execute(tracks, second)
