@@ -596,6 +596,28 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
     assert report["console_errors"] == [], report["console_errors"]
 
 
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
+def test_every_ui_workflow_loads_in_the_real_frontend(workflow, installed, host, host_spec, work):
+    """Each shipped UI workflow dropped on ComfyUI's own page (headless Chromium), as a user would drag it in: no
+    missing node type, no alert (e.g. "Some Nodes Are Missing", a schema error), no page error; the graph the page
+    shows holds every node of the file. The TTS one loads with DJZ-Speak beside the pack. A screenshot of each is
+    saved (FLASHHEAD_SCREENSHOT_DIR)."""
+    if _chromium() is None:
+        pytest.skip("no Chromium (apt-get install -y chromium needs root and the Debian archive)")
+    _as_returning_user(host)
+    nodes = json.loads(workflow.read_text())["nodes"]
+    extra = ["--with-pack", str(TTS_PACK)] if TTS_NODES & {n["type"] for n in nodes} else []
+    shot = _screenshot_dir(work) / f"ui_{workflow.stem}_{host_spec.version}.png"
+    code, summary, log = check_pack(host, work, f"ui_{workflow.stem}_{host_spec.version}", "--no-install-requirements",
+                                    "--workflow", str(workflow), "--frontend", "--load-only", "--screenshot",
+                                    str(shot), *extra)
+    assert code == 0, f"{workflow.name} did not load cleanly in the {host_spec.version} frontend:\n{log}"
+    frontend = summary["frontend"]
+    assert frontend["missing_node_types"] == [] and frontend["alerts"] == [], frontend
+    assert frontend["nodes"] == len(nodes), frontend
+    assert shot.is_file()
+
+
 def test_node_unit_tests_pass_inside_the_host(installed, host):
     """tests/test_nodes*.py in ComfyUI's own Python (comfy importable): every test must run, none may skip."""
     python = host / "venv" / "bin" / "python"
