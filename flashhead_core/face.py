@@ -93,7 +93,7 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
 def _has_eye(grey: np.ndarray, x: int, y: int, w: int, h: int, eyes: cv2.CascadeClassifier) -> bool:
     """An eye in the upper 60% of the candidate face (x, y, w, h) of the grey image."""
     region = grey[y:y + h * 6 // 10, x:x + w]
-    found = eyes.detectMultiScale(region, scaleFactor=1.1, minNeighbors=3, minSize=(max(8, w // 10),) * 2,
+    found = eyes.detectMultiScale(region, scaleFactor=1.1, minNeighbors=3, minSize=(max(5, w // 10),) * 2,
                                   maxSize=(max(9, w // 2),) * 2)
     return len(found) > 0
 
@@ -108,7 +108,7 @@ def detect_faces(pixels: np.ndarray) -> list[FaceBox]:
     found = _cascade(FACE_CASCADE).detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
                                                     minSize=(smallest, smallest))
     eyes = _cascade(EYE_CASCADE)
-    faces = [FaceBox(x / scale, y / scale, w / scale, h / scale) for x, y, w, h in found
+    faces = [FaceBox(*(float(v) / scale for v in (x, y, w, h))) for x, y, w, h in found
              if _has_eye(grey, x, y, w, h, eyes)]
     return sorted(faces, key=lambda f: -f.width)
 
@@ -172,6 +172,19 @@ def box_from_bbox(value, bbox_format: str = "xyxy") -> FaceBox:
                         "the built-in face detector")
     a, b, c, d = boxes[0]
     return FaceBox.from_corners(a, b, c, d) if bbox_format == "xyxy" else FaceBox(a, b, c, d)
+
+
+def parse_face_box(text: str) -> FaceBox:
+    """The CLI's --face-box: 'X,Y,W,H' in portrait pixels (top-left corner, width, height)."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise FaceError(f"--face-box must be four numbers X,Y,W,H in portrait pixels (top-left corner, width, "
+                        f"height), like 800,200,300,300; got {text!r}")
+    return FaceBox(*values)
 
 
 def check_box(box: FaceBox, width: int, height: int) -> FaceBox:

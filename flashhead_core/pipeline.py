@@ -32,7 +32,8 @@ from .audio import (
 )
 from .checkpoint import load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
-from .errors import CheckpointError
+from .errors import CheckpointError, FaceError
+from .face import FaceCrop
 from .model import FlashHeadDiT
 from .release import AUDIO_DIR
 from .sampler import SamplerConfig
@@ -109,7 +110,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
                         on_frames: Callable[[torch.Tensor, int, int], None] | None = None,
                         on_step: Callable[[int, int, int], None] | None = None,
                         should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None,
-                        continue_from=None, on_state: Callable[[object], None] | None = None) -> dict:
+                        continue_from=None, on_state: Callable[[object], None] | None = None,
+                        face_crop: FaceCrop | None = None) -> dict:
     """Generate and write the MP4 incrementally; returns a summary dict.
 
     image: anything `image.load_image` takes, or a `timeline.Timeline` of several portraits with their start times
@@ -121,6 +123,9 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     `session.memory_estimate` before anything runs. The MP4 appears only when complete: on error or cancellation
     nothing is left behind. continue_from: a `state.ContinuationState` to continue (stream mode; checked before
     anything runs; the seed is then unused); on_state(state) receives the state the run ends in (flashhead_core/state.py).
+    face_crop: a `face.FaceCrop` made on `image` (checked by size): the model is given its square and every frame is
+    pasted back into the full portrait, so the MP4 has the portrait's size (made even: an odd size loses its last
+    row or column); on_frames still gets the model's frames (height x width).
     """
     # The cheap checks first (size, memory, seed, model/VAE pair), then the audio, checked in full (the model hears
     # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
@@ -132,6 +137,12 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     if timeline is not None and (continue_from is not None or on_state is not None):
         raise TimelineError("a timeline run cannot continue a state or end in one yet: give one portrait, or "
                             "disconnect the state")
+    if face_crop is not None:
+        if timeline is not None:
+            raise FaceError("a face crop needs one portrait, not a timeline: give one image, or disconnect the face "
+                            "crop")
+        face_crop.check_portrait(image)
+        image = face_crop.reference()
     if continue_from is not None:
         check_continuation(continue_from, session, mode, context_seconds)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
@@ -153,10 +164,12 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     else:
         resume(session, continue_from, image, context_seconds)
     start = time.perf_counter()
-    with VideoWriter(out, width, height, fps=FPS, audio=soundtrack) as writer:
+    video_width, video_height = (width, height) if face_crop is None else face_crop.video_size
+    with VideoWriter(out, video_width, video_height, fps=FPS, audio=soundtrack) as writer:
         for frames in run if run is not None else stream_talking_head(
                 session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples):
-            writer.write(frames)
+            for part in (frames,) if face_crop is None else face_crop.video_frames(frames):
+                writer.write(part)
             if on_frames is not None:
                 on_frames(frames, writer.frames_written, total)
             if on_chunk is not None:
@@ -166,6 +179,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
         on_state(run.state if run.state is not None else once_mode_state(session, total))
     summary = {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
                "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}
+    if face_crop is not None:
+        summary["face_crop"] = face_crop.summary()
     if timeline is not None:
         new_frames = session.config.new_frames
         summary["timeline"] = [{"portrait": timeline.entries[i].label, "start": timeline.entries[i].start,

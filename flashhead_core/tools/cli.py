@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +13,9 @@ from tqdm import tqdm
 
 from ..config import parse_size
 from ..errors import FlashHeadError, InputError
+from ..face import FaceCrop, parse_face_box
+from ..live.server import DEFAULT_PORT, ServeOptions, check_binding
+from ..live.server import run as serve
 from ..lora import apply_loras, parse_lora_option, read_lora
 from ..pipeline import load_pipeline, write_talking_video
 from ..testing import write_tiny_checkpoint
@@ -38,13 +42,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype: auto is bfloat16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
 
-    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     device = torch.device(args.device)
     pipeline = load_pipeline(args.checkpoint, variant=args.variant, device=device,
-                             dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
-                             attention=args.attention, wav2vec2=args.wav2vec2)
+                             dtype=_compute_dtype(args.dtype, device), attention=args.attention,
+                             wav2vec2=args.wav2vec2)
     if args.lora:  # every file is read and checked against the DiT before any is applied
         loras = [read_lora(path, pipeline.model, strength) for path, strength in map(parse_lora_option, args.lora)]
         apply_loras(pipeline.model, loras)
@@ -64,10 +74,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         portraits = args.image if args.timeline is None else parse_timeline(args.timeline)
         summary = write_talking_video(pipeline, portraits, args.audio, args.out, height=height, width=width,
                                       seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
-                                      context_seconds=args.context_seconds, on_chunk=on_chunk)
+                                      context_seconds=args.context_seconds, on_chunk=on_chunk,
+                                      face_crop=_face_crop(args))
     print(json.dumps(summary))
     print(f"video written to {Path(summary['out']).resolve()}", file=sys.stderr)
     return 0
+
+
+def _face_crop(args: argparse.Namespace) -> FaceCrop | None:
+    """--face-crop (the built-in detector) or --face-box X,Y,W,H -> the crop of --image, else None."""
+    if not args.face_crop and args.face_box is None:
+        return None
+    if args.image is None:
+        raise InputError("--face-crop and --face-box work with one portrait: give it as --image FILE")
+    box = None if args.face_box is None else parse_face_box(args.face_box)
+    return FaceCrop.around(args.image, box, feather=args.face_feather)
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -87,6 +108,26 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+
+    check_binding(args.host, args.token)  # before loading anything
+    if (args.checkpoint is None) == (not args.tiny):
+        raise InputError("give the model as --checkpoint DIR, or --tiny for a tiny random-weight model to try the "
+                         "server with (it shows coloured noise, not a face)")
+    device = torch.device(args.device)
+    height, width = args.size or ((64, 64) if args.tiny else (512, 512))
+    options = ServeOptions(width=width, height=height, max_sessions=args.max_sessions,
+                           max_upload_bytes=int(args.max_upload_mb * 2**20), idle_timeout=args.idle_timeout,
+                           token=args.token)
+    with tempfile.TemporaryDirectory(prefix="flashhead-serve-") as tiny:
+        variant = args.variant if not args.tiny else "lite" if args.variant == "auto" else args.variant
+        checkpoint = write_tiny_checkpoint(tiny, variant) if args.tiny else args.checkpoint
+        pipeline = load_pipeline(checkpoint, variant=variant, device=device,
+                                 dtype=_compute_dtype(args.dtype, device), attention=args.attention)
+        serve(pipeline, options, host=args.host, port=args.port)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]", help=(
         "a LoRA for the DiT (.safetensors: PEFT/diffusers, kohya or ComfyUI Wan-2.1 keys), strength default 1; "
         "repeat for several, applied in order"))
+    p.add_argument("--face-crop", action="store_true", help=(
+        "animate only the face of a large portrait: find it (OpenCV's built-in detector), generate its square crop "
+        "(2 x the face width) at --size and paste it back into every frame; the MP4 has the portrait's size"))
+    p.add_argument("--face-box", default=None, metavar="X,Y,W,H", help=(
+        "--face-crop around this face box (portrait pixels: top-left corner, width, height) instead of detecting"))
+    p.add_argument("--face-feather", type=float, default=0.1, help=(
+        "the paste-back's blend ramp, a fraction of the crop side (0..0.5; 0 = a hard edge)"))
     p.add_argument("--audio", required=True, help="the speech (wav, mp3, flac, m4a, ...)")
     p.add_argument("--out", required=True, help="the MP4 to write")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WIDTHxHEIGHT (multiples of 32 Lite, 16 Pro)")
@@ -146,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the videos, their inputs and the tiny checkpoints (default: ./flashhead-demo)")
     p.add_argument("--reference", default=None, help="also verify every fixture and manifest in this reference folder")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", help="live talking-head server with one page: portraits + speech in, video played "
+                                     "as it is generated (docs/live.md)")
+    p.add_argument("--checkpoint", default=None, help="the released checkpoint root (or --tiny)")
+    p.add_argument("--tiny", action="store_true", help="a tiny random-weight model, to try the server (no download)")
+    p.add_argument("--variant", choices=["auto", "lite", "pro"], default="auto")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback, --token is required)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--token", default=None, help="a secret every request must carry (?token= or Authorization: "
+                                                 "Bearer); required with a --host beyond loopback")
+    p.add_argument("--max-sessions", type=int, default=4, help="live sessions at once (more get a 'busy' answer)")
+    p.add_argument("--size", type=parse_size, default=None,
+                   help="WIDTHxHEIGHT: a session's default and largest size (default 512x512; 64x64 with --tiny)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest portrait or speech file")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds after which a session nobody uses (no request, no audio socket) is freed")
+    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on CUDA, float32 on CPU (wav2vec2 always float32)")
+    p.add_argument("--attention", default="auto", help="auto, sdpa, flash_attn_3, flash_attn_2, sage")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
