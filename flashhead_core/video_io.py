@@ -19,7 +19,7 @@ from typing import Iterable
 import av
 import numpy as np
 import torch
-from av.video.reformatter import ColorRange, Colorspace
+from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from .config import FPS
 from .audio.sample_reader import SampleReader
@@ -77,9 +77,8 @@ class VideoWriter:
             self._video = self._container.add_stream("libx264", rate=self.fps)
             self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
             self._video.options = {"crf": str(crf)}
-            codec = self._video.codec_context
-            codec.color_primaries = codec.color_trc = codec.colorspace = _BT709
-            codec.color_range = _LIMITED_RANGE
+            tag_bt709(self._video.codec_context)
+            self._reformatter = VideoReformatter()
             if self._audio is not None:
                 self._audio_channels = soundtrack.channels
                 self._audio_layout = "mono" if soundtrack.channels == 1 else "stereo"
@@ -96,11 +95,7 @@ class VideoWriter:
         pixels = images_to_uint8(frames)
         with self._removing_partial_on_error():
             for rgb in pixels:
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                    format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
-                frame.pts = self.frames_written
-                frame.time_base = 1 / self.fps
-                self._container.mux(self._video.encode(frame))
+                self._container.mux(self._video.encode(yuv_frame(rgb, self.frames_written, self.fps, self._reformatter)))
                 self.frames_written += 1
             self._write_audio_until(self._audio_samples_for(self.frames_written))
 
@@ -166,10 +161,31 @@ class VideoWriter:
         block[:, :len(available)] = available.reshape(len(available), -1).T
         if not np.isfinite(block).all():
             raise AudioInputError(f"the audio contains NaN or infinite samples between {start} and {end}")
-        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=self._audio_layout)
-        frame.sample_rate, frame.pts, frame.time_base = self._sample_rate, start, Fraction(1, self._sample_rate)
-        self._container.mux(self._audio_stream.encode(frame))
+        self._container.mux(self._audio_stream.encode(audio_frame(block, start, self._sample_rate)))
         self._audio_written = end
+
+
+def tag_bt709(codec: av.codec.context.CodecContext) -> None:
+    """Tag an H.264 encoder's output as BT.709, limited range: what `yuv_frame` converts to."""
+    codec.color_primaries = codec.color_trc = codec.colorspace = _BT709
+    codec.color_range = _LIMITED_RANGE
+
+
+def yuv_frame(rgb: np.ndarray, pts: int, fps: Fraction, reformatter: VideoReformatter) -> av.VideoFrame:
+    """One uint8 RGB frame [H, W, 3] -> a yuv420p (BT.709, limited range) frame at `pts` in units of 1/fps.
+    reformatter: the caller's own (it keeps its conversion context from frame to frame; one per thread)."""
+    frame = reformatter.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format="yuv420p",
+                                 dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+    frame.pts, frame.time_base = pts, 1 / Fraction(fps)
+    return frame
+
+
+def audio_frame(block: np.ndarray, start: int, sample_rate: int) -> av.AudioFrame:
+    """Float samples [C, n] (C = 1 or 2) starting at sample `start` -> a planar float frame."""
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, dtype=np.float32), format="fltp",
+                                       layout="mono" if block.shape[0] == 1 else "stereo")
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+    return frame
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,14 @@
+"""Live streaming: the talking video as a browser plays it while it is generated (Media Source Extensions).
+
+    fragments.py  LiveEncoder: per chunk, an fMP4 media segment of H.264 and one of AAC (LiveSegment), on one timeline
+    channel.py    LiveChannel (a stream's init + latest segments, thread-safe, awaitable), LiveRegistry (by id)
+    http.py       add_stream_routes: the stream protocol (aiohttp), shared by ComfyUI's routes and `flashhead serve`
+    static/       player.js, the browser side (LivePlayer: two SourceBuffers, joins at the live edge)
+
+No ComfyUI import here; aiohttp only in http.py.
+"""
+
+from .channel import LiveChannel, LiveRegistry
+from .fragments import LiveEncoder, LiveSegment
+
+__all__ = ["LiveChannel", "LiveEncoder", "LiveRegistry", "LiveSegment"]

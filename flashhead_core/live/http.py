@@ -1,0 +1,86 @@
+"""The live stream protocol over HTTP (aiohttp), the same for every server that streams (ComfyUI's, `flashhead
+serve`): routes under a prefix that read a LiveRegistry's channels. The player (static/player.js) speaks it.
+
+    add_stream_routes(app.router, "/api/live", registry, check=None)      # or a RouteTableDef (ComfyUI's routes)
+
+    GET {prefix}/{id}                          JSON channel.info()
+    GET {prefix}/{id}/init/video|audio         the track's init segment (video/mp4 | audio/mp4)
+    GET {prefix}/{id}/segments/{n}/video|audio the track's media segment n (b"" when that track had no packet in it),
+                                               headers X-FlashHead-Start (seconds: where the player places it) and
+                                               X-FlashHead-Media-End; waits up to WAIT_SECONDS for n to be published.
+        204 + X-FlashHead-Ended: 1   the stream ended before n (X-FlashHead-Error: why, when it ended early)
+        204 + X-FlashHead-Ended: 0   n is not published yet after the wait: ask again
+        410  n was dropped (the channel keeps only its latest segments): re-join at info()['next'] - 1
+        400  n is not a non-negative integer
+        404  unknown id (and, through `check`, a channel the request may not see: no oracle)
+
+`check(request, channel)` runs on every route before anything is read; it raises an aiohttp HTTPException (e.g.
+HTTPForbidden for a missing token, HTTPNotFound for a foreign channel) to refuse. No route takes a file path.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+
+from .channel import LiveChannel, LiveRegistry
+
+WAIT_SECONDS = 10.0
+INIT_WAIT_SECONDS = 10.0
+CONTENT_TYPES = {"video": "video/mp4", "audio": "audio/mp4"}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str, registry: LiveRegistry,
+                      check: Callable[[web.Request, LiveChannel], None] | None = None) -> None:
+    """Register the stream routes under `prefix` (no trailing slash) on an app's router or a RouteTableDef."""
+    prefix = prefix.rstrip("/")
+
+    def channel_of(request: web.Request) -> LiveChannel:
+        channel = registry.get(request.match_info["id"])
+        if channel is None:
+            raise web.HTTPNotFound(text="no such live stream", headers=NO_STORE)
+        if check is not None:
+            check(request, channel)
+        return channel
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(channel_of(request).info(), headers=NO_STORE)
+
+    async def init(request: web.Request) -> web.Response:
+        channel, track = channel_of(request), request.match_info["track"]
+        if not await channel.wait_init(INIT_WAIT_SECONDS):
+            raise web.HTTPNotFound(text="this live stream has no init segment (it ended before its first chunk)",
+                                   headers=NO_STORE)
+        return web.Response(body=channel.init_segment(track), content_type=CONTENT_TYPES[track], headers=NO_STORE)
+
+    async def segment(request: web.Request) -> web.Response:
+        channel, track = channel_of(request), request.match_info["track"]
+        text = request.match_info["n"]
+        if not (text.isascii() and text.isdigit()):
+            raise web.HTTPBadRequest(text=f"segment number must be a non-negative integer, got {text!r}",
+                                     headers=NO_STORE)
+        try:
+            found = await channel.segment(int(text), WAIT_SECONDS)
+        except KeyError:
+            raise web.HTTPGone(text=f"segment {text} was dropped: re-join at the live edge (info: next - 1)",
+                               headers=NO_STORE) from None
+        if found is None:
+            ended = channel.ended
+            headers = {**NO_STORE, "X-FlashHead-Ended": "1" if ended else "0"}
+            error = channel.info()["error"] if ended else None
+            if error:
+                headers["X-FlashHead-Error"] = error.encode("ascii", "replace").decode()[:200].replace("\r", " ").replace("\n", " ")
+            return web.Response(status=204, headers=headers)
+        body, start = (found.video, found.video_start) if track == "video" else (found.audio, found.audio_start)
+        return web.Response(body=body, content_type=CONTENT_TYPES[track], headers={
+            **NO_STORE, "X-FlashHead-Start": repr(start), "X-FlashHead-Media-End": repr(found.media_end)})
+
+    table = [(f"{prefix}/{{id}}", info), (f"{prefix}/{{id}}/init/{{track:video|audio}}", init),
+             (f"{prefix}/{{id}}/segments/{{n}}/{{track:video|audio}}", segment)]
+    for path, handler in table:
+        if isinstance(routes, web.RouteTableDef):
+            routes.get(path)(handler)
+        else:
+            routes.add_get(path, handler)
