@@ -242,7 +242,8 @@ class FaceCrop:
     @classmethod
     def around(cls, portrait, box: FaceBox | None = None, feather: float = DEFAULT_FEATHER) -> "FaceCrop":
         """The crop for `box` in `portrait` (any `portrait_pixels` input; a uint8 [H, W, 3] array as is), or for
-        the face the built-in detector finds when box is None."""
+        the face the built-in detector finds when box is None. A float tensor [1, H, W, 3] or [H, W, 3] (a ComfyUI
+        IMAGE) is kept as it is, so the paste-back leaves its pixels exactly as they were."""
         pixels = portrait if isinstance(portrait, np.ndarray) and portrait.dtype == np.uint8 else (
             portrait_pixels(portrait))
         if not (isinstance(feather, (int, float)) and 0 <= feather <= 0.5):
@@ -250,7 +251,11 @@ class FaceCrop:
         height, width = pixels.shape[:2]
         box = check_box(detect_face(pixels) if box is None else box, width, height)
         left, top, side = crop_square(box, width, height)
-        return cls(torch.from_numpy(pixels.copy()).float() / 255, left, top, side, box, float(feather))
+        if isinstance(portrait, torch.Tensor) and portrait.is_floating_point() and portrait.shape[-1] == 3:
+            exact = portrait.detach().to("cpu", torch.float32).reshape(height, width, 3).clone()
+        else:
+            exact = torch.from_numpy(pixels.copy()).float() / 255
+        return cls(exact, left, top, side, box, float(feather))
 
     @property
     def size(self) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ._io import ComfyExtension, io
 from .audio import FlashHeadAudioEncode
 from .batch import FlashHeadAudioBatch, FlashHeadBatchSampler
+from .face import FlashHeadFaceCrop, FlashHeadPasteBack
 from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
 from .lora import FlashHeadLoraLoader
 from .sampler import FlashHeadSampler, FlashHeadVAEDecode
@@ -24,6 +25,8 @@ NODES: list[type[io.ComfyNode]] = [
     FlashHeadIdentityTimeline,
     FlashHeadBatchSampler,
     FlashHeadAudioBatch,
+    FlashHeadFaceCrop,
+    FlashHeadPasteBack,
 ]
 
 

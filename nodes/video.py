@@ -14,6 +14,7 @@ from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
 from .audio import audio_mode_inputs
 from .continuation import state_input, state_output
+from .face import face_crop_input
 from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
 from .timeline import TimelineWire
 
@@ -43,6 +44,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
                 TimelineWire.Input("timeline", optional=True, tooltip=(
                     "From FlashHead Identity Timeline: portraits that take over at given times (the image input "
                     "plays until the first one).")),
+                face_crop_input(),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip=(
                 "The MP4 just written (H.264 + AAC, 25 fps), as ComfyUI VIDEO: connect GetVideoComponents, "
@@ -52,7 +54,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, audio_encoder, audio, image, width, height, seed, color_correction, mode,
-                context_seconds, filename_prefix, state=None, timeline=None) -> io.NodeOutput:
+                context_seconds, filename_prefix, state=None, timeline=None, face_crop=None) -> io.NodeOutput:
         check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction,
                       mode=mode, context_seconds=context_seconds)
         prepare_models(model, vae, width, height, also_load=[audio_encoder.patcher])
@@ -66,7 +68,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
             color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
             on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
             free_memory=_host.free_memory(vae.vae.device), continue_from=state,
-            on_state=None if timeline is not None else states.append))
+            on_state=None if timeline is not None else states.append, face_crop=face_crop))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
         video = InputImpl.VideoFromFile(str(path))
         return io.NodeOutput(video, states[0] if states else None, ui=ui.PreviewVideo([saved]))

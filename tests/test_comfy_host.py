@@ -45,7 +45,8 @@ PACK_DIR_NAME = "ComfyUI-FlashHead"  # the folder name under custom_nodes/, as a
 RELEASE = "SoulX-FlashHead-1_3B"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
             "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
-            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch"]
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch", "FlashHeadFaceCrop",
+            "FlashHeadPasteBack"]
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TEST_SIZE = 64
@@ -621,9 +622,10 @@ def test_every_ui_workflow_loads_in_the_real_frontend(workflow, installed, host,
 def test_node_unit_tests_pass_inside_the_host(installed, host):
     """tests/test_nodes*.py in ComfyUI's own Python (comfy importable): every test must run, none may skip."""
     python = host / "venv" / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import pytest"], capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest"],
-                       check=True, capture_output=True)
+    # pytest, and scikit-image for the face-crop tests' photo (test extras, not the pack's requirements)
+    if subprocess.run([str(python), "-c", "import pytest, skimage"], capture_output=True).returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest",
+                        "scikit-image>=0.22"], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("FLASHHEAD_REQUIRE_REFERENCE", "PYTHONPATH")}
     env["PYTHONPATH"] = str(host / "ComfyUI")
     node_tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_nodes*.py"))

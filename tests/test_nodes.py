@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_flashhead_under_test"
 NODE_IDS = ["FlashHeadModelLoader", "FlashHeadVAELoader", "FlashHeadAudioEncoderLoader", "FlashHeadAudioEncode",
             "FlashHeadSampler", "FlashHeadVAEDecode", "FlashHeadTalkingVideo", "FlashHeadLoraLoader",
-            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch"]
+            "FlashHeadIdentityTimeline", "FlashHeadBatchSampler", "FlashHeadAudioBatch", "FlashHeadFaceCrop",
+            "FlashHeadPasteBack"]
 # Each node's inputs in the order of the V1 nodes (INPUT_TYPES, required then optional), written out so that a reorder
 # fails here: saved UI workflows store widget values by position. Inputs added since go after these (NEW_INPUTS).
 V1_INPUT_ORDER = {
@@ -46,9 +47,11 @@ V1_INPUT_ORDER = {
     "FlashHeadBatchSampler": ["model", "vae", "audio_encoder", "audio", "image", "width", "height", "seed",
                               "color_correction", "mode", "context_seconds"],
     "FlashHeadAudioBatch": ["audio_1", "audio_2"],
+    "FlashHeadFaceCrop": ["image", "feather", "bbox_format"],
+    "FlashHeadPasteBack": ["images", "face_crop"],
 }
-NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline"],
-              "FlashHeadAudioBatch": ["audio_3", "audio_4"]}  # optional, with defaults: old workflows lack them
+NEW_INPUTS = {"FlashHeadModelLoader": ["weight_dtype"], "FlashHeadTalkingVideo": ["state", "timeline", "face_crop"],
+              "FlashHeadAudioBatch": ["audio_3", "audio_4"], "FlashHeadFaceCrop": ["mask", "bbox"]}  # optional, with defaults: old workflows lack them
 # Folded under "advanced inputs" where the host supports it (ComfyUI 0.33; 0.3.64 has no such option).
 ADVANCED = {
     "FlashHeadModelLoader": {"variant", "dtype", "attention", "compile", "weight_dtype"},
@@ -925,7 +928,7 @@ def test_timeline_node_and_talking_video(pack, lite, comfy_folders):
         run(pack, "FlashHeadIdentityTimeline", image(72, 64, batch=3), "1, 2")
     cls = node(pack, "FlashHeadTalkingVideo")
     ids = [i.id for i in cls.GET_SCHEMA().inputs]
-    assert ids[-1] == "timeline" and cls.GET_SCHEMA().inputs[-1].optional
+    assert ids.index("timeline") > ids.index("state") and cls.GET_SCHEMA().inputs[ids.index("timeline")].optional
     args = (lite["model"], lite["vae"], lite["audio_encoder"], audio(3.0, 24000, 1), image(72, 64, seed=5), SIZE,
             SIZE, 42, 1.0, "stream", 8.0, "FlashHead/tl")
     video = cls.execute(*args, timeline=timeline).args[0]
@@ -1016,3 +1019,83 @@ def test_audio_batch_feeds_the_batch_sampler_with_each_track_as_heard(pack, lite
     assert per_stream == 30 and images.shape == (60, SIZE, SIZE, 3)
     with pytest.raises(ValueError, match="batch of 2 tracks"):
         classes["FlashHeadAudioBatch"].execute(tracks, second)
+
+
+# --- face crop and paste-back ----------------------------------------------------------------------------------------
+
+def half_body(width=640, height=360):
+    """ComfyUI IMAGE [1, height, width, 3]: scikit-image's astronaut photo (one real face, about 57 px wide here)
+    at 0.6x on a grey canvas."""
+    import numpy as np
+    from PIL import Image
+    from skimage.data import astronaut
+
+    canvas = np.full((height, width, 3), 128, np.uint8)
+    canvas[20:327, 200:507] = np.asarray(Image.fromarray(astronaut()).resize((307, 307), Image.BILINEAR))
+    return torch.from_numpy(canvas).float()[None] / 255
+
+
+@needs_comfy
+def test_face_crop_node_and_talking_video_write_the_full_frame(pack, lite, comfy_folders):
+    portrait = half_body()
+    crop, cropped, mask, preview = run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2")
+    assert 50 < crop.face.width < 70 and crop.side == round(2 * crop.face.width)  # the official square
+    assert cropped.shape == (1, crop.side, crop.side, 3) and preview.shape == portrait.shape
+    assert torch.equal(cropped[0], portrait[0, crop.top:crop.top + crop.side, crop.left:crop.left + crop.side])
+    assert mask.shape == (1, 360, 640) and mask[0, crop.top + crop.side // 2, crop.left + crop.side // 2] == 1
+    assert mask.gt(0).sum() == crop.side ** 2  # the square, nothing outside
+    video = node(pack, "FlashHeadTalkingVideo")
+    assert [i.id for i in video.GET_SCHEMA().inputs][-1] == "face_crop"
+    out = video.execute(**lite, audio=audio(1.0, 24000, 1), image=portrait, width=SIZE, height=SIZE, seed=3,
+                        color_correction=1.0, mode="stream", context_seconds=8.0, filename_prefix="FlashHead/face",
+                        face_crop=crop).args[0]
+    info = video_info(pack, out.get_stream_source())
+    assert (info.width, info.height, info.frames) == (640, 360, 25)
+    # a crop made on another image: refused before anything is written
+    errors = importlib.import_module(f"{PACK_NAME}.flashhead_core.errors")
+    with pytest.raises(errors.FaceError, match="made on a 640x360 portrait but the image is 80x96"):
+        video.execute(**lite, audio=audio(1.0, 24000, 1), image=image(), width=SIZE, height=SIZE, seed=3,
+                      color_correction=1.0, mode="stream", context_seconds=8.0, filename_prefix="FlashHead/refused",
+                      face_crop=crop)
+    assert not list(comfy_folders.rglob("refused*"))
+
+
+@needs_comfy
+def test_sampler_frames_paste_back_into_the_portrait(pack, lite, comfy_folders):
+    portrait = half_body()
+    crop, cropped, mask, _ = run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2")
+    (embeds,) = run(pack, "FlashHeadAudioEncode", lite["audio_encoder"], audio(1.0, 16000, 1), lite["model"],
+                    "stream", 8.0)
+    frames = run(pack, "FlashHeadSampler", lite["model"], lite["vae"], embeds, cropped, SIZE, SIZE, 5, 1.0)[0]
+    (full,) = run(pack, "FlashHeadPasteBack", frames, crop)
+    assert full.shape == (frames.shape[0], 360, 640, 3)
+    outside = mask[0] == 0
+    assert torch.equal(full[:, outside], portrait[0][outside].expand(frames.shape[0], -1, -1))  # exactly
+    middle = full[:, crop.top + crop.side // 2, crop.left + crop.side // 2]
+    assert not torch.allclose(middle, portrait[0, crop.top + crop.side // 2, crop.left + crop.side // 2])
+
+
+@needs_comfy
+def test_face_crop_node_takes_a_bbox_or_a_mask_and_refuses_bad_ones(pack):
+    portrait = half_body()
+    face = importlib.import_module(f"{PACK_NAME}.flashhead_core.face")
+    errors = importlib.import_module(f"{PACK_NAME}.flashhead_core.errors")
+    expected = face.FaceBox(300, 80, 60, 70)
+    crop = run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2", bbox=[[300, 80, 360, 150]])[0]
+    assert crop.face == expected and (crop.left, crop.top, crop.side) == (270, 49, 120)  # 115 - 0.55 * 120 = 49
+    assert run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x,y,w,h", bbox=[300, 80, 60, 70])[0].face == expected
+    mask = torch.zeros(1, 360, 640)
+    mask[0, 80:150, 300:360] = 1
+    assert run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2", mask=mask)[0].face == expected
+    for kwargs, message in [
+            (dict(mask=mask, bbox=[300, 80, 360, 150]), "connect one of them"),
+            (dict(mask=torch.zeros(1, 360, 640)), "face mask is empty"),
+            (dict(mask=torch.ones(1, 100, 100)), "the mask is 100x100 but the portrait is 640x360"),
+            (dict(bbox=[600, 80, 700, 150]), "outside the 640x360 portrait"),
+            (dict(bbox=[[0, 0, 50, 50], [100, 100, 150, 150]]), "holds 2 boxes")]:
+        with pytest.raises(errors.FaceError, match=message):
+            run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2", **kwargs)
+    with pytest.raises(errors.FaceError, match="no face found"):
+        run(pack, "FlashHeadFaceCrop", image(360, 640), 0.1, "x1,y1,x2,y2")
+    with pytest.raises(errors.FlashHeadError, match="feather must be between 0 and 0.5"):
+        run(pack, "FlashHeadFaceCrop", portrait, 0.9, "x1,y1,x2,y2")
