@@ -258,13 +258,28 @@ def _portrait(path: Path) -> None:
     image.save(path)
 
 
+HALF_BODY_SIZE = (960, 540)  # the face-crop workflow's portrait; its MP4 has this size
+
+
+def _half_body(path: Path) -> None:
+    """A large portrait with one real face (the built-in detector must find it): scikit-image's astronaut photo
+    on a grey HALF_BODY_SIZE canvas."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    image = Image.new("RGB", HALF_BODY_SIZE, (128, 128, 128))
+    image.paste(Image.fromarray(astronaut()), (300, 28))
+    image.save(path)
+
+
 @pytest.fixture(scope="session")
 def inputs(shared_work) -> Path:
-    """ComfyUI input files the workflows name: portrait.png and the audio of AUDIO_FILES."""
+    """ComfyUI input files the workflows name: portrait.png, half_body.png and the audio of AUDIO_FILES."""
     folder = shared_work / "inputs"
     folder.mkdir()
     _portrait(folder / "portrait.png")
     _portrait(folder / "portrait2.png")
+    _half_body(folder / "half_body.png")
     for name, (seconds, rate, channels) in AUDIO_FILES.items():
         _write_wav(folder / name, seconds, rate, channels)
     return folder
@@ -479,7 +494,8 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
     assert info.fps == 25.0 and info.audio_channels and info.audio_sample_rate
     assert abs(info.audio_duration - seconds) < 0.1
     scale = UPSCALE if "UpscaleModelLoader" in types else 1
-    assert (info.width, info.height) == (TEST_SIZE * scale, TEST_SIZE * scale), info
+    size = HALF_BODY_SIZE if "FlashHeadFaceCrop" in types else (TEST_SIZE * scale, TEST_SIZE * scale)
+    assert (info.width, info.height) == size, info  # face crop: pasted back into the full portrait
     # every FlashHead node that reports progress reached its total
     for node in run["nodes"]:
         if "progress" in node:
