@@ -111,7 +111,7 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
                         on_step: Callable[[int, int, int], None] | None = None,
                         should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None,
                         continue_from=None, on_state: Callable[[object], None] | None = None,
-                        face_crop: FaceCrop | None = None) -> dict:
+                        face_crop: FaceCrop | None = None, live=None) -> dict:
     """Generate and write the MP4 incrementally; returns a summary dict.
 
     image: anything `image.load_image` takes, or a `timeline.Timeline` of several portraits with their start times
@@ -126,6 +126,8 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
     face_crop: a `face.FaceCrop` made on `image` (checked by size): the model is given its square and every frame is
     pasted back into the full portrait, so the MP4 has the portrait's size (made even: an odd size loses its last
     row or column); on_frames still gets the model's frames (height x width).
+    live: a `live.LiveSink` that streams the video as it is written (the MP4's frames and audio, chunk by chunk, to
+    a live channel; flashhead_core/live/); it ends with the run's error when the run fails or is cancelled.
     """
     # The cheap checks first (size, memory, seed, model/VAE pair), then the audio, checked in full (the model hears
     # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
@@ -165,7 +167,7 @@ def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, he
         resume(session, continue_from, image, context_seconds)
     start = time.perf_counter()
     video_width, video_height = (width, height) if face_crop is None else face_crop.video_size
-    with VideoWriter(out, video_width, video_height, fps=FPS, audio=soundtrack) as writer:
+    with VideoWriter(out, video_width, video_height, fps=FPS, audio=soundtrack, live=live) as writer:
         for frames in run if run is not None else stream_talking_head(
                 session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples):
             for part in (frames,) if face_crop is None else face_crop.video_frames(frames):

@@ -53,10 +53,15 @@ class VideoWriter:
     is read only as far as needed: each `write()` encodes the audio up to the video written so far, so the file is
     interleaved and memory stays flat. At close the audio is cut (or padded with silence) to exactly the video's
     duration, frames / fps.
+
+    live: a tee (`live.LiveSink`) that gets the video as it is muxed: start(width, height, fps, sample_rate | None,
+    channels | None) once here, write(frames uint8 [n, H, W, 3], audio float32 [t, C] | None: exactly the samples
+    muxed with them) after each write(), close() once the file is complete or close(error=why) when it is not.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: int = FPS,
-                 audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream | None = None, crf: int = 18):
+                 audio: tuple[np.ndarray | torch.Tensor, int] | AudioStream | None = None, crf: int = 18,
+                 live=None):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise SizeError(f"video size {width}x{height}: H.264 (yuv420p) needs positive even sizes; use even "
                              f"sizes (the model produces multiples of 16 or 32)")
@@ -72,6 +77,7 @@ class VideoWriter:
         self._audio_written = 0  # samples
         self._container = None
         self._closed = False
+        self._live = live
         with self._removing_partial_on_error():
             self._container = av.open(str(self.partial_path), mode="w", format="mp4")
             self._video = self._container.add_stream("libx264", rate=self.fps)
@@ -84,6 +90,9 @@ class VideoWriter:
                 self._audio_layout = "mono" if soundtrack.channels == 1 else "stereo"
                 self._audio_stream = self._container.add_stream("aac", rate=self._sample_rate,
                                                                 layout=self._audio_layout)
+            if live is not None:
+                live.start(width, height, fps, soundtrack.sample_rate if soundtrack else None,
+                           soundtrack.channels if soundtrack else None)
 
     def write(self, frames: np.ndarray | torch.Tensor) -> None:
         """Encode frames [T, H, W, 3] (uint8, or float 0..1) now; nothing is kept."""
@@ -95,9 +104,12 @@ class VideoWriter:
         pixels = images_to_uint8(frames)
         with self._removing_partial_on_error():
             for rgb in pixels:
-                self._container.mux(self._video.encode(yuv_frame(rgb, self.frames_written, self.fps, self._reformatter)))
+                frame = yuv_frame(rgb, self.frames_written, self.fps, self._reformatter)
+                self._container.mux(self._video.encode(frame))
                 self.frames_written += 1
-            self._write_audio_until(self._audio_samples_for(self.frames_written))
+            audio = self._write_audio_until(self._audio_samples_for(self.frames_written))
+        if self._live is not None:
+            self._live.write(pixels, None if audio is None else audio.T)
 
     def close(self) -> None:
         """Flush the encoders, finish the file and move it to `path`. Idempotent; a no-op after abort()."""
@@ -111,12 +123,16 @@ class VideoWriter:
             self._container.close()
             os.replace(self.partial_path, self.path)
             self._closed = True
+        if self._live is not None:
+            self._live.close()
 
-    def abort(self) -> None:
-        """Stop and remove the partial file; `path` is not touched."""
+    def abort(self, reason: str = "the video was not finished") -> None:
+        """Stop and remove the partial file; `path` is not touched. The live tee ends with `reason`."""
         if self._closed:
             return
         self._closed = True
+        if self._live is not None:
+            self._live.close(error=reason)
         if self._container is not None:
             try:
                 self._container.close()
@@ -131,7 +147,7 @@ class VideoWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(_reason(exc))
 
     @contextmanager
     def _removing_partial_on_error(self):
@@ -139,22 +155,25 @@ class VideoWriter:
         try:
             yield
         except OSError as e:
-            self.abort()
+            self.abort(_reason(e))
             if isinstance(e, VideoWriteError):
                 raise
             raise VideoWriteError(f"could not write {self.path}: {e}. Is the disk full or the folder read-only? "
                                   f"Free space or choose another folder; no partial file was left") from e
-        except BaseException:
-            self.abort()
+        except BaseException as e:
+            self.abort(_reason(e))
             raise
 
     def _audio_samples_for(self, frames: int) -> int:
         return round(frames * self._sample_rate / self.fps)
 
-    def _write_audio_until(self, end: int) -> None:
-        """Encode audio samples [written, end): the caller's samples, then silence past their end."""
-        if self._audio is None or end <= self._audio_written:
-            return
+    def _write_audio_until(self, end: int) -> np.ndarray | None:
+        """Encode audio samples [written, end): the caller's samples, then silence past their end. Returns them,
+        float32 [C, n] (n may be 0), or None for a video without audio."""
+        if self._audio is None:
+            return None
+        if end <= self._audio_written:
+            return np.zeros((self._audio_channels, 0), dtype=np.float32)
         start = self._audio_written
         block = np.zeros((self._audio_channels, end - start), dtype=np.float32)
         available = self._audio.read(end - start)  # [n] or [n, C], n <= end - start
@@ -163,6 +182,12 @@ class VideoWriter:
             raise AudioInputError(f"the audio contains NaN or infinite samples between {start} and {end}")
         self._container.mux(self._audio_stream.encode(audio_frame(block, start, self._sample_rate)))
         self._audio_written = end
+        return block
+
+
+def _reason(error: BaseException) -> str:
+    """Why a video stopped, in one line (for the live tee)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def tag_bt709(codec: av.codec.context.CodecContext) -> None:

@@ -15,9 +15,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from flashhead_core.live import LiveChannel, LiveEncoder, LiveRegistry, LiveSegment
+from flashhead_core.live import LiveChannel, LiveEncoder, LiveRegistry, LiveSegment, LiveSink
 from flashhead_core.live import http as live_http
 from flashhead_core.live.http import add_stream_routes
+from flashhead_core.pipeline import load_pipeline, write_talking_video
+from flashhead_core.sampler import GenerationCancelled
+from flashhead_core.testing import write_tiny_checkpoint
+from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
+from flashhead_core.video_io import VideoWriter, read_video_info
 
 SIZE, FPS, RATE = 64, 25, 16000
 CHUNK_FRAMES = 24  # a Lite chunk: 0.96 s, 15360 samples at 16 kHz (not a whole number of 1024-sample AAC frames)
@@ -323,6 +328,99 @@ def test_the_check_refuses_without_telling_which_ids_exist():
             assert (await client.get(path, headers=auth)).status == 404, path
 
     serve(registry, scenario, check)
+
+
+# --- the tee of a video being written ---------------------------------------------------------------------------------
+
+def live_frames(channel: LiveChannel, track: str = "video") -> list[bytes]:
+    """Every published segment's bytes of one track (the channel keeps them all in these short tests)."""
+    return [s.video if track == "video" else s.audio for s in channel._segments]
+
+
+def test_the_writer_tees_exactly_what_it_muxes(tmp_path):
+    """44.1 kHz stereo, as the MP4 keeps an original track: the live stream has every frame and, on the same
+    timeline, every sample; the MP4 is as it is without the tee."""
+    channel = LiveChannel()
+    rate, chunks = 44100, 3
+    audio = tone(chunks * CHUNK_FRAMES * rate // FPS, 2, rate)
+    frames = moving_frames(0, chunks * CHUNK_FRAMES)
+    with VideoWriter(tmp_path / "tee.mp4", SIZE, SIZE, audio=(audio, rate), live=LiveSink(channel)) as writer:
+        assert channel.info()["video_mime"].startswith("video/mp4")
+        for k in range(chunks):
+            writer.write(frames[k * CHUNK_FRAMES:(k + 1) * CHUNK_FRAMES])
+            assert channel.info()["next"] == k + 1  # published as soon as the chunk is written
+    with VideoWriter(tmp_path / "plain.mp4", SIZE, SIZE, audio=(audio, rate)) as writer:
+        for k in range(chunks):
+            writer.write(frames[k * CHUNK_FRAMES:(k + 1) * CHUNK_FRAMES])
+    assert read_video_info(tmp_path / "tee.mp4") == read_video_info(tmp_path / "plain.mp4")  # (x264 threads: not bytes)
+    info = channel.info()
+    assert info["ended"] and info["error"] is None and info["next"] == chunks + 1  # + the encoders' flush
+    video = decode_video(channel.init_segment("video"), [v for v in live_frames(channel) if v])
+    assert video.shape == frames.shape and psnr(video, frames) > 35
+    decoded = decode_audio(channel.init_segment("audio"), live_frames(channel, "audio"))
+    assert decoded.shape[0] == 2 and decoded.shape[1] >= len(audio) + AAC_FRAME
+    for c in range(2):
+        assert np.corrcoef(decoded[c, AAC_FRAME:AAC_FRAME + len(audio)], audio[:, c])[0, 1] > 0.99
+
+
+def test_small_writes_are_gathered_and_a_silent_video_gets_a_silent_track(tmp_path):
+    channel = LiveChannel()
+    with VideoWriter(tmp_path / "silent.mp4", SIZE, SIZE, live=LiveSink(channel, min_seconds=0.4)) as writer:
+        for start in range(0, 2 * CHUNK_FRAMES, 4):  # as the face crop writes: a few frames at a time
+            writer.write(moving_frames(start, 4))
+    frames = [s.frames for s in channel._segments]
+    assert frames[-1] == 0 and all(n >= 10 for n in frames[:-1]) and sum(frames) == 2 * CHUNK_FRAMES, frames
+    silence = decode_audio(channel.init_segment("audio"), live_frames(channel, "audio"))
+    assert silence.shape[1] >= 2 * CHUNK_FRAMES * RATE // FPS and np.abs(silence).max() < 1e-3
+
+
+def test_a_failed_video_ends_its_stream_with_the_reason(tmp_path):
+    channel = LiveChannel()
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(tmp_path / "x.mp4", SIZE, SIZE, live=LiveSink(channel)) as writer:
+            writer.write(moving_frames(0, CHUNK_FRAMES))
+            raise KeyboardInterrupt
+    assert channel.info()["ended"] and channel.info()["error"] == "KeyboardInterrupt"
+    assert channel.info()["next"] == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_live_encoder_leaves_the_mp4_alone(tmp_path, monkeypatch):
+    def broken(self, frames, audio):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(LiveEncoder, "encode", broken)
+    channel = LiveChannel()
+    with VideoWriter(tmp_path / "ok.mp4", SIZE, SIZE, live=LiveSink(channel)) as writer:
+        writer.write(moving_frames(0, CHUNK_FRAMES))
+        writer.write(moving_frames(CHUNK_FRAMES, CHUNK_FRAMES))
+    assert read_video_info(tmp_path / "ok.mp4").frames == 2 * CHUNK_FRAMES
+    assert channel.info()["error"] == "the live stream failed: encoder exploded"
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live_lite")
+    return (load_pipeline(write_tiny_checkpoint(root, "lite"), variant="lite"),
+            synthetic_portrait(root / "face.png", 96), write_wav(root / "speech.wav", synthetic_speech(2.5)))
+
+
+def test_write_talking_video_streams_the_run_and_a_cancel_ends_it(lite, tmp_path):
+    pipeline, image, speech = lite
+    channel = LiveChannel()
+    summary = write_talking_video(pipeline, image, speech, tmp_path / "live.mp4", height=SIZE, width=SIZE,
+                                  live=LiveSink(channel))
+    frames = read_video_info(tmp_path / "live.mp4").frames
+    assert sum(s.frames for s in channel._segments) == summary["frames"] == frames
+    assert channel.info()["ended"] and channel.info()["error"] is None
+    assert channel.info()["media_end"] == summary["frames"] / FPS
+    cancelled, chunks = LiveChannel(), []
+    with pytest.raises(GenerationCancelled):
+        write_talking_video(pipeline, image, speech, tmp_path / "cancel.mp4", height=SIZE, width=SIZE,
+                            live=LiveSink(cancelled), on_chunk=lambda *a: chunks.append(a),
+                            should_cancel=lambda: len(chunks) >= 1)
+    info = cancelled.info()
+    assert info["ended"] and "cancelled" in info["error"] and info["next"] == 1, info
+    assert not (tmp_path / "cancel.mp4").exists()
 
 
 # --- the player in a real browser -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     fragments.py  LiveEncoder: per chunk, an fMP4 media segment of H.264 and one of AAC (LiveSegment), on one timeline
     channel.py    LiveChannel (a stream's init + latest segments, thread-safe, awaitable), LiveRegistry (by id)
+    sink.py       LiveSink: the tee of a VideoWriter (write_talking_video(..., live=LiveSink(channel)))
     http.py       add_stream_routes: the stream protocol (aiohttp), shared by ComfyUI's routes and `flashhead serve`
     static/       player.js, the browser side (LivePlayer: two SourceBuffers, joins at the live edge)
 
@@ -10,5 +11,6 @@ No ComfyUI import here; aiohttp only in http.py.
 
 from .channel import LiveChannel, LiveRegistry
 from .fragments import LiveEncoder, LiveSegment
+from .sink import LiveSink
 
-__all__ = ["LiveChannel", "LiveEncoder", "LiveRegistry", "LiveSegment"]
+__all__ = ["LiveChannel", "LiveEncoder", "LiveRegistry", "LiveSegment", "LiveSink"]
