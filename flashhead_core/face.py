@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import cv2
@@ -299,29 +300,45 @@ class FaceCrop:
         full[top:top + rows, left:left + cols] = self.weight(height, width)
         return full
 
-    def paste(self, frames: torch.Tensor) -> torch.Tensor:
-        """Generated frames [n, h, w, 3] float 0..1 (any device) -> the full portrait with each frame pasted in:
-        [n, H, W, 3] float32 on the CPU. Works frame by frame into the output."""
+    def pasted_region(self, frames: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """Generated frames [n, h, w, 3] float 0..1 (any device) -> (top, left, the blended region [n, rows, cols, 3]
+        float32 CPU): each frame resized onto `region(h, w)` and blended with the portrait there by `weight`."""
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise FaceError(f"frames to paste back must be an IMAGE batch [n, h, w, 3], got {list(frames.shape)}")
         height, width = frames.shape[1:3]
         top, left, rows, cols = self.region(height, width)
         weight = self.weight(height, width)[..., None]
+        frames = frames.detach().to("cpu", torch.float32)
+        if (rows, cols) != (height, width):
+            frames = F.interpolate(frames.permute(0, 3, 1, 2), size=(rows, cols), mode="bilinear",
+                                   align_corners=False, antialias=True).clamp(0, 1).permute(0, 2, 3, 1)
+        under = self.portrait[top:top + rows, left:left + cols]
+        return top, left, under * (1 - weight) + weight * frames
+
+    def paste(self, frames: torch.Tensor) -> torch.Tensor:
+        """Generated frames [n, h, w, 3] float 0..1 -> the full portrait with each frame pasted in: [n, H, W, 3]
+        float32 on the CPU (ComfyUI's IMAGE: the whole batch is held)."""
+        top, left, region = self.pasted_region(frames)
         out = self.portrait.expand(frames.shape[0], -1, -1, -1).clone()
-        for i in range(frames.shape[0]):
-            frame = frames[i:i + 1].detach().to("cpu", torch.float32).permute(0, 3, 1, 2)
-            if (rows, cols) != (height, width):
-                frame = F.interpolate(frame, size=(rows, cols), mode="bilinear", align_corners=False,
-                                      antialias=True).clamp(0, 1)
-            patch = out[i, top:top + rows, left:left + cols]
-            patch.mul_(1 - weight).add_(weight * frame[0].permute(1, 2, 0))
+        out[:, top:top + region.shape[1], left:left + region.shape[2]] = region
         return out
 
-    def video_frames(self, frames: torch.Tensor) -> Iterator[np.ndarray]:
-        """`paste` for the MP4: uint8 [k, H', W', 3] at `video_size`, PASTE_FRAMES frames at a time."""
+    @cached_property
+    def _video_base(self) -> np.ndarray:
+        """The portrait as uint8 [H', W', 3] at `video_size` (converted once)."""
         width, height = self.video_size
+        return images_to_uint8(self.portrait[:height, :width])
+
+    def video_frames(self, frames: torch.Tensor) -> Iterator[np.ndarray]:
+        """`paste` for the MP4: uint8 [k, H', W', 3] at `video_size`, PASTE_FRAMES frames at a time; only the
+        region is computed in float, the rest is a copy of the uint8 portrait."""
+        top, left, region = self.pasted_region(frames)
+        base = self._video_base
+        region = images_to_uint8(region)[:, :base.shape[0] - top, :base.shape[1] - left]  # odd sizes: trimmed
         for start in range(0, frames.shape[0], PASTE_FRAMES):
-            yield images_to_uint8(self.paste(frames[start:start + PASTE_FRAMES])[:, :height, :width])
+            block = np.repeat(base[None], min(PASTE_FRAMES, frames.shape[0] - start), axis=0)
+            block[:, top:top + region.shape[1], left:left + region.shape[2]] = region[start:start + PASTE_FRAMES]
+            yield block
 
     def check_portrait(self, image) -> None:
         """FaceError unless `image` (any `portrait_pixels` input) has this crop's portrait size."""
