@@ -387,6 +387,22 @@ def _tiny_lora(work: Path) -> Path:
     return path
 
 
+def _chain_args(types: set[str], work: Path, request, run: bool) -> list[str]:
+    """check_pack arguments for what a workflow's node types need beside the tiny FlashHead models: the TTS pack (and,
+    to run it, espeak-ng), a tiny LoRA, a tiny upscaler."""
+    extra = []
+    if TTS_NODES & types:
+        assert TTS_PACK.is_file(), f"{TTS_PACK} is missing from the kit"
+        if run and _espeak() is None:
+            pytest.skip("no espeak-ng (apt-get install -y espeak-ng), which the DJZ-Speak TTS node runs")
+        extra += ["--with-pack", str(TTS_PACK)]
+    if "FlashHeadLoraLoader" in types:
+        extra += ["--models", f"{_tiny_lora(work)}=models/loras/{LORA}"]
+    if "UpscaleModelLoader" in types:
+        extra += ["--models", f"{request.getfixturevalue('upscaler')}=models/upscale_models/{UPSCALER}"]
+    return extra
+
+
 def _espeak() -> str | None:
     if not shutil.which("espeak-ng") and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "install", "-y", "espeak-ng"], capture_output=True, timeout=600)
@@ -455,17 +471,9 @@ def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_chec
 
     prompt, seconds = _api_prompt_for_test(workflow)
     types = {n["class_type"] for n in prompt.values()}
-    extra = []
-    if TTS_NODES & types:
-        assert TTS_PACK.is_file(), f"{TTS_PACK} is missing from the kit"
-        if _espeak() is None:
-            pytest.skip("no espeak-ng (apt-get install -y espeak-ng), which the DJZ-Speak TTS node runs")
-        extra += ["--with-pack", str(TTS_PACK)]
-    if "FlashHeadLoraLoader" in types:
-        extra += ["--models", f"{_tiny_lora(work)}=models/loras/{LORA}"]
     if "UpscaleModelLoader" in types:
         assert {n["inputs"]["model_name"] for n in prompt.values() if n["class_type"] == "UpscaleModelLoader"} == {UPSCALER}
-        extra += ["--models", f"{request.getfixturevalue('upscaler')}=models/upscale_models/{UPSCALER}"]
+    extra = _chain_args(types, work, request, run=True)
     test_copy = work / f"{workflow.stem}_{TEST_SIZE}.json"
     test_copy.write_text(json.dumps(prompt))
     output = work / f"output_{workflow.stem}"
@@ -614,25 +622,95 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
-def test_every_ui_workflow_loads_in_the_real_frontend(workflow, installed, host, host_spec, work):
-    """Each shipped UI workflow dropped on ComfyUI's own page (headless Chromium), as a user would drag it in: no
-    missing node type, no alert (e.g. "Some Nodes Are Missing", a schema error), no page error; the graph the page
-    shows holds every node of the file. The TTS one loads with DJZ-Speak beside the pack. A screenshot of each is
-    saved (FLASHHEAD_SCREENSHOT_DIR)."""
+def test_every_ui_workflow_loads_in_the_real_frontend(workflow, installed, host, host_spec, work, tiny_checkpoint,
+                                                     inputs, request):
+    """Each shipped UI workflow dropped on ComfyUI's own page (headless Chromium), as a user who has the model and
+    input files would drag it in: no missing node type, no alert (e.g. "Some Nodes Are Missing", a schema error, a
+    missing file), no page error; the graph the page shows holds every node of the file. The TTS one loads with
+    DJZ-Speak beside the pack. A screenshot of each is saved (FLASHHEAD_SCREENSHOT_DIR)."""
     if _chromium() is None:
         pytest.skip("no Chromium (apt-get install -y chromium needs root and the Debian archive)")
     _as_returning_user(host)
     nodes = json.loads(workflow.read_text())["nodes"]
-    extra = ["--with-pack", str(TTS_PACK)] if TTS_NODES & {n["type"] for n in nodes} else []
+    extra = _chain_args({n["type"] for n in nodes}, work, request, run=False)
     shot = _screenshot_dir(work) / f"ui_{workflow.stem}_{host_spec.version}.png"
     code, summary, log = check_pack(host, work, f"ui_{workflow.stem}_{host_spec.version}", "--no-install-requirements",
                                     "--workflow", str(workflow), "--frontend", "--load-only", "--screenshot",
-                                    str(shot), *extra)
+                                    str(shot), "--inputs", str(inputs), *_models(tiny_checkpoint), *extra)
     assert code == 0, f"{workflow.name} did not load cleanly in the {host_spec.version} frontend:\n{log}"
     frontend = summary["frontend"]
     assert frontend["missing_node_types"] == [] and frontend["alerts"] == [], frontend
     assert frontend["nodes"] == len(nodes), frontend
     assert shot.is_file()
+
+
+LIVE_SPEECH = ("live_speech.wav", 40.0)  # the live-player runs: long enough to watch the tiny model's video play
+
+
+def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, tiny_checkpoint, monkeypatch):
+    """The Lite UI workflow on 40 s of speech, queued from the real frontend by tests/frontend_live_player.py: while
+    the prompt runs, the Talking Video node holds a live <video> whose currentTime grows (the first chunks play
+    before the last exist); a second tab opened mid-run joins the same stream at the live edge; the prompt still ends
+    with the finished MP4 in the node's player. A second run interrupted mid-video ends its player with the reason,
+    and no page error occurs in either (screenshots in $FLASHHEAD_SCREENSHOT_DIR)."""
+    if _chromium() is None:
+        pytest.skip("no Chromium (apt-get install -y chromium needs root and the Debian archive)")
+    _as_returning_user(host)
+    folder = work / "inputs_live"
+    folder.mkdir(exist_ok=True)
+    _portrait(folder / "portrait.png")
+    _write_wav(folder / "speech.wav", 1.0, 16000, 1)  # check_pack's own run of the API workflow: short
+    _write_wav(folder / LIVE_SPEECH[0], LIVE_SPEECH[1], 16000, 1)
+    prompt, _ = _api_prompt_for_test(REPO / "workflows" / "api" / "flashhead_lite.json")
+    api_copy = work / "live_api.json"
+    api_copy.write_text(json.dumps(prompt))
+    workflow = json.loads((REPO / "workflows" / "flashhead_lite.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "FlashHeadTalkingVideo":
+            node["widgets_values"][:2] = [TEST_SIZE, TEST_SIZE]
+        if node["type"] == "LoadAudio":
+            node["widgets_values"][0] = LIVE_SPEECH[0]
+    ui_copy = work / f"flashhead_lite_live_{host_spec.version}.json"
+    ui_copy.write_text(json.dumps(workflow))
+    shots = _screenshot_dir(work)
+    player = work / f"live_player_{host_spec.version}.json"
+    player.write_text(json.dumps({"python": str(host / "venv" / "bin" / "python"),
+                                  "script": str(REPO / "tests" / "frontend_live_player.py"),
+                                  "args": ["--workflow", str(ui_copy),
+                                           "--screenshot-prefix", str(shots / f"live_{host_spec.version}")]}))
+    monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))
+    code, summary, log = check_pack(host, work, f"live_{host_spec.version}", "--no-install-requirements",
+                                    "--workflow", str(api_copy), "--inputs", str(folder), *_models(tiny_checkpoint),
+                                    "--output-dir", str(work / f"output_live_{host_spec.version}"))
+    assert code == 0, log
+    out = json.loads(Path(str(player) + ".out").read_text())
+    assert out["rc"] == 0, f"the live player check could not drive the page:\n{out['stderr']}"
+    report = json.loads(out["stdout"].strip().splitlines()[-1])
+    live, interrupt = report["live"], report["interrupt"]
+    print(f"\nlive player on {host_spec.version} (frontend {report.get('version')}): run of {live['seconds']} s, "
+          f"samples {[(s['t'], round(s['currentTime'], 2)) for s in live['samples']][::8]}; joined tab "
+          f"{(live['joined'] or {}).get('samples', [])[:3]}; interrupted at {interrupt['interrupted_at']}: "
+          f"{(interrupt['live_after'] or {}).get('label')}; screenshots {shots}/live_{host_spec.version}_*.png")
+    where = json.dumps(report)[-4000:]
+    assert live["status"] == "execution_success", where
+    running = [s["currentTime"] for s in live["samples"] if not s["prompt_done"]]
+    assert running and max(running) > 2.0 and running[-1] > running[0], f"no live playback while it ran: {where}"
+    assert live["live_state"]["video"]["videoWidth"] == TEST_SIZE and live["live_state"]["widget"], where
+    rect = live["live_state"]["video"]["rect"]
+    assert rect["width"] > 0 and rect["height"] > 0 and 0 <= rect["x"] < 1600 and 0 <= rect["y"] < 1000, where
+    joined = live["joined"]
+    assert joined and joined["node_found"], f"the second tab did not restore the workflow: {where}"
+    times = [s["currentTime"] for s in joined["samples"] if not s["prompt_done"]]
+    assert times and times[-1] > times[0], f"the tab opened mid-run did not play the running stream: {where}"
+    first = next(s["segment"] for s in joined["samples"] if s["segment"] is not None and s["segment"] >= 0)
+    assert first >= 1, f"the tab opened mid-run started at the first segment, not at the live edge: {where}"
+    finished = live["finished_video"]
+    assert finished and "/view?" in finished["src"] and ".mp4" in finished["src"] and finished["duration"] > 30, where
+    assert not live["live_after"]["widget"], f"the live player is still there after the run: {where}"
+    assert interrupt["status"] == "execution_interrupted" and interrupt["interrupted_at"], where
+    after = interrupt["live_after"]["status"]
+    assert after and after["ended"] and after["error"], f"the interrupted stream did not end its player: {where}"
+    assert report["console_errors"] == [], report["console_errors"]
 
 
 def test_node_unit_tests_pass_inside_the_host(installed, host):
