@@ -27,6 +27,7 @@ from ..streaming import frames_to_keep
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech, write_wav
 from ..testing.random import random_dit, random_ltx_vae, random_wan_vae, random_wav2vec2
+from .live_bench import bench_live, live_options
 from .stage_timer import StageTimer
 
 def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -454,4 +455,5 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argpars
     "stream-memory": (bench_stream_memory, _stream_memory_options),
     "chunk-memory": (bench_chunk_memory, _chunk_memory_options),
     "batch": (bench_batch, _batch_options),
+    "live": (bench_live, live_options),
 }

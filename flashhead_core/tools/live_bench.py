@@ -1,0 +1,156 @@
+"""`flashhead bench live`: the live server measured from its clients, in one process.
+
+The real `flashhead serve` app (aiohttp's test server on a loopback port) over a tiny random-weight checkpoint (or
+full-size random models with --full-size, for a GPU). Each of --sessions clients creates a session with a synthetic
+portrait, pushes --seconds of synthetic speech over the audio WebSocket as s16le PCM pieces of --piece-ms, either
+at real time (--pace realtime: as a microphone or a TTS reading aloud) or all at once (--pace fast), and reads the
+stream as the page's player does (each segment's video and audio, with their start headers). Reported per session:
+
+    first_segment_s   first PCM byte sent -> first segment's video received (what the viewer waits for)
+    rtf               the server's generation seconds per second of video (the mean over its last chunks)
+    wall_rtf          wall seconds between the first and the last segment per second of video between them (with
+                      --pace fast the speed the stream is generated at, queueing behind other sessions included)
+    behind_max_s      the most the stream lagged behind the speech sent (status behind_s, sampled)
+    av_start_ms       per segment, video start - audio start (the AAC encoder's delay): first minute, last minute, max
+    end_drift_ms      at the end, |video media end - audio media end| (audio end: last segment's start + duration)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import AUDIO_SAMPLE_RATE, PRESETS, parse_size
+from ..pipeline import Pipeline, load_pipeline
+from ..testing import write_tiny_checkpoint
+from ..testing.media import synthetic_portrait, synthetic_speech
+
+
+def live_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
+    parser.add_argument("--seconds", type=float, default=600.0, help="speech per session (default 10 minutes)")
+    parser.add_argument("--sessions", type=int, default=1, help="clients at once (queued on one model)")
+    parser.add_argument("--pace", choices=["realtime", "fast"], default="realtime",
+                        help="speech pushed as it would be spoken, or all at once")
+    parser.add_argument("--piece-ms", type=float, default=20.0, help="PCM piece length (a microphone sends 20 ms)")
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default 64x64 tiny, 512x512 with --full-size)")
+    parser.add_argument("--full-size", action="store_true",
+                        help="full-size random-weight DiT, VAE and wav2vec2 (flashhead_core.testing.random; a GPU)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+
+
+def bench_live(args: argparse.Namespace) -> dict:
+    import torch
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    height, width = parse_size(args.size or ("512x512" if args.full_size else "64x64"))
+    with tempfile.TemporaryDirectory(prefix="flashhead-bench-") as tmp:
+        tmp = Path(tmp)
+        if args.full_size:
+            from ..testing.random import random_dit, random_ltx_vae, random_wan_vae, random_wav2vec2
+
+            vae = (random_ltx_vae if args.variant == "lite" else random_wan_vae)(device=device, dtype=dtype)
+            pipeline = Pipeline(random_dit(PRESETS[args.variant], device, dtype), vae, random_wav2vec2(device))
+        else:
+            pipeline = load_pipeline(write_tiny_checkpoint(tmp, args.variant), variant=args.variant, device=device,
+                                     dtype=dtype)
+        portrait = synthetic_portrait(tmp / "face.png").read_bytes()
+        speech = (np.clip(synthetic_speech(args.seconds), -1, 1) * 32767).astype("<i2").tobytes()
+        sessions = asyncio.run(_measure(pipeline, args, width, height, portrait, speech))
+    return {"variant": args.variant, "size": f"{width}x{height}", "dtype": str(dtype).removeprefix("torch."),
+            "seconds": args.seconds, "sessions": args.sessions, "pace": args.pace, "piece_ms": args.piece_ms,
+            "scheduling": "queued (one worker, round-robin per chunk)", "per_session": sessions,
+            "note": "full-size random weights" if args.full_size else "tiny random-weight model"}
+
+
+async def _measure(pipeline, args, width: int, height: int, portrait: bytes, speech: bytes) -> list[dict]:
+    from aiohttp import FormData
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from ..live.server import ServeOptions, create_app
+
+    options = ServeOptions(width=width, height=height, max_sessions=args.sessions,
+                           max_speech_seconds=args.seconds + 60, idle_timeout=3600)
+    async with TestClient(TestServer(create_app(pipeline, options))) as client:
+        async def one() -> dict:
+            form = FormData()
+            form.add_field("portrait", portrait, filename="face.png", content_type="image/png")
+            created = await (await client.post("/api/sessions", data=form)).json()
+            return await _client(client, created, speech, args)
+
+        return list(await asyncio.gather(*(one() for _ in range(args.sessions))))
+
+
+async def _client(client, created: dict, speech: bytes, args) -> dict:
+    """Push the speech over the socket and read the stream; the figures of the module docstring."""
+    piece = 2 * round(args.piece_ms / 1000 * AUDIO_SAMPLE_RATE)
+    socket = await client.ws_connect(f"/api/sessions/{created['session']}/audio?rate={AUDIO_SAMPLE_RATE}")
+    behind = []
+    started = time.perf_counter()
+
+    async def push() -> None:
+        for i, offset in enumerate(range(0, len(speech), piece)):
+            if args.pace == "realtime":
+                await asyncio.sleep(max(0.0, started + i * args.piece_ms / 1000 - time.perf_counter()))
+            await socket.send_bytes(speech[offset:offset + piece])
+        await socket.send_json({"end": True})
+
+    async def listen() -> None:
+        async for message in socket:
+            status = message.json()
+            if status.get("type") == "status":
+                behind.append(status["behind_s"])
+                if status["state"] == "ended":
+                    return
+
+    pushing, listening = asyncio.ensure_future(push()), asyncio.ensure_future(listen())
+    init_audio = await (await client.get(f"{created['stream']}/init/audio")).read()
+    arrivals, av_start, media_end, audio_end = [], [], [], 0.0
+    n = 0
+    while True:
+        answer = await client.get(f"{created['stream']}/segments/{n}/video")
+        if answer.status == 204:
+            if answer.headers["X-FlashHead-Ended"] == "1":
+                break
+            continue
+        await answer.read()
+        arrivals.append(time.perf_counter() - started)
+        video_start, end = float(answer.headers["X-FlashHead-Start"]), float(answer.headers["X-FlashHead-Media-End"])
+        audio = await client.get(f"{created['stream']}/segments/{n}/audio")
+        audio_bytes, audio_start = await audio.read(), float(audio.headers["X-FlashHead-Start"])
+        if audio_bytes:
+            audio_end = audio_start + _duration(init_audio, audio_bytes)
+        if end > (media_end[-1] if media_end else 0):  # a segment with frames (the last one may hold audio only)
+            av_start.append((video_start - audio_start) * 1000)
+            media_end.append(end)
+        n += 1
+    await pushing
+    await listening
+    status = await (await client.get(f"/api/sessions/{created['session']}/status")).json()
+    await socket.close()
+    per_minute = max(1, round(60 * len(media_end) / max(media_end[-1], 1e-9)))  # segments per minute of video
+    return {"first_segment_s": round(arrivals[0], 3), "rtf": status["rtf"],
+            "wall_rtf": round((arrivals[-1] - arrivals[0]) / max(media_end[-1] - media_end[0], 1e-9), 3),
+            "behind_max_s": round(max(behind, default=0.0), 3), "segments": n, "video_s": media_end[-1],
+            "av_start_ms": {"first_minute": round(statistics.mean(av_start[:per_minute]), 1),
+                            "last_minute": round(statistics.mean(av_start[-per_minute:]), 1),
+                            "max": round(max(map(abs, av_start)), 1)},
+            "end_drift_ms": round(abs(media_end[-1] - audio_end) * 1000, 1)}
+
+
+def _duration(init: bytes, segment: bytes) -> float:
+    """Seconds of media in one fMP4 media segment (its packets' durations), read with PyAV after the init segment."""
+    import av
+
+    with av.open(io.BytesIO(init + segment)) as container:
+        stream = container.streams[0]
+        return float(sum(p.duration for p in container.demux(stream) if p.size) * stream.time_base)
