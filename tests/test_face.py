@@ -280,3 +280,29 @@ def test_cli_face_box_and_face_crop(checkpoint, tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "bad.mp4"), "--face-box", "600,86,95,95"]) == 1
     assert "outside the 641x481 portrait" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
     assert issubclass(FaceError, FlashHeadError)
+
+
+def test_a_face_crop_continues_a_state_and_refuses_a_timeline(checkpoint, tmp_path):
+    """Two runs chained by the state give the model frames of one run over both audios (the first ends on a chunk
+    boundary), bit for bit: the state's identity is the crop. A timeline with a face crop is refused."""
+    from flashhead_core.timeline import Timeline
+
+    pipeline = load_pipeline(checkpoint, variant="lite")
+    pixels, crop = portrait_and_crop()
+    step = pipeline.model.config.new_frames * 640  # one chunk of 16 kHz samples
+    samples = synthetic_speech(2 * step / 16000, seed=3)
+    runs = {"whole": [], "first": [], "second": []}
+    states = []
+
+    def generate(name, speech, **kwargs):
+        write_talking_video(pipeline, pixels, track(speech), tmp_path / f"{name}.mp4", height=SIZE, width=SIZE,
+                            seed=7, face_crop=crop, on_frames=lambda frames, *_: runs[name].append(frames), **kwargs)
+
+    generate("whole", samples)
+    generate("first", samples[:step], on_state=states.append)
+    generate("second", samples[step:], continue_from=states[0])
+    assert torch.equal(torch.cat(runs["first"] + runs["second"]), torch.cat(runs["whole"]))
+    with pytest.raises(FaceError, match="not a timeline"):
+        write_talking_video(pipeline, Timeline.of([(pixels, 0.0)]), track(samples), tmp_path / "t.mp4",
+                            height=SIZE, width=SIZE, face_crop=crop)
+    assert not (tmp_path / "t.mp4").exists()
