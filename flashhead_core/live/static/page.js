@@ -56,6 +56,7 @@ function explain(error) {
     case 401: case 403: return `Not allowed: ${text}. Open the page with the URL \`flashhead serve\` printed (it ends in ?token=...).`;
     case 404: return `The session is gone on the server (ended, timed out or the server restarted): ${text}. Press Start again.`;
     case 413: return `Too large: ${text}`;
+    case 429: return `Too much speech waiting: ${text}`;
     case 503: return `The server is busy: ${text}. Try again in a moment.`;
     default: return text;
   }
@@ -133,7 +134,8 @@ function showExternalInstructions(session) {
   $("session-id").textContent = session.session;
   $("curl-example").textContent =
     `curl -X POST${auth} -H 'Content-Type: audio/L16' --data-binary @piece.raw '${base}?rate=16000'\n` +
-    `curl -X POST${auth} -H 'Content-Type: audio/L16' --data-binary @last.raw '${base}?rate=16000&end=1'`;
+    `curl -X POST${auth} -H 'Content-Type: audio/L16' --data-binary @last.raw '${base}?rate=16000&end=1'\n` +
+    `# &flush=1 after an utterance: its last words are generated without waiting for more speech`;
   $("ws-example").textContent = socketUrl(`/api/sessions/${session.session}/audio?rate=16000`);
   $("external").hidden = false;
 }
@@ -177,7 +179,7 @@ async function start(event) {
     metrics.startedAt = performance.now();
     const session = await request("/api/sessions", { method: "POST", body: form });
     state.session = session;
-    metrics.identity = session.identities[0];
+    metrics.identity = session.identity ?? session.identities[0];
     showIdentities(session.identities, metrics.identity);
     if (state.source === "external") showExternalInstructions(session);
     $("idle").hidden = true;
@@ -187,11 +189,17 @@ async function start(event) {
       onStatus: (status) => {
         metrics.player = status;
         if (status.error) showError(`The stream failed: ${status.error}`);
+        if (status.ended) {
+          $("start").disabled = false;   // a new Start replaces this session
+          pollStatus();                  // the final figures
+        }
         renderStatus();
       },
     });
-    await state.player.start();
-    if (state.source === "microphone") state.microphone = await Microphone.open(session.session, onServerStatus, $("echo-cancellation").checked);
+    const attached = state.player.start();   // (waits for the stream's first chunk; the microphone makes it)
+    if (state.source === "microphone")
+      state.microphone = await Microphone.open(session.session, onServerStatus, $("echo-cancellation").checked);
+    await attached;
     state.poll = setInterval(pollStatus, STATUS_POLL_MS);
     renderStatus();
   } catch (e) {
@@ -350,6 +358,21 @@ class Microphone {
     const socket = new WebSocket(socketUrl(`/api/sessions/${sessionId}/audio?rate=${rate}`));
     socket.binaryType = "arraybuffer";
     const microphone = new Microphone(stream, context, socket);
+    try {
+      await microphone.connect(rate, onStatus);
+    } catch (e) {
+      microphone.close();   // the microphone off again, the socket closed
+      throw e;
+    }
+    return microphone;
+  }
+
+  constructor(stream, context, socket) {
+    Object.assign(this, { stream, context, socket, ending: false });
+  }
+
+  async connect(rate, onStatus) {
+    const { context, socket } = this;
     await new Promise((resolve, reject) => {
       socket.onopen = resolve;
       socket.onerror = () => reject(new Error("The server refused the microphone's WebSocket (see its log)."));
@@ -361,7 +384,7 @@ class Microphone {
       else if (message.error) showError(`The server: ${message.error}`);
     };
     socket.onclose = (event) => {
-      if (!microphone.ending && state.microphone === microphone)
+      if (!this.ending && state.microphone === this)
         showError(`The server closed the microphone's connection${event.reason ? `: ${event.reason}` : ""}.`);
     };
     const url = URL.createObjectURL(new Blob([PIECES_WORKLET], { type: "text/javascript" }));
@@ -370,15 +393,10 @@ class Microphone {
       channelCount: 1, channelCountMode: "explicit", channelInterpretation: "speakers",
       numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { size: Math.round(rate * PIECE_SECONDS) },
     });
-    pieces.port.onmessage = (event) => microphone.send(event.data, rate);
-    context.createMediaStreamSource(stream).connect(pieces);
+    pieces.port.onmessage = (event) => this.send(event.data, rate);
+    context.createMediaStreamSource(this.stream).connect(pieces);
     pieces.connect(context.destination);   // pulled by the graph; its output is silence
     await context.resume();
-    return microphone;
-  }
-
-  constructor(stream, context, socket) {
-    Object.assign(this, { stream, context, socket, ending: false });
   }
 
   send(piece, rate) {
