@@ -199,8 +199,16 @@ def test_live_session_resamples_any_rate_and_refuses_a_backlog(pipeline, assets)
     tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * rate)) / rate) * 32767).astype("<i2").tobytes()
     live.feed_pcm16(tone[:1001], rate)  # an odd piece: its last byte waits for the next one
     live.feed_pcm16(tone[1001:], rate)
+    assert not live.ready()  # half a chunk
+    live.flush()  # the resampler's tail, then silence up to a whole chunk: generated now
+    assert live.ready() and live.status()["received_s"] == pipeline.model.config.new_frames / FPS
     live.end()
-    assert live.status()["received_s"] == pytest.approx(seconds, abs=1 / AUDIO_SAMPLE_RATE)
+    live.step()
+    assert live.status()["generated_s"] == pipeline.model.config.new_frames / FPS
+    ended = LiveSession(pipeline, LiveRegistry().create(), height=SIZE, width=SIZE)
+    ended.feed_pcm16(tone, rate)
+    ended.end()  # the resampler's tail: 0.5 s at 24 kHz are 0.5 s at 16 kHz
+    assert ended.status()["received_s"] == pytest.approx(seconds, abs=1 / AUDIO_SAMPLE_RATE)
     backlog = LiveSession(pipeline, LiveRegistry().create(), height=SIZE, width=SIZE, max_backlog_seconds=1.0)
     with pytest.raises(Exception, match="backlog: push it no faster"):
         backlog.feed(np.zeros(AUDIO_SAMPLE_RATE * 2, np.float32))

@@ -18,7 +18,7 @@ silence to the next chunk (a text-to-speech program between utterances: its last
 
 Figures (`status()`): received_s (speech in), generated_s (video out), behind_s = received - generated (what the
 stream lags behind the speech; at least the speech waiting for a whole chunk), rtf (generation seconds per second of
-video over the last chunks; above 1 the session falls behind), first_frame_latency_s (first audio in -> first
+video over the last 8 chunks; above 1 the session falls behind), first_frame_latency_s (first audio in -> first
 segment published).
 """
 
@@ -39,7 +39,7 @@ from ..session import StreamingSession
 from ..streaming import check_encoder_fits, new_images
 from .fragments import LiveEncoder
 
-RTF_CHUNKS = 8  # the real-time factor is the mean over the last RTF_CHUNKS chunks
+RTF_CHUNKS = 8  # the real-time factor: generation seconds over video seconds of the last RTF_CHUNKS chunks
 MIN_RATE, MAX_RATE = 8000, 192000  # PCM rates a live session takes
 
 
@@ -86,7 +86,7 @@ class LiveSession:
         self.error: str | None = None
         self._first_audio: float | None = None
         self.first_frame_latency: float | None = None
-        self._compute: deque[float] = deque(maxlen=RTF_CHUNKS)  # seconds per second of video, per chunk
+        self._compute: deque[tuple[float, float]] = deque(maxlen=RTF_CHUNKS)  # (generation s, video s) per chunk
 
     # --- the speech -----------------------------------------------------------------------------------------------
 
@@ -233,8 +233,7 @@ class LiveSession:
         chunk = self.session.generate_chunk(windows)
         images = new_images(chunk, self.session.chunk_index - 1, "stream", self.motion_frames, frames)
         segment = self.encoder.encode(images, piece[:, None])
-        seconds = len(images) / FPS
-        self._compute.append((time.perf_counter() - start) / seconds)
+        self._compute.append((time.perf_counter() - start, len(images) / FPS))
         self._emitted += len(images)
         self.channel.publish(segment)
         if self.first_frame_latency is None and self._first_audio is not None:
@@ -275,7 +274,7 @@ class LiveSession:
             ready = self._pending_samples >= self.slice_samples or (self._ended and not self._done)
             state = ("failed" if self.error is not None else "closed" if self._cancel.is_set() else
                      "ended" if self._done else "generating" if ready else "waiting")
-            rtf = sum(self._compute) / len(self._compute) if self._compute else None
+            rtf = sum(c for c, _ in self._compute) / sum(v for _, v in self._compute) if self._compute else None
             return {"state": state, "received_s": round(received, 3), "generated_s": round(generated, 3),
                     "behind_s": round(max(0.0, received - generated), 3) if not self._done else 0.0,
                     "rtf": None if rtf is None else round(rtf, 3), "chunks": self.session.chunk_index,
