@@ -16,7 +16,8 @@ portraits and the speech source as a user would, presses Start, and while the pa
   - takes a screenshot while playing (2.5 s after the switch, or at the end);
   - with --bad-portrait: then presses Stop, starts again with that file as the portrait and reports the error shown.
 --source microphone: Chromium's fake capture device plays `--wav` once as the microphone
-(--use-file-for-fake-audio-capture=<wav>%noloop); --source file: `--wav` is uploaded as the speech file.
+(--use-file-for-fake-audio-capture=<wav>%noloop); file: `--wav` is uploaded as the speech file; external: the driver
+pushes `--wav` over HTTP as a text-to-speech program would, to the URL and with the header the page shows.
 Writes `sent.s16` (the PCM the page sent, s16le mono at the page's rate) and `played.f32` (what the element played,
 float32 mono at 16 kHz) into --out-dir and prints one JSON line with everything else and those paths.
 Exit 0 when the page could be driven (judging the report is the caller's job), 2 when it could not be used at all.
@@ -26,8 +27,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 import time
+import urllib.request
+import wave
 from pathlib import Path
 
 PLAYED_RATE = 16000
@@ -141,12 +145,34 @@ COLLECT = """() => {
 }"""
 
 
+def push_as_tts(shown: str, wav: Path, piece_seconds: float = 1.0) -> dict:
+    """What a text-to-speech program does with the page's instructions: POST the speech (s16le mono 16 kHz) in
+    pieces to the URL shown, with the header shown, as fast as it can, `&end=1` on the last piece."""
+    url = re.search(r"'(http[^']*\?rate=16000)'", shown).group(1)
+    headers = dict(re.findall(r"-H '([^:']+): ([^']+)'", shown))
+    with wave.open(str(wav)) as f:
+        if (f.getframerate(), f.getnchannels(), f.getsampwidth()) != (16000, 1, 2):
+            raise SystemExit(f"{wav}: --source external pushes 16 kHz mono 16-bit WAVs as they are")
+        pcm = f.readframes(f.getnframes())
+    step = int(piece_seconds * 16000) * 2
+    pieces = [pcm[i: i + step] for i in range(0, len(pcm), step)]
+    answers = []
+    for k, piece in enumerate(pieces):
+        last = k == len(pieces) - 1
+        request = urllib.request.Request(url + ("&end=1" if last else ""), data=piece, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answers.append([answer.status, json.loads(answer.read())])
+    return {"url": url, "headers": sorted(headers), "pieces": len(pieces), "answers": answers}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", required=True, help="the page, e.g. http://127.0.0.1:8188/?token=...")
     ap.add_argument("--portrait", action="append", required=True, help="a portrait image (repeat for identities)")
     ap.add_argument("--wav", required=True, help="the speech (WAV): the fake microphone's, or the file uploaded")
-    ap.add_argument("--source", choices=["microphone", "file"], default="microphone", help="the page's speech source")
+    ap.add_argument("--source", choices=["microphone", "file", "external"], default="microphone",
+                    help="the page's speech source; external: the driver is the text-to-speech program, pushing the "
+                         "WAV at once (faster than real time) to the URL the page shows")
     ap.add_argument("--speech-seconds", type=float, required=True, help="microphone: press End speech once this "
                                                                         "much has been sent")
     ap.add_argument("--size", type=int, default=64, help="width and height asked for")
@@ -193,9 +219,12 @@ def main(argv=None) -> int:
             page.check(f"input[name=source][value={args.source}]")
             if args.source == "microphone":
                 page.set_checked("#echo-cancellation", args.echo_cancellation == "on")
-            else:
+            elif args.source == "file":
                 page.set_input_files("#audio", args.wav)
             page.click("#start")
+            if args.source == "external":
+                page.wait_for_selector("#external:not([hidden])", timeout=30000)
+                report["pushed"] = push_as_tts(page.inner_text("#curl-example"), Path(args.wav))
             t0 = time.monotonic()
             last_growth, last_time, shot_taken = time.monotonic(), -1.0, False
             while time.monotonic() - t0 < args.timeout:
@@ -220,18 +249,19 @@ def main(argv=None) -> int:
                     page.click("#end-speech")
                     report["end_speech_at"] = sample["at"]
                 switched_long_ago = report["switch"] and sample["currentTime"] > report["switch"]["currentTime"] + 2.5
-                if not shot_taken and (switched_long_ago or (sample["player"] or {}).get("ended")):
-                    page.screenshot(path=args.screenshot)
+                behind_shown = args.source == "external" and "behind by" in sample["status"] and last_time > 1
+                if not shot_taken and (switched_long_ago or behind_shown or (sample["player"] or {}).get("ended")):
+                    page.screenshot(path=args.screenshot, full_page=True)
                     shot_taken = True
                 if (sample["player"] or {}).get("ended") and time.monotonic() - last_growth > 1.0:
                     break
-                nothing_to_wait_for = args.source == "file" or report["end_speech_at"] is not None
+                nothing_to_wait_for = args.source != "microphone" or report["end_speech_at"] is not None
                 if nothing_to_wait_for and last_time > 0 and time.monotonic() - last_growth > 15.0:
                     report["stalled"] = True
                     break
                 page.wait_for_timeout(100)
             if not shot_taken:
-                page.screenshot(path=args.screenshot)
+                page.screenshot(path=args.screenshot, full_page=True)
             report["screenshot"] = args.screenshot
             collected = page.evaluate(COLLECT)
             (out / "sent.s16").write_bytes(base64.b64decode(collected.pop("sent_b64")))

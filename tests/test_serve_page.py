@@ -13,9 +13,11 @@ Microphone (Chromium's fake capture device playing the WAV, two portraits):
 - an identity switch mid-stream: the call answers, the button shows it, the stream keeps advancing, and the frames
   turn from the first portrait's colour to the second's at a chunk boundary (colour correction pulls each frame to
   its portrait's colours, so the tiny random model shows which portrait it is using).
-Speech file: played to its end, the same checks of the sound and of sync; then a text file as the portrait: the
-server's 400 shown in words. Screenshots of the page while it plays land in FLASHHEAD_SCREENSHOT_DIR (default: the
-test's tmp dir). Marked slow (a browser, a server and about 40 s of streaming)."""
+Text-to-speech program (the driver pushing the WAV at once, faster than real time, to the URL the page shows): the
+page says "behind by N s" while generation catches up, then plays it all, in sync. Speech file: played to its end,
+the same checks; then a text file as the portrait: the server's 400 shown in words. Screenshots of the page while it
+plays land in FLASHHEAD_SCREENSHOT_DIR (default: the test's tmp dir). Marked slow (a browser, a server, about 50 s
+of streaming)."""
 
 from __future__ import annotations
 
@@ -156,6 +158,13 @@ def report(server, inputs, work) -> dict:
     return drive(server, work, "microphone", inputs["portraits"], "--source", "microphone", "--wav", inputs["wav"],
                  "--speech-seconds", SPEECH_SECONDS - 0.5, "--switch-to", "blue", "--switch-after", 2,
                  "--echo-cancellation", "off")
+
+
+@pytest.fixture(scope="module")
+def tts_report(server, inputs, work) -> dict:
+    """A text-to-speech program (the driver) pushing the whole microphone WAV at once where the page says."""
+    return drive(server, work, "tts", inputs["portraits"][1:], "--source", "external", "--wav", inputs["wav"],
+                 "--speech-seconds", SPEECH_SECONDS)
 
 
 @pytest.fixture(scope="module")
@@ -369,3 +378,21 @@ def test_server_error_is_shown(file_report):
     assert shown["error"].startswith("The server refused the input: 'notes.txt' is not an image"), shown
     assert [[status, urlsplit(url).path] for status, url in shown["http_errors"]] == [[400, "/api/sessions"]], shown
     assert shown["start_enabled"], shown
+
+
+def test_tts_push_falls_behind_visibly_and_stays_in_sync(tts_report, inputs):
+    """Speech pushed faster than real time (all of it at once, as a TTS program may): generation falls behind the
+    speech, the page says so ("behind by N s", the server's behind_s), and plays it all, in sync."""
+    assert not tts_report.get("error") and not tts_report["console_errors"], tts_report
+    pushed = tts_report["pushed"]
+    assert [status for status, _ in pushed["answers"]] == [200] * pushed["pieces"], pushed
+    assert pushed["headers"] == ["Authorization", "Content-Type"], pushed  # the token, as the page shows it
+    behind = [(s["status"], s["server"]["behind_s"]) for s in tts_report["samples"]
+              if s["server"] and s["server"]["behind_s"] >= 2.5]
+    assert behind and all(f"behind by {b:.1f} s" in status for status, b in behind), tts_report["samples"][-1]
+    last = tts_report["samples"][-1]
+    assert last["player"]["ended"] and "behind by" not in last["status"], last
+    assert tts_report["frames"][-1]["mediaTime"] >= SPEECH_SECONDS - 3 * FRAME_S
+    checked = check_played_speech(tts_report, inputs["speech"])
+    numbers = check_sync(tts_report, inputs["speech"])
+    print("\n" + json.dumps({**checked["numbers"], **numbers, "behind_shown": behind[0][0]}))

@@ -96,7 +96,8 @@ function renderStatus() {
   else if (player.error) parts.push("stream error");
   else if (player.ended) parts.push("ended");
   else if (metrics.framesPresented) parts.push("playing");
-  else parts.push(state.source === "external" ? "waiting for speech from the text-to-speech program" : "waiting for the first frames");
+  else if (state.source === "external" && !server.received_s) parts.push("waiting for speech from the text-to-speech program");
+  else parts.push("waiting for the first frames");
   if (metrics.identity) parts.push(`identity ${metrics.identity}`);
   if (metrics.latency != null) parts.push(`latency ${formatSeconds(metrics.latency)}`);
   else if (metrics.firstFrameLatency != null) parts.push(`first frame after ${formatSeconds(metrics.firstFrameLatency)}`);
@@ -295,7 +296,8 @@ function watchFrames() {
     metrics.framesPresented += 1;
     if (metrics.firstFrameAt == null) {
       metrics.firstFrameAt = shownAt;
-      const from = state.source === "microphone" ? metrics.firstPieceSentAt : metrics.startedAt;
+      // (a text-to-speech program starts when it starts: the server's first_frame_latency_s tells that one)
+      const from = { microphone: metrics.firstPieceSentAt, file: metrics.startedAt }[state.source];
       if (from != null) metrics.firstFrameLatency = (shownAt - from) / 1000;
     }
     if (state.source === "microphone" && metrics.firstPieceSentAt != null) {
