@@ -304,7 +304,7 @@ def test_identities_added_and_switched_status_and_delete(pipeline, assets):
     assert (deleted, after, stream_after, left, working) == (200, 404, 404, 0, 0)
 
 
-# --- security -----------------------------------------------------------------------------------------------------------
+# --- security -------------------------------------------------------------------------------------------------------
 
 def test_bad_uploads_are_refused_with_a_message(pipeline, assets, tmp_path):
     text = tmp_path / "notes.txt"
@@ -339,7 +339,7 @@ def test_bad_uploads_are_refused_with_a_message(pipeline, assets, tmp_path):
         "image as audio": (400, "'blue.png' is not an audio file this server takes"),
         "playlist as audio": (400, "'list.m3u8' is not an audio file this server takes"),
         "too many pixels": (413, "8000x7000 pixels, more than the 50 MP"),
-        "too many bytes": (413, "'big.png' is larger than this server's 0.25 MB limit"),
+        "too many bytes": (413, "'big.png' is larger than this server's 256 KB limit"),
         "no portrait": (400, "no portrait: send at least one image"),
         "not multipart": (400, "send multipart/form-data"),
         "unknown field": (400, "unknown form field 'path'"),
@@ -448,7 +448,7 @@ def test_serve_beyond_localhost_without_a_token_refuses_to_start(capsys):
     assert "--token must be at least 12 characters" in capsys.readouterr().err
 
 
-# --- leaks ---------------------------------------------------------------------------------------------------------------
+# --- leaks ----------------------------------------------------------------------------------------------------------
 
 def _rss_mb() -> float:
     """The resident memory in MB once glibc has handed its free heap back (malloc_trim): what is still in use, not

@@ -5,9 +5,10 @@
 
 The API (docs/live.md#flashhead-serve has the protocol written out):
 
-    GET  /                                   the page (static/index.html); GET /static/<name>: player.js, page.js, page.css
+    GET  /                                   the page (static/index.html)
+    GET  /static/<name>                      player.js, page.js, page.css (a fixed list)
     POST /api/sessions                       multipart: portrait (1..max_portraits images), optional audio (the whole
-                                             speech), optional width, height, seed -> 201 {session, identities, stream, ...}
+                                             speech), optional width, height, seed -> 201 {session, stream, ...}
     POST /api/sessions/{sid}/identities      multipart portrait(s) -> {identities}
     POST /api/sessions/{sid}/identity        JSON {"name"} -> {identity}: from the next chunk on (a clean cut)
     GET  /api/sessions/{sid}/audio?rate=R    WebSocket: binary = s16le mono PCM at R Hz, text {"end": true} /
@@ -362,15 +363,15 @@ class _Server:
         return form
 
 
-# --- helpers -----------------------------------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------------------------
 
 async def _read_part(part, limit: int, what: str) -> bytes:
     chunks, size = [], 0
     while chunk := await part.read_chunk(1 << 16):
         size += len(chunk)
         if size > limit:
-            raise UploadTooLarge(f"{what} is larger than this server's {_megabytes(limit)} limit: send a smaller file "
-                                 f"(or start the server with a larger --max-upload-mb)")
+            raise UploadTooLarge(f"{what} is larger than this server's {_readable_size(limit)} limit: send a smaller "
+                                 f"file (or start the server with a larger --max-upload-mb)")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -378,19 +379,22 @@ async def _read_part(part, limit: int, what: str) -> bytes:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise UploadTooLarge(f"the request body of {request.content_length} bytes is larger than this server's "
-                             f"{_megabytes(limit)} limit: send the audio in smaller pieces")
+                             f"{_readable_size(limit)} limit: send the audio in smaller pieces")
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
-            raise UploadTooLarge(f"the request body is larger than this server's {_megabytes(limit)} limit: send the "
-                                 f"audio in smaller pieces")
+            raise UploadTooLarge(f"the request body is larger than this server's {_readable_size(limit)} limit: "
+                                 f"send the audio in smaller pieces")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _megabytes(limit: int) -> str:
-    return f"{limit / 2**20:g} MB"
+def _readable_size(limit: int) -> str:
+    """A byte limit as people read it: '20 MB', '256 KB', '64 bytes'."""
+    if limit >= 2**20:
+        return f"{limit / 2**20:g} MB"
+    return f"{limit / 2**10:g} KB" if limit >= 2**10 else f"{limit} bytes"
 
 
 def _integer(form: dict, name: str, default: int) -> int:
@@ -432,7 +436,8 @@ def _control(live: LiveSession, text: str) -> None:
     except ValueError:
         message = None
     if not isinstance(message, dict) or not set(message) <= {"end", "flush"}:
-        raise InputError(f'text messages on the audio socket are {{"end": true}} or {{"flush": true}}, got {text[:80]!r}')
+        raise InputError(f'text messages on the audio socket are {{"end": true}} or {{"flush": true}}, got '
+                         f'{text[:80]!r}')
     if message.get("flush"):
         live.flush()
     if message.get("end"):
