@@ -202,9 +202,10 @@ def best_match(window: np.ndarray, signal: np.ndarray) -> tuple[float, int]:
 
 
 def voiced_windows(played: np.ndarray) -> list[int]:
-    """Starts of the WINDOW_S windows of the played audio that carry speech (RMS above a tenth of the loudest)."""
+    """Starts of the WINDOW_S windows (every half window: a chunk played between two stalls, 0.96 s, holds a whole
+    one) of the played audio that carry speech (RMS above a tenth of the loudest)."""
     w = int(WINDOW_S * RATE)
-    starts = list(range(0, len(played) - w, w))
+    starts = list(range(0, len(played) - w, w // 2))
     rms = np.array([np.sqrt(np.mean(played[s: s + w] ** 2)) for s in starts])
     return [s for s, r in zip(starts, rms) if r > 0.1 * rms.max()]
 
@@ -235,12 +236,12 @@ def spoken_ms(report: dict, at: int) -> float:
 def av_offsets(report: dict, placed: list[dict]) -> list[float]:
     """For each frame shown while a placed steady window was heard: the frame's media time minus the media time of the
     audio heard at that moment (seconds; > 0: the picture is ahead of the sound)."""
+    steady = [p for p in placed if p["score"] >= MATCH and p["steady"]]
     offsets = []
-    for p in (p for p in placed if p["score"] >= MATCH and p["steady"]):
-        begin, end = p["heard_ms"], p["heard_ms"] + 1000 * WINDOW_S
-        for frame in report["frames"]:
-            if begin <= frame["shown"] < end:
-                offsets.append(frame["mediaTime"] - (p["at"] / RATE + (frame["shown"] - begin) / 1000))
+    for frame in report["frames"]:
+        p = next((p for p in steady if 0 <= frame["shown"] - p["heard_ms"] < 1000 * WINDOW_S), None)
+        if p is not None:
+            offsets.append(frame["mediaTime"] - (p["at"] / RATE + (frame["shown"] - p["heard_ms"]) / 1000))
     return offsets
 
 

@@ -53,8 +53,10 @@ function explain(error) {
   const text = error.message || String(error);
   switch (error.status) {
     case 400: return `The server refused the input: ${text}`;
-    case 401: case 403: return `Not allowed: ${text}. Open the page with the URL \`flashhead serve\` printed (it ends in ?token=...).`;
-    case 404: return `The session is gone on the server (ended, timed out or the server restarted): ${text}. Press Start again.`;
+    case 401: case 403:
+      return `Not allowed: ${text}. Open the page with the URL \`flashhead serve\` printed (it ends in ?token=...).`;
+    case 404:
+      return `The session is gone on the server (ended, timed out, or the server restarted): ${text}. Start again.`;
     case 413: return `Too large: ${text}`;
     case 429: return `Too much speech waiting: ${text}`;
     case 503: return `The server is busy: ${text}. Try again in a moment.`;
@@ -77,7 +79,7 @@ const metrics = {
   piecesSent: 0,
   secondsSent: 0,          // microphone speech sent so far
   firstFrameAt: null,      // expected display time of the first frame presented (requestVideoFrameCallback)
-  firstFrameLatency: null, // seconds from the first microphone piece (or Start) to the first frame presented
+  firstFrameLatency: null, // seconds from the first microphone piece (a file: from Start) to the first frame shown
   latency: null,           // seconds from speaking (microphone) to the matching frame on screen, last frame
   framesPresented: 0,
   server: null,            // the last status JSON of the server
@@ -96,14 +98,16 @@ function renderStatus() {
   else if (player.error) parts.push("stream error");
   else if (player.ended) parts.push("ended");
   else if (metrics.framesPresented) parts.push("playing");
-  else if (state.source === "external" && !server.received_s) parts.push("waiting for speech from the text-to-speech program");
+  else if (state.source === "external" && !server.received_s) parts.push("waiting for the text-to-speech program");
   else parts.push("waiting for the first frames");
   if (metrics.identity) parts.push(`identity ${metrics.identity}`);
+  const firstFrame = metrics.firstFrameLatency ?? server.first_frame_latency_s;
   if (metrics.latency != null) parts.push(`latency ${formatSeconds(metrics.latency)}`);
-  else if (metrics.firstFrameLatency != null) parts.push(`first frame after ${formatSeconds(metrics.firstFrameLatency)}`);
-  else if (server.first_frame_latency_s != null) parts.push(`first frame after ${formatSeconds(server.first_frame_latency_s)}`);
-  if (server.rtf != null) parts.push(`real-time factor ${server.rtf.toFixed(2)}${server.rtf > 1 ? " (slower than real time)" : ""}`);
-  if (server.generated_s != null) parts.push(`generated ${formatSeconds(server.generated_s)} of ${formatSeconds(server.received_s ?? 0)} speech`);
+  else if (firstFrame != null) parts.push(`first frame after ${formatSeconds(firstFrame)}`);
+  if (server.rtf != null)
+    parts.push(`real-time factor ${server.rtf.toFixed(2)}${server.rtf > 1 ? " (slower than real time)" : ""}`);
+  if (server.generated_s != null)
+    parts.push(`generated ${formatSeconds(server.generated_s)} of ${formatSeconds(server.received_s ?? 0)} speech`);
   status.replaceChildren(parts.join(" · "));
   const behind = state.source === "file" ? null : server.behind_s;
   if (behind != null && behind >= BEHIND_SHOWN_S) {
@@ -143,7 +147,8 @@ function showExternalInstructions(session) {
 
 // --- a session -------------------------------------------------------------------------------------------------------
 
-const state = { session: null, source: "file", player: null, microphone: null, poll: null, ended: false };
+const state = { session: null, source: "file", player: null, microphone: null, poll: null, ended: false,
+                frameCallback: null };
 
 function selectedSource() { return document.querySelector("input[name=source]:checked").value; }
 
@@ -267,6 +272,8 @@ async function stop() {
   const session = state.session;
   clearInterval(state.poll);
   state.poll = null;
+  if (state.frameCallback != null) video.cancelVideoFrameCallback(state.frameCallback);
+  state.frameCallback = null;
   state.microphone?.close();
   state.microphone = null;
   state.player?.stop();
@@ -307,9 +314,9 @@ function watchFrames() {
       metrics.latency = (shownAt - spokenAt) / 1000;
     }
     if (metrics.framesPresented % 5 === 1) renderStatus();
-    if (state.player) video.requestVideoFrameCallback(onFrame);
+    state.frameCallback = video.requestVideoFrameCallback(onFrame);
   };
-  video.requestVideoFrameCallback(onFrame);
+  state.frameCallback = video.requestVideoFrameCallback(onFrame);
 }
 
 // --- the microphone --------------------------------------------------------------------------------------------------
@@ -352,7 +359,7 @@ class Microphone {
         audio: { channelCount: 1, echoCancellation, noiseSuppression: false, autoGainControl: false },
       });
     } catch (e) {
-      throw new Error(`No microphone: ${e.message}. Allow the microphone for this page, or pick another speech source.`);
+      throw new Error(`No microphone: ${e.message}. Allow the microphone for this page, or choose another speech.`);
     }
     let context;
     try { context = new AudioContext({ sampleRate: SPEECH_RATE }); } catch { context = new AudioContext(); }
