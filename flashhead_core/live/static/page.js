@@ -444,5 +444,6 @@ $("more-portraits").addEventListener("change", addPortraits);
 for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", showSourceFields);
 showSourceFields();
 renderStatus();
+$("start").disabled = false;   // (disabled in the HTML until this module runs: no plain form submission)
 
 window.flashheadPage = { metrics, get session() { return state.session; }, get player() { return state.player; } };
