@@ -48,7 +48,7 @@ SIZE = 64
 FRAME_S = 0.04                 # one video frame at 25 fps: the sync budget
 WINDOW_S = 0.5                 # the played audio is placed in the session's speech half a second at a time
 # Waveform correlation that places a played window in the session's speech. The page's sound is that speech through
-# AAC and back (measured 0.999+); another utterance of the same synthetic voice reaches 0.88 somewhere (harmonic
+# AAC and back (measured 0.99+); another utterance of the same synthetic voice reaches 0.85-0.90 somewhere (harmonic
 # syllables of similar pitch look alike over half a second), and CONTROL_MAX checks that the threshold stays above.
 MATCH = 0.98
 CONTROL_MAX = 0.95
@@ -281,12 +281,26 @@ def check_sync(report: dict, reference: np.ndarray) -> dict:
     element's clock does not know, so that latency is taken off (measured: heard - element = that latency within a
     few ms). element: the media element's own audio clock (currentTime) at the frame's display time. Both within one
     video frame at the median; the spread (p10..p90) is frames landing on 60 Hz display slots. A server that placed a
-    track wrongly (e.g. the AAC encoder's 64 ms priming left in) moves the heard offset by that much."""
+    track wrongly (e.g. the AAC encoder's 64 ms priming left in) moves the heard offset by that much. And the
+    SourceBuffers' buffered ranges: each track one range from 0 (no gap), both ending within a frame."""
     heard = np.array(av_offsets(report, placements(report, reference)))
     element = element_offsets(report)
     numbers = {kind: {"frames": len(x), "median_ms": round(1000 * float(np.median(x)), 1),
                       "p10_p90_ms": [round(1000 * float(v), 1) for v in np.percentile(x, [10, 90])]}
                for kind, x in (("heard", heard), ("element", element)) if len(x)}
+    # the two SourceBuffers: one range each (no gap) from 0, ending together; while streaming, the audio's end trails
+    # the video's by the AAC encoder's delay (carried into the next segment)
+    ranges = {b["mime"].split("/")[0]: b["ranges"] for b in report["buffered"]}
+    ends = {}
+    for append in report["appends"]:
+        ends[append["mime"].split("/")[0]] = (append.get("buffered") or [[0, 0]])[-1][1]
+        if len(ends) == 2 and append["mime"].startswith("audio"):
+            numbers.setdefault("audio_end_trails_ms", []).append(round(1000 * (ends["video"] - ends["audio"]), 1))
+    numbers["buffered"] = ranges
+    assert len(ranges["video"]) == len(ranges["audio"]) == 1, ranges
+    assert abs(ranges["video"][0][0]) <= FRAME_S and abs(ranges["audio"][0][0]) <= FRAME_S, ranges
+    assert abs(ranges["video"][0][1] - ranges["audio"][0][1]) <= FRAME_S, ranges
+    numbers["audio_end_trails_ms"] = sorted(set(numbers.get("audio_end_trails_ms", [])))
     tap = report["tap"]["outputLatency"]
     numbers["tap_output_latency_ms"] = round(1000 * tap, 1)
     assert len(heard) >= 25 and len(element) >= 50, numbers
