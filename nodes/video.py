@@ -15,6 +15,7 @@ from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
 from .audio import audio_mode_inputs
 from .continuation import state_input, state_output
 from .face import face_crop_input
+from .live import live_stream
 from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
 from .timeline import TimelineWire
 
@@ -49,6 +50,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
             outputs=[io.Video.Output(display_name="video", tooltip=(
                 "The MP4 just written (H.264 + AAC, 25 fps), as ComfyUI VIDEO: connect GetVideoComponents, "
                 "SaveVideo, ...")), state_output()],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],  # which node and workflow the live stream is of
             is_output_node=True,
         )
 
@@ -63,12 +65,13 @@ class FlashHeadTalkingVideo(io.ComfyNode):
         pipeline = Pipeline(model.dit, vae.vae, audio_encoder.encoder, device=model.patcher.load_device)
         states = []  # the state this run ends in (FLASHHEAD_STATE output)
         portraits = image if timeline is None else timeline.with_first(image)  # several: nodes/timeline.py
-        cancelled_as_interrupt(lambda: write_talking_video(
-            pipeline, portraits, audio, path, height=height, width=width, seed=seed, mode=mode,
-            color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
-            on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
-            free_memory=_host.free_memory(vae.vae.device), continue_from=state,
-            on_state=None if timeline is not None else states.append, face_crop=face_crop))
+        with live_stream(cls.hidden) as live:  # played in the node while it runs (nodes/live.py)
+            cancelled_as_interrupt(lambda: write_talking_video(
+                pipeline, portraits, audio, path, height=height, width=width, seed=seed, mode=mode,
+                color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
+                on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
+                free_memory=_host.free_memory(vae.vae.device), continue_from=state,
+                on_state=None if timeline is not None else states.append, face_crop=face_crop, live=live))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
         video = InputImpl.VideoFromFile(str(path))
         return io.NodeOutput(video, states[0] if states else None, ui=ui.PreviewVideo([saved]))

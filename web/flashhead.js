@@ -1,4 +1,12 @@
-// FlashHead Talking Video in ComfyUI's frontend: show the finished video, not the last per-chunk preview.
+// FlashHead Talking Video in ComfyUI's frontend: the video plays live in the node while it is generated, then the
+// finished video shows, not the last per-chunk preview.
+//
+// Live: the node's execution streams what it writes (nodes/live.py); the websocket event `flashhead.live` {node,
+// display_node, prompt_id, stream} reaches the tab that queued the prompt, which plays the stream in the node with
+// the LivePlayer (flashhead_core/live/static/player.js, served at /flashhead/player.js). A tab opened mid-run asks
+// GET /flashhead/live and joins the stream of its own workflow. When the node has executed, the live player gives
+// way to the finished MP4; after a cancel or an error it stays, stopped, with the reason, until the node runs again.
+//
 // The frontend keeps a node's progress previews (app.nodePreviewImages) until the node next runs and prefers them
 // over its output, so once the node has executed its previews are dropped; when it starts again its old output is
 // dropped, so the new run's previews show.
@@ -25,6 +33,90 @@ const dropWidgets = (node, names) => {
 // that would bring them back is dropped, so the player stays alone.
 const isPreview = (imgs) => Array.isArray(imgs) && imgs.some((img) => String(img?.src ?? "").startsWith("blob:"));
 
+// --- live playback
+const LIVE_EVENT = "flashhead.live";
+const LIVE_WIDGET = "flashhead-live";
+let livePlayerModule = null;
+const livePlayerClass = async () => {
+  livePlayerModule ??= import(api.apiURL("/flashhead/player.js"));
+  return (await livePlayerModule).LivePlayer;
+};
+
+const liveLabel = (status) => {
+  if (status.error) return `stopped: ${status.error}`;
+  if (status.ended) return "LIVE · all chunks received";
+  if (status.segment < 0) return "LIVE · waiting for the first chunk";
+  return status.muted ? "LIVE · muted" : "LIVE";
+};
+
+const stopLive = (node) => {
+  const live = node.flashHeadLive;
+  if (!live) return;
+  node.flashHeadLive = undefined;
+  live.player?.stop();
+  dropWidgets(node, [LIVE_WIDGET]);
+};
+
+// Play stream `stream` in the node (replacing any other stream it played).
+async function startLive(node, stream) {
+  if (node.flashHeadLive?.stream === stream) return;
+  stopLive(node);
+  const container = document.createElement("div");
+  container.className = "flashhead-live";
+  container.style.cssText = "position:relative;width:100%;height:100%;background:#000;overflow:hidden";
+  const video = document.createElement("video");
+  Object.assign(video, { autoplay: true, playsInline: true, controls: false });
+  video.style.cssText = "width:100%;height:100%;object-fit:contain;display:block";
+  const label = document.createElement("div");
+  label.className = "flashhead-live-status";
+  label.style.cssText = "position:absolute;top:4px;left:6px;padding:1px 6px;border-radius:3px;font:11px sans-serif;"
+    + "color:#fff;background:rgba(190,0,0,0.85);pointer-events:none";
+  container.append(video, label);
+  const live = { stream, video, label, status: { segment: -1, ended: false, error: null }, player: null };
+  label.textContent = liveLabel(live.status);
+  node.flashHeadLive = live;
+  const widget = node.addDOMWidget(LIVE_WIDGET, "video", container, { hideOnZoom: false, serialize: false });
+  widget.serialize = false;
+  let aspect = 1;
+  widget.computeLayoutSize = () => ({ minHeight: Math.max(64, (node.size?.[0] || 256) / aspect), minWidth: 64 });
+  video.addEventListener("loadedmetadata", () => {
+    aspect = video.videoWidth / video.videoHeight || 1;
+    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    node.setDirtyCanvas?.(true, true);
+  });
+  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  const LivePlayer = await livePlayerClass();
+  if (node.flashHeadLive !== live) return;   // replaced or stopped while the player loaded
+  live.player = new LivePlayer(video, api.apiURL(`/flashhead/live/${stream}`), {
+    onStatus: (status) => {
+      live.status = status;
+      label.textContent = liveLabel(status);
+      label.style.background = status.error ? "rgba(60,60,60,0.85)" : "rgba(190,0,0,0.85)";
+    },
+  });
+  live.player.start();
+}
+
+const liveNode = (id) => {
+  const node = id != null && app.graph?.getNodeById(id);
+  return node && node.comfyClass === TYPE ? node : null;
+};
+
+// A tab opened while a prompt runs: join the running stream of a Talking Video node of this very workflow (the
+// workflow id the prompt was queued with, as saved in it; an API prompt without a workflow is not joined).
+async function joinRunningStreams() {
+  try {
+    const response = await api.fetchApi("/flashhead/live", { cache: "no-store" });
+    if (!response.ok) return;
+    for (const stream of await response.json()) {
+      const node = stream.workflow && stream.workflow === app.graph?.id && liveNode(stream.display_node);
+      if (node && !node.flashHeadLive) startLive(node, stream.id);
+    }
+  } catch (error) {
+    console.warn("FlashHead: could not list the running live streams", error);
+  }
+}
+
 app.registerExtension({
   name: "FlashHead.TalkingVideo",
   nodeCreated(node) {
@@ -48,6 +140,7 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function () {
       onExecuted?.apply(this, arguments);
+      stopLive(this);   // the finished MP4 takes the live player's place
       this.flashHeadFinished = true;
       delete app.nodePreviewImages?.[locator(this)];
       this.imgs = undefined;
@@ -67,6 +160,12 @@ app.registerExtension({
       node.previewMediaType = undefined;
       node.videoContainer = undefined;
       dropWidgets(node, ["video-preview"]);
+      stopLive(node);   // a stopped stream of the previous run; this run's arrives as LIVE_EVENT
     });
+    api.addEventListener(LIVE_EVENT, ({ detail }) => {
+      const node = liveNode(detail?.display_node) || liveNode(detail?.node);
+      if (node && detail.stream) startLive(node, detail.stream);
+    });
+    joinRunningStreams();
   },
 });

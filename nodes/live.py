@@ -1,0 +1,97 @@
+"""Live playback inside ComfyUI: FlashHead Talking Video streams the video it is writing to the browser while it runs
+(flashhead_core/live), through routes on ComfyUI's own server. web/flashhead_live.js shows the player in the node.
+
+Routes (registered at import on PromptServer.instance.routes; ComfyUI serves each as /x and /api/x):
+    GET /flashhead/live                 the running streams [{id, node, display_node, prompt_id, workflow}]: a tab
+                                        opened mid-run joins the one of its own workflow
+    GET /flashhead/live/{id}/...        the stream protocol (flashhead_core/live/http.py), for channels this server
+                                        created for its own prompts only: any other id is 404
+    GET /flashhead/player.js            flashhead_core/live/static/player.js (the one copy of the player)
+
+Each Talking Video execution gets its own channel (`live_stream`); the prompt's client is told with the websocket
+event `flashhead.live` {node, display_node, prompt_id, stream}. The channel ends when the execution does, with the
+error on a cancel or a failure, so the player ends cleanly.
+
+This is the only module that imports ComfyUI's `server`, and only once ComfyUI's main.py has loaded it (it creates
+PromptServer.instance before importing custom nodes): importing server.py anywhere else would start initialising
+ComfyUI. Outside a running ComfyUI (plain Python, node unit tests) nothing is registered and runs stream nowhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiohttp import web
+
+from ..flashhead_core.live import LiveRegistry, LiveSink
+from ..flashhead_core.live.http import NO_STORE, add_stream_routes
+from ..flashhead_core.video_io import stop_reason
+
+PREFIX = "/flashhead/live"
+PLAYER_ROUTE = "/flashhead/player.js"
+PLAYER_JS = Path(__file__).resolve().parent.parent / "flashhead_core" / "live" / "static" / "player.js"
+EVENT = "flashhead.live"
+# A channel keeps its last 32 segments (~30 s of Lite video: a viewer behind the live edge catches up); ended ones
+# stay a minute (a player still playing the tail), at most 4 of them: memory stays flat over many prompts.
+REGISTRY = LiveRegistry(keep=32, grace=60.0, max_ended=4)
+
+
+def prompt_server():
+    """ComfyUI's PromptServer.instance, or None outside a running ComfyUI server."""
+    if "server" not in sys.modules:
+        return None
+    from server import PromptServer
+
+    return getattr(PromptServer, "instance", None)
+
+
+def running_streams() -> list[dict]:
+    """The streams still being generated, oldest first: what GET /flashhead/live answers."""
+    return [{"id": info["id"], **{k: info["meta"].get(k) for k in ("node", "display_node", "prompt_id", "workflow")}}
+            for info in REGISTRY.list() if not info["ended"]]
+
+
+def register_routes(routes: web.RouteTableDef) -> None:
+    @routes.get(PREFIX)
+    async def list_streams(request: web.Request) -> web.Response:
+        return web.json_response(running_streams(), headers=NO_STORE)
+
+    @routes.get(PLAYER_ROUTE)
+    async def player(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PLAYER_JS, headers={"Content-Type": "text/javascript", "Cache-Control": "no-cache"})
+
+    add_stream_routes(routes, PREFIX, REGISTRY)  # REGISTRY holds only this server's own channels: no other check
+
+
+_server = prompt_server()
+if _server is not None:
+    register_routes(_server.routes)
+
+
+@contextmanager
+def live_stream(hidden):
+    """A LiveSink for one Talking Video execution (None outside a running ComfyUI), its channel announced to the
+    client that queued the prompt. hidden: the node's hidden inputs (unique_id, extra_pnginfo; None when the node is
+    called directly). The channel is finished on exit, with the error when the block raises."""
+    server = prompt_server()
+    if server is None:
+        yield None
+        return
+    node = str(getattr(hidden, "unique_id", None) or server.last_node_id)
+    workflow = (getattr(hidden, "extra_pnginfo", None) or {}).get("workflow") or {}
+    meta = {"node": node, "display_node": str(server.last_node_id or node), "prompt_id": getattr(server, "last_prompt_id", None),
+            "workflow": workflow.get("id") if isinstance(workflow, dict) else None}
+    channel = REGISTRY.create(**meta)
+    sink = LiveSink(channel)
+    if server.client_id is not None:  # as ComfyUI's own execution events: to the prompt's client only
+        server.send_sync(EVENT, {**{k: meta[k] for k in ("node", "display_node", "prompt_id")}, "stream": channel.id},
+                         server.client_id)
+    try:
+        yield sink
+    except BaseException as e:
+        sink.close(error=stop_reason(e))
+        raise
+    finally:
+        sink.close()

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The live player in the real ComfyUI frontend: run with the host venv's Python (playwright), system Chromium.
+
+Not a test module: tests/test_comfy_host.py runs it against a ComfyUI that check_pack.py has started (the pack loaded,
+tiny checkpoints and inputs placed), with a UI workflow whose speech lasts long enough to watch (tens of seconds).
+It opens the page headless, drops the workflow on it and queues it from the page (app.queuePrompt, as the Run button)
+twice, with a new seed each time (tests/frontend_video_player.py holds the page scripts both use):
+
+1. live: while the prompt runs, samples the Talking Video node's live <video> (its currentTime, the player's status);
+   once it plays, opens a second tab of the same browser (the workflow restored from the browser's storage), which
+   must join the running stream from GET /flashhead/live; after the prompt, waits for the finished MP4 player.
+2. interrupt: once the live video plays, POST /interrupt; the prompt must end interrupted and the player must end
+   with the reason, no page error.
+Screenshots: <prefix>_live.png (mid-run), <prefix>_finished.png, <prefix>_joined.png, <prefix>_interrupted.png.
+Prints one JSON line {"frontend_version", "live": {...}, "interrupt": {...}, "console_errors": [...]}.
+Exit 0 when the page could be driven (judging the report is the caller's job), 2 when it could not be used at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from frontend_video_player import DROP, NODE_TYPE, QUEUE, STATE, WATCH
+
+# The node's live player right now (web/flashhead.js keeps it on node.flashHeadLive while it exists).
+LIVE = """(nodeId) => {
+  const node = app.graph.getNodeById(nodeId);
+  const live = node?.flashHeadLive;
+  const widget = (node?.widgets || []).find(w => w.name === 'flashhead-live');
+  const video = live?.video || widget?.element?.querySelector?.('video') || null;
+  const b = video?.buffered;
+  return {widget: !!widget, stream: live?.stream || null, status: live?.status || null,
+          label: live?.label?.textContent || null, graph_id: app.graph.id || null,
+          video: video && {currentTime: video.currentTime, readyState: video.readyState, paused: video.paused,
+                           videoWidth: video.videoWidth, buffered_end: b && b.length ? b.end(b.length - 1) : 0,
+                           src: video.src,
+                           rect: (({x, y, width, height}) => ({x, y, width, height}))(video.getBoundingClientRect())}};
+}"""
+
+FIND_NODE = f"() => (app.graph._nodes || app.graph.nodes).find(n => n.type === '{NODE_TYPE}')?.id ?? null"
+DONE = "() => ({events: window.__fh.events, done: window.__fh.done})"
+INTERRUPT = "async () => { await fetch(window.comfyAPI?.api?.api?.apiURL?.('/interrupt') ?? '/api/interrupt'," \
+            " {method: 'POST'}); }"
+
+
+def open_page(context, port: int, ms: int, console: list, name: str = "tab 1"):
+    page = context.new_page()
+    page.on("console", lambda m: console.append((m.type, f"{name}: {m.text}")))
+    page.on("pageerror", lambda e: console.append(("pageerror", f"{name}: {e} | {(e.stack or '')[:600]}")))
+    page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=ms)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
+    page.keyboard.press("Escape")
+    page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach(e => e.remove())")
+    return page
+
+
+def queue(page, seed: int) -> dict:
+    return page.evaluate(QUEUE, [NODE_TYPE, seed])
+
+
+def prompt_outcome(page, queued: dict) -> tuple[str | None, str | None]:
+    fh = page.evaluate(DONE)
+    prompt_id = next((e[1] for e in fh["events"][queued["before"]:] if e[1]), None)
+    return prompt_id, fh["done"].get(prompt_id) if prompt_id else None
+
+
+def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
+    queued = queue(page, args.seed)
+    node_id = queued["node_id"]
+    report = {"samples": [], "joined": None}
+    t0 = time.monotonic()
+    status, shot_taken, second = None, False, None
+    while time.monotonic() - t0 < args.timeout:
+        live = page.evaluate(LIVE, node_id)
+        prompt_id, status = prompt_outcome(page, queued)
+        if live["video"]:
+            report["samples"].append({"t": round(time.monotonic() - t0, 2), "currentTime": live["video"]["currentTime"],
+                                      "segment": (live["status"] or {}).get("segment"), "prompt_done": bool(status)})
+        if status:
+            break
+        playing = live["video"] and live["video"]["currentTime"] > 1.0
+        if playing and not shot_taken:
+            page.mouse.move(900, 980)
+            page.screenshot(path=f"{args.screenshot_prefix}_live.png")
+            report["live_state"] = live
+            shot_taken = True
+        if playing and second is None:   # a second tab opened mid-run joins at the live edge
+            second = open_page(context, port, ms, console, "tab 2")
+            second_node = second.evaluate(FIND_NODE)
+            report["joined"] = {"node_found": second_node is not None, "graph_id": second.evaluate(
+                "() => app.graph.id || null"), "samples": []}
+        if second is not None and report["joined"]["node_found"] and not status:
+            joined = second.evaluate(LIVE, second_node)
+            if joined["video"]:
+                _, done_now = prompt_outcome(page, queued)
+                report["joined"]["samples"].append({"currentTime": joined["video"]["currentTime"],
+                                                    "segment": (joined["status"] or {}).get("segment"),
+                                                    "stream": joined["stream"], "prompt_done": bool(done_now)})
+                if len(report["joined"]["samples"]) == 5:
+                    second.screenshot(path=f"{args.screenshot_prefix}_joined.png")
+        page.wait_for_timeout(250)
+    report.update(prompt_id=prompt_id, status=status, seconds=round(time.monotonic() - t0, 1))
+    # the finished MP4 takes the live player's place
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 30:
+        video = page.evaluate(STATE, node_id)["video"]
+        if video and video["readyState"] >= 1 and (video["duration"] or 0) > 0 and "/view?" in video["src"]:
+            break
+        page.wait_for_timeout(200)
+    page.mouse.move(900, 980)
+    page.wait_for_timeout(500)
+    report["finished_video"] = page.evaluate(STATE, node_id)["video"]
+    report["live_after"] = page.evaluate(LIVE, node_id)
+    page.screenshot(path=f"{args.screenshot_prefix}_finished.png")
+    if second is not None:
+        second.close()
+    return report
+
+
+def interrupt_run(page, args) -> dict:
+    queued = queue(page, args.seed + 1)
+    node_id = queued["node_id"]
+    report = {"interrupted_at": None}
+    t0 = time.monotonic()
+    status = None
+    while time.monotonic() - t0 < args.timeout:
+        live = page.evaluate(LIVE, node_id)
+        prompt_id, status = prompt_outcome(page, queued)
+        if status:
+            break
+        if report["interrupted_at"] is None and live["video"] and live["video"]["currentTime"] > 0.5:
+            report["interrupted_at"] = live["video"]["currentTime"]
+            page.evaluate(INTERRUPT)
+        page.wait_for_timeout(200)
+    report.update(prompt_id=prompt_id, status=status)
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 20:   # the player ends by itself: the stream ends with the reason
+        live = page.evaluate(LIVE, node_id)
+        if (live["status"] or {}).get("ended"):
+            break
+        page.wait_for_timeout(200)
+    page.mouse.move(900, 980)
+    page.wait_for_timeout(300)
+    report["live_after"] = page.evaluate(LIVE, node_id)
+    page.screenshot(path=f"{args.screenshot_prefix}_interrupted.png")
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--workflow", required=True, help="UI-format workflow JSON (long speech)")
+    ap.add_argument("--screenshot-prefix", required=True)
+    ap.add_argument("--seed", type=int, default=2000)
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--timeout", type=float, default=400.0)
+    args = ap.parse_args(argv)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("error: playwright is not installed in this Python", file=sys.stderr)
+        return 2
+    wf_path = Path(args.workflow)
+    ms = int(120 * 1000)
+    console: list = []
+    report: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium,
+                                    args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            page = open_page(context, args.port, ms, console)
+            page.evaluate(DROP, [wf_path.read_text(), wf_path.name])
+            page.wait_for_function(f"() => {FIND_NODE}() !== null", timeout=ms)
+            page.wait_for_timeout(500)
+            before = len(console)
+            report.update(page.evaluate(WATCH, NODE_TYPE))
+            report["live"] = live_run(context, page, args.port, args, ms, console)
+            report["interrupt"] = interrupt_run(page, args)
+            report["console_errors"] = [f"{t}: {m}" for t, m in console[before:]
+                                        if t in ("error", "pageerror") and "Content Security Policy" not in m
+                                        and "Failed to load resource" not in m]
+        finally:
+            browser.close()
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
