@@ -10,7 +10,8 @@ stream as the page's player does (each segment's video and audio, with their sta
     rtf               the server's generation seconds per second of video (the mean over its last chunks)
     wall_rtf          wall seconds between the first and the last segment per second of video between them (with
                       --pace fast the speed the stream is generated at, queueing behind other sessions included)
-    behind_max_s      the most the stream lagged behind the speech sent (status behind_s, sampled)
+    behind_s          how far the stream lagged behind the speech sent (status behind_s, sampled twice a second
+                      while it changes): median, 95th percentile, max
     av_start_ms       per segment, video start - audio start (the AAC encoder's delay): first minute, last minute, max
     end_drift_ms      at the end, |video media end - audio media end| (audio end: last segment's start + duration)
 """
@@ -140,11 +141,20 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
     per_minute = max(1, round(60 * len(media_end) / max(media_end[-1], 1e-9)))  # segments per minute of video
     return {"first_segment_s": round(arrivals[0], 3), "rtf": status["rtf"],
             "wall_rtf": round((arrivals[-1] - arrivals[0]) / max(media_end[-1] - media_end[0], 1e-9), 3),
-            "behind_max_s": round(max(behind, default=0.0), 3), "segments": n, "video_s": media_end[-1],
+            "behind_s": _spread(behind), "segments": n, "video_s": media_end[-1],
             "av_start_ms": {"first_minute": round(statistics.mean(av_start[:per_minute]), 1),
                             "last_minute": round(statistics.mean(av_start[-per_minute:]), 1),
                             "max": round(max(map(abs, av_start)), 1)},
             "end_drift_ms": round(abs(media_end[-1] - audio_end) * 1000, 1)}
+
+
+def _spread(values: list[float]) -> dict:
+    """Median, 95th percentile and maximum of a list of seconds."""
+    if not values:
+        return {"median": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    return {"median": round(statistics.median(ordered), 3), "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
+            "max": round(ordered[-1], 3)}
 
 
 def _duration(init: bytes, segment: bytes) -> float:
