@@ -279,6 +279,9 @@ def test_cli_face_box_and_face_crop(checkpoint, tmp_path, capsys):
     # a box outside the portrait: one error line, exit 1, nothing written
     assert main(base + ["--out", str(tmp_path / "bad.mp4"), "--face-box", "600,86,95,95"]) == 1
     assert "outside the 641x481 portrait" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
+    # a feather without a crop would be ignored: refused instead
+    assert main(base + ["--out", str(tmp_path / "feather.mp4"), "--face-feather", "0.2"]) == 1
+    assert "add --face-crop" in capsys.readouterr().err and not (tmp_path / "feather.mp4").exists()
     assert issubclass(FaceError, FlashHeadError)
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..config import parse_size
 from ..errors import FlashHeadError, InputError
-from ..face import FaceCrop, parse_face_box
+from ..face import DEFAULT_FEATHER, FaceCrop, parse_face_box
 from ..live.server import DEFAULT_PORT, ServeOptions, check_binding
 from ..live.server import run as serve
 from ..lora import apply_loras, parse_lora_option, read_lora
@@ -84,11 +84,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _face_crop(args: argparse.Namespace) -> FaceCrop | None:
     """--face-crop (the built-in detector) or --face-box X,Y,W,H -> the crop of --image, else None."""
     if not args.face_crop and args.face_box is None:
+        if args.face_feather is not None:
+            raise InputError("--face-feather shapes the face crop's paste-back: add --face-crop (or --face-box)")
         return None
     if args.image is None:
         raise InputError("--face-crop and --face-box work with one portrait: give it as --image FILE")
     box = None if args.face_box is None else parse_face_box(args.face_box)
-    return FaceCrop.around(args.image, box, feather=args.face_feather)
+    return FaceCrop.around(args.image, box, feather=DEFAULT_FEATHER if args.face_feather is None else args.face_feather)
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -163,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(2 x the face width) at --size and paste it back into every frame; the MP4 has the portrait's size"))
     p.add_argument("--face-box", default=None, metavar="X,Y,W,H", help=(
         "--face-crop around this face box (portrait pixels: top-left corner, width, height) instead of detecting"))
-    p.add_argument("--face-feather", type=float, default=0.1, help=(
-        "the paste-back's blend ramp, a fraction of the crop side (0..0.5; 0 = a hard edge)"))
+    p.add_argument("--face-feather", type=float, default=None, help=(
+        f"the paste-back's blend ramp, a fraction of the crop side (0..0.5; 0 = a hard edge; default "
+        f"{DEFAULT_FEATHER})"))
     p.add_argument("--audio", required=True, help="the speech (wav, mp3, flac, m4a, ...)")
     p.add_argument("--out", required=True, help="the MP4 to write")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WIDTHxHEIGHT (multiples of 32 Lite, 16 Pro)")
