@@ -197,7 +197,8 @@ async function start(event) {
         if (status.error) showError(`The stream failed: ${status.error}`);
         if (status.ended) {
           $("start").disabled = false;   // a new Start replaces this session
-          pollStatus();                  // the final figures
+          clearInterval(state.poll);     // the final figures, then no more requests: the server may free the
+          pollStatus();                  // session once it has been idle for its --idle-timeout
         }
         renderStatus();
       },
@@ -205,8 +206,8 @@ async function start(event) {
     const attached = state.player.start();   // (waits for the stream's first chunk; the microphone makes it)
     if (state.source === "microphone")
       state.microphone = await Microphone.open(session.session, onServerStatus, $("echo-cancellation").checked);
-    await attached;
     state.poll = setInterval(pollStatus, STATUS_POLL_MS);
+    await attached;
     renderStatus();
   } catch (e) {
     showError(e);
