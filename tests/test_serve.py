@@ -290,14 +290,19 @@ def test_identities_added_and_switched_status_and_delete(pipeline, assets):
         switched = await client.post(f"/api/sessions/{sid}/identity", json={"name": "blue"})
         unknown = await client.post(f"/api/sessions/{sid}/identity", json={"name": "nobody"})
         status = await (await client.get(f"/api/sessions/{sid}/status")).json()
+        socket = await client.ws_connect(f"/api/sessions/{sid}/audio")
         deleted = await client.delete(f"/api/sessions/{sid}")
         after = await client.get(f"/api/sessions/{sid}/status")
         stream_after = await client.get(created["stream"])
+        await socket.send_bytes(b"\0\0" * 160)  # speech into a deleted session: refused, the socket closes
+        messages = [json.loads(m.data) async for m in socket if m.type == WSMsgType.TEXT]
         return (await added.json(), await switched.json(), unknown.status, await unknown.json(), status,
-                deleted.status, after.status, stream_after.status, len(server.sessions), server.worker.sessions)
+                deleted.status, after.status, stream_after.status, len(server.sessions), server.worker.sessions,
+                messages[-1], socket.closed)
 
-    added, switched, unknown, unknown_body, status, deleted, after, stream_after, left, working = serve(pipeline,
-                                                                                                       scenario)
+    (added, switched, unknown, unknown_body, status, deleted, after, stream_after, left, working, last,
+     closed) = serve(pipeline, scenario)
+    assert last["type"] == "error" and "this session was closed" in last["error"] and closed
     assert added == {"identities": ["face", "blue"], "added": ["blue"]} and switched == {"identity": "blue"}
     assert unknown == 400 and "unknown identity 'nobody'" in unknown_body["error"]
     assert status["identity"] == "blue" and status["state"] == "waiting" and status["received_s"] == 0
@@ -329,6 +334,7 @@ def test_bad_uploads_are_refused_with_a_message(pipeline, assets, tmp_path):
             "not multipart": await client.post("/api/sessions", json={"portrait": "face.png"}),
             "unknown field": await client.post("/api/sessions", data=session_form(assets["face"], path="/etc")),
             "size too large": await client.post("/api/sessions", data=session_form(assets["face"], width=SIZE * 2)),
+            "too many portraits": await client.post("/api/sessions", data=session_form(*[assets["face"]] * 9)),
         }
         answers = {name: (answer.status, (await answer.json())["error"]) for name, answer in cases.items()}
         return answers, len(server.sessions), server.registry.list()
@@ -344,6 +350,7 @@ def test_bad_uploads_are_refused_with_a_message(pipeline, assets, tmp_path):
         "not multipart": (400, "send multipart/form-data"),
         "unknown field": (400, "unknown form field 'path'"),
         "size too large": (400, f"at most {SIZE}x{SIZE} on this server, got {SIZE * 2}x{SIZE}"),
+        "too many portraits": (400, "9 portraits: a session takes at most 8"),
     }
     for name, (status, phrase) in expected.items():
         assert answers[name][0] == status and phrase in answers[name][1], (name, answers[name])

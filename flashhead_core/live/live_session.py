@@ -140,6 +140,8 @@ class LiveSession:
                 self._ended = True
 
     def _check_open(self) -> None:
+        if self._cancel.is_set():
+            raise InputError("this session was closed (deleted, or freed after being idle): create a new session")
         if self._ended:
             raise InputError("this session's speech has ended (an 'end' was sent, or the speech came as a file): "
                              "create a new session for more speech")

@@ -188,6 +188,8 @@ class _Server:
             portraits = form.get("portrait", [])
             if not portraits:
                 raise UploadError("no portrait: send at least one image file in the 'portrait' field")
+            if len(portraits) > self.options.max_portraits:
+                raise UploadError(f"{len(portraits)} portraits: a session takes at most {self.options.max_portraits}")
             width, height = self._size(form)
             seed = check_seed(_integer(form, "seed", 0))
             speech = None
