@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from flashhead_core.live import LiveChannel, LiveEncoder, LiveRegistry, LiveSegment, LiveSink
 from flashhead_core.live import http as live_http
-from flashhead_core.live.http import add_stream_routes
+from flashhead_core.live.http import add_stream_routes, blob_media_policy
 from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.sampler import GenerationCancelled
 from flashhead_core.testing import write_tiny_checkpoint
@@ -281,6 +281,7 @@ def test_routes_serve_a_stream(use_table):
 
 def test_routes_answer_errors_as_specified(monkeypatch):
     monkeypatch.setattr(live_http, "WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(live_http, "INIT_WAIT_SECONDS", 0.05)
     registry = LiveRegistry(keep=2)
     channel = registry.create()
     channel.publish_init("video/mp4", "audio/mp4", b"iv", b"ia", SIZE, SIZE, FPS)
@@ -305,9 +306,30 @@ def test_routes_answer_errors_as_specified(monkeypatch):
         assert (response.status, response.headers["X-FlashHead-Ended"]) == (204, "1")
         assert response.headers["X-FlashHead-Error"] == "interrupted by the user"
         assert await status(f"/live/{channel.id}/segments/3/audio") == (200, None)  # ended: still readable
+        pending = registry.create()
+        assert await status(f"/live/{pending.id}/init/video") == (204, "0")  # no chunk encoded yet: ask again
+        pending.finish(error="failed before its first chunk")
+        assert await status(f"/live/{pending.id}/init/audio") == (404, None)
 
     serve(registry, scenario)
 
+
+def test_the_media_policy_adds_blob_media_to_a_strict_policy_only():
+    async def main():
+        app = web.Application(middlewares=[blob_media_policy, strict_policy])
+
+        async def page(request):
+            return web.Response(text="x")
+
+        app.router.add_get("/", page)
+        plain = web.Application(middlewares=[blob_media_policy])
+        plain.router.add_get("/", page)
+        async with TestClient(TestServer(app)) as client, TestClient(TestServer(plain)) as other:
+            policy = (await client.get("/")).headers["Content-Security-Policy"]
+            assert policy == STRICT_CSP.rstrip(";") + "; media-src 'self' blob:"
+            assert "Content-Security-Policy" not in (await other.get("/")).headers  # no policy: none is added
+
+    asyncio.run(main())
 
 def test_the_check_refuses_without_telling_which_ids_exist():
     registry = LiveRegistry()
@@ -434,6 +456,15 @@ window.statuses = [];
 window.player = new LivePlayer(video, "/live/%s", {onStatus: (s) => window.statuses.push(s)});
 window.player.start();
 </script></body>"""
+# What ComfyUI 0.33 sends with --disable-api-nodes: nothing from elsewhere (and, alone, no blob: media either).
+STRICT_CSP = "default-src 'self'; script-src 'self' 'unsafe-inline'; connect-src 'self';"
+
+
+@web.middleware
+async def strict_policy(request, handler):
+    response = await handler(request)
+    response.headers["Content-Security-Policy"] = STRICT_CSP
+    return response
 
 
 class StreamingServer:
@@ -451,7 +482,7 @@ class StreamingServer:
         async def player(request):
             return web.FileResponse(PLAYER_JS)
 
-        app = web.Application()
+        app = web.Application(middlewares=[blob_media_policy, strict_policy])
         app.router.add_get("/", page)
         app.router.add_get("/player.js", player)
         add_stream_routes(app.router, "/live", self.registry)
@@ -481,7 +512,8 @@ class StreamingServer:
 def test_player_plays_while_the_stream_is_produced_and_ends_cleanly():
     """Chromium (headless, MSE) plays the stream while a worker thread is still publishing it: currentTime grows
     before the last segment exists; a viewer opening the page later joins at the live edge; the end of the stream
-    ends the player with no page error."""
+    ends the player with no page error. The page's Content-Security-Policy is the one ComfyUI 0.33 sends with
+    --disable-api-nodes, with blob_media_policy over it (as nodes/live.py installs it in ComfyUI)."""
     playwright = pytest.importorskip("playwright.sync_api")
     registry = LiveRegistry()
     channel = registry.create()

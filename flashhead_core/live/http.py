@@ -4,7 +4,9 @@ serve`): routes under a prefix that read a LiveRegistry's channels. The player (
     add_stream_routes(app.router, "/api/live", registry, check=None)      # or a RouteTableDef (ComfyUI's routes)
 
     GET {prefix}/{id}                          JSON channel.info()
-    GET {prefix}/{id}/init/video|audio         the track's init segment (video/mp4 | audio/mp4)
+    GET {prefix}/{id}/init/video|audio         the track's init segment (video/mp4 | audio/mp4); waits up to
+                                               INIT_WAIT_SECONDS for it (204 + X-FlashHead-Ended: 0: ask again;
+                                               404 once the stream ended without one)
     GET {prefix}/{id}/segments/{n}/video|audio the track's media segment n (b"" when that track had no packet in it),
                                                headers X-FlashHead-Start (seconds: where the player places it) and
                                                X-FlashHead-Media-End; waits up to WAIT_SECONDS for n to be published.
@@ -51,8 +53,10 @@ def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str
     async def init(request: web.Request) -> web.Response:
         channel, track = channel_of(request), request.match_info["track"]
         if not await channel.wait_init(INIT_WAIT_SECONDS):
-            raise web.HTTPNotFound(text="this live stream has no init segment (it ended before its first chunk)",
-                                   headers=NO_STORE)
+            if channel.ended:
+                raise web.HTTPNotFound(text="this live stream has no init segment (it ended before its first chunk)",
+                                       headers=NO_STORE)
+            return web.Response(status=204, headers={**NO_STORE, "X-FlashHead-Ended": "0"})  # not yet: ask again
         return web.Response(body=channel.init_segment(track), content_type=CONTENT_TYPES[track], headers=NO_STORE)
 
     async def segment(request: web.Request) -> web.Response:
@@ -84,3 +88,18 @@ def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str
             routes.get(path)(handler)
         else:
             routes.add_get(path, handler)
+
+
+@web.middleware
+async def blob_media_policy(request: web.Request, handler) -> web.StreamResponse:
+    """For a server whose responses carry a Content-Security-Policy without media-src (ComfyUI 0.33 started with
+    --disable-api-nodes sends "default-src 'self'; ..."): adds "media-src 'self' blob:", which the player needs (its
+    MediaSource reaches the <video> as a blob: URL that the page's own script makes; Chrome checks a worker's
+    MediaSourceHandle the same way). It allows nothing from any other origin. Install it as the outermost
+    middleware, so it sees the header the server's own middleware set."""
+    response = await handler(request)
+    policy = response.headers.get("Content-Security-Policy")
+    if policy and "media-src" not in policy and not response.prepared:
+        response.headers["Content-Security-Policy"] = f"{policy.strip().rstrip(';')}; media-src 'self' blob:"
+    return response
+
