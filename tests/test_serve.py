@@ -455,6 +455,15 @@ def test_serve_beyond_localhost_without_a_token_refuses_to_start(capsys):
     assert "--token must be at least 12 characters" in capsys.readouterr().err
 
 
+def test_bench_live_measures_the_stream_from_its_client(capsys):
+    assert cli_main(["bench", "live", "--seconds", "3", "--pace", "fast", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    [session] = result["per_session"]
+    assert session["video_s"] == 3.0 and session["segments"] == 5  # 4 chunks and the encoders' flush
+    assert session["first_segment_s"] > 0 and session["rtf"] > 0 and session["behind_s"]["max"] >= 0
+    assert 0 < session["av_start_ms"]["max"] < 3 * 64 and session["end_drift_ms"] < 64  # within an AAC frame
+
+
 # --- leaks ----------------------------------------------------------------------------------------------------------
 
 def _rss_mb() -> float:
