@@ -8,8 +8,9 @@ stream as the page's player does (each segment's video and audio, with their sta
 
     first_segment_s   first PCM byte sent -> first segment's video received (what the viewer waits for)
     rtf               the server's generation seconds per second of video (the mean over its last chunks)
-    wall_rtf          wall seconds between the first and the last segment per second of video between them (with
-                      --pace fast the speed the stream is generated at, queueing behind other sessions included)
+    wall_rtf          wall seconds from the first PCM byte sent to the last segment received, per second of video
+                      (with --pace fast the speed the stream is generated at, queueing behind other sessions
+                      included; at real time at least 1)
     behind_s          how far the stream lagged behind the speech sent (status behind_s, sampled twice a second
                       while it changes): median, 95th percentile, max
     av_start_ms       per segment, video start - audio start (the AAC encoder's delay): first minute, last minute, max
@@ -140,7 +141,7 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
     await socket.close()
     per_minute = max(1, round(60 * len(media_end) / max(media_end[-1], 1e-9)))  # segments per minute of video
     return {"first_segment_s": round(arrivals[0], 3), "rtf": status["rtf"],
-            "wall_rtf": round((arrivals[-1] - arrivals[0]) / max(media_end[-1] - media_end[0], 1e-9), 3),
+            "wall_rtf": round(arrivals[-1] / media_end[-1], 3),
             "behind_s": _spread(behind), "segments": n, "video_s": media_end[-1],
             "av_start_ms": {"first_minute": round(statistics.mean(av_start[:per_minute]), 1),
                             "last_minute": round(statistics.mean(av_start[-per_minute:]), 1),
