@@ -147,7 +147,7 @@ class VideoWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort(_reason(exc))
+            self.abort(stop_reason(exc))
 
     @contextmanager
     def _removing_partial_on_error(self):
@@ -155,13 +155,13 @@ class VideoWriter:
         try:
             yield
         except OSError as e:
-            self.abort(_reason(e))
+            self.abort(stop_reason(e))
             if isinstance(e, VideoWriteError):
                 raise
             raise VideoWriteError(f"could not write {self.path}: {e}. Is the disk full or the folder read-only? "
                                   f"Free space or choose another folder; no partial file was left") from e
         except BaseException as e:
-            self.abort(_reason(e))
+            self.abort(stop_reason(e))
             raise
 
     def _audio_samples_for(self, frames: int) -> int:
@@ -185,7 +185,7 @@ class VideoWriter:
         return block
 
 
-def _reason(error: BaseException) -> str:
+def stop_reason(error: BaseException) -> str:
     """Why a video stopped, in one line (for the live tee)."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 

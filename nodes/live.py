@@ -8,6 +8,9 @@ Routes (registered at import on PromptServer.instance.routes; ComfyUI serves eac
                                         created for its own prompts only: any other id is 404
     GET /flashhead/player.js            flashhead_core/live/static/player.js (the one copy of the player)
 
+A page policy that allows media only from 'self' (ComfyUI 0.33 with --disable-api-nodes) gets "media-src 'self'
+blob:" added (`allow_blob_media`): the player's MediaSource needs it, nothing else changes.
+
 Each Talking Video execution gets its own channel (`live_stream`); the prompt's client is told with the websocket
 event `flashhead.live` {node, display_node, prompt_id, stream}. The channel ends when the execution does, with the
 error on a cancel or a failure, so the player ends cleanly.
@@ -19,6 +22,7 @@ ComfyUI. Outside a running ComfyUI (plain Python, node unit tests) nothing is re
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +30,10 @@ from pathlib import Path
 from aiohttp import web
 
 from ..flashhead_core.live import LiveRegistry, LiveSink
-from ..flashhead_core.live.http import NO_STORE, add_stream_routes
+from ..flashhead_core.live.http import NO_STORE, add_stream_routes, blob_media_policy
 from ..flashhead_core.video_io import stop_reason
 
+log = logging.getLogger(__name__)
 PREFIX = "/flashhead/live"
 PLAYER_ROUTE = "/flashhead/player.js"
 PLAYER_JS = Path(__file__).resolve().parent.parent / "flashhead_core" / "live" / "static" / "player.js"
@@ -65,9 +70,21 @@ def register_routes(routes: web.RouteTableDef) -> None:
     add_stream_routes(routes, PREFIX, REGISTRY)  # REGISTRY holds only this server's own channels: no other check
 
 
+def allow_blob_media(app: web.Application) -> None:
+    """ComfyUI 0.33 started with --disable-api-nodes serves its page with a Content-Security-Policy of
+    "default-src 'self'", under which no MediaSource can reach a <video>: add "media-src 'self' blob:" to it
+    (blob_media_policy; nothing from another origin is allowed by that). Outermost middleware, added before the
+    server starts (ComfyUI imports custom nodes first)."""
+    try:
+        app.middlewares.insert(0, blob_media_policy)
+    except RuntimeError as e:  # the app already started (frozen): the live player may be refused by that policy
+        log.warning("FlashHead live player: could not add media-src blob: to ComfyUI's page policy: %s", e)
+
+
 _server = prompt_server()
 if _server is not None:
     register_routes(_server.routes)
+    allow_blob_media(_server.app)
 
 
 @contextmanager
@@ -81,7 +98,8 @@ def live_stream(hidden):
         return
     node = str(getattr(hidden, "unique_id", None) or server.last_node_id)
     workflow = (getattr(hidden, "extra_pnginfo", None) or {}).get("workflow") or {}
-    meta = {"node": node, "display_node": str(server.last_node_id or node), "prompt_id": getattr(server, "last_prompt_id", None),
+    meta = {"node": node, "display_node": str(server.last_node_id or node),
+            "prompt_id": getattr(server, "last_prompt_id", None),
             "workflow": workflow.get("id") if isinstance(workflow, dict) else None}
     channel = REGISTRY.create(**meta)
     sink = LiveSink(channel)

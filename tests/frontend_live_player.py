@@ -7,8 +7,9 @@ It opens the page headless, drops the workflow on it and queues it from the page
 twice, with a new seed each time (tests/frontend_video_player.py holds the page scripts both use):
 
 1. live: while the prompt runs, samples the Talking Video node's live <video> (its currentTime, the player's status);
-   once it plays, opens a second tab of the same browser (the workflow restored from the browser's storage), which
-   must join the running stream from GET /flashhead/live; after the prompt, waits for the finished MP4 player.
+   once it plays, opens a second tab of the same browser (the workflow restored from the browser's storage, or
+   dropped on it where the frontend opens a blank one), which must join the running stream from GET /flashhead/live;
+   after the prompt, waits for the finished MP4 player.
 2. interrupt: once the live video plays, POST /interrupt; the prompt must end interrupted and the player must end
    with the reason, no page error.
 Screenshots: <prefix>_live.png (mid-run), <prefix>_finished.png, <prefix>_joined.png, <prefix>_interrupted.png.
@@ -42,6 +43,14 @@ LIVE = """(nodeId) => {
 
 FIND_NODE = f"() => (app.graph._nodes || app.graph.nodes).find(n => n.type === '{NODE_TYPE}')?.id ?? null"
 DONE = "() => ({events: window.__fh.events, done: window.__fh.done})"
+# What the routes give a page: the running streams, and 404 for an id this ComfyUI did not create.
+ROUTES = """async (stream) => {
+  const url = (path) => window.comfyAPI?.api?.api?.apiURL?.(path) ?? '/api' + path;
+  const listed = await (await fetch(url('/flashhead/live'))).json();
+  const forged = await fetch(url('/flashhead/live/' + 'A'.repeat(22)));
+  const bad = await fetch(url(`/flashhead/live/${stream}/segments/-1/video`));
+  return {listed, forged: forged.status, bad_index: bad.status};
+}"""
 INTERRUPT = "async () => { await fetch(window.comfyAPI?.api?.api?.apiURL?.('/interrupt') ?? '/api/interrupt'," \
             " {method: 'POST'}); }"
 
@@ -50,8 +59,11 @@ def open_page(context, port: int, ms: int, console: list, name: str = "tab 1"):
     page = context.new_page()
     page.on("console", lambda m: console.append((m.type, f"{name}: {m.text}")))
     page.on("pageerror", lambda e: console.append(("pageerror", f"{name}: {e} | {(e.stack or '')[:600]}")))
+    mark = len(console)
     page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=ms)
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
+    # that poll itself makes frontend 1.49 log this while the app starts (as frontend_video_player.py notes)
+    console[mark:] = [c for c in console[mark:] if "graph accessed before initialization" not in c[1]]
     page.keyboard.press("Escape")
     page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach(e => e.remove())")
     return page
@@ -86,12 +98,17 @@ def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
             page.mouse.move(900, 980)
             page.screenshot(path=f"{args.screenshot_prefix}_live.png")
             report["live_state"] = live
+            report["routes"] = page.evaluate(ROUTES, live["stream"])
             shot_taken = True
         if playing and second is None:   # a second tab opened mid-run joins at the live edge
             second = open_page(context, port, ms, console, "tab 2")
+            restored = second.evaluate(FIND_NODE) is not None
+            if not restored:   # a frontend that opens a new tab on a blank workflow (1.49): open it there, as a user
+                second.evaluate(DROP, [args.workflow_text, Path(args.workflow).name])
+                second.wait_for_function(f"() => {FIND_NODE}() !== null", timeout=ms)
             second_node = second.evaluate(FIND_NODE)
-            report["joined"] = {"node_found": second_node is not None, "graph_id": second.evaluate(
-                "() => app.graph.id || null"), "samples": []}
+            report["joined"] = {"node_found": second_node is not None, "restored": restored,
+                                "graph_id": second.evaluate("() => app.graph.id || null"), "samples": []}
         if second is not None and report["joined"]["node_found"] and not status:
             joined = second.evaluate(LIVE, second_node)
             if joined["video"]:
@@ -164,6 +181,7 @@ def main(argv=None) -> int:
         print("error: playwright is not installed in this Python", file=sys.stderr)
         return 2
     wf_path = Path(args.workflow)
+    args.workflow_text = wf_path.read_text()
     ms = int(120 * 1000)
     console: list = []
     report: dict = {}

@@ -668,7 +668,7 @@ def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, 
     _as_returning_user(host)
     # Frontend 1.27.10 throws in every page load after the first one (the second tab here): registering the
     # Canvas.NavigationMode setting runs its onChange, which sets two settings not registered yet. A stored "custom"
-    # mode sets nothing. (Unrelated to the pack; 1.49.6 does not do it.)
+    # mode sets nothing. (Unrelated to the pack.)
     settings = host / "ComfyUI" / "user" / "default" / "comfy.settings.json"
     settings.write_text(json.dumps({**json.loads(settings.read_text()), "Comfy.Canvas.NavigationMode": "custom"}))
     folder = work / "inputs_live"
@@ -713,6 +713,10 @@ def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, 
     assert live["live_state"]["video"]["videoWidth"] == TEST_SIZE and live["live_state"]["widget"], where
     rect = live["live_state"]["video"]["rect"]
     assert rect["width"] > 0 and rect["height"] > 0 and 0 <= rect["x"] < 1600 and 0 <= rect["y"] < 1000, where
+    routes = live["routes"]  # GET /flashhead/live lists the running stream; an id this server did not create: 404
+    assert [(s["id"], s["prompt_id"]) for s in routes["listed"]] == [(live["live_state"]["stream"], live["prompt_id"])]
+    assert routes["listed"][0]["workflow"] == live["live_state"]["graph_id"] and routes["forged"] == 404, where
+    assert routes["bad_index"] == 400, where
     joined = live["joined"]
     assert joined and joined["node_found"], f"the second tab did not restore the workflow: {where}"
     times = [s["currentTime"] for s in joined["samples"] if not s["prompt_done"]]

@@ -55,6 +55,7 @@ const stopLive = (node) => {
   node.flashHeadLive = undefined;
   live.player?.stop();
   dropWidgets(node, [LIVE_WIDGET]);
+  node.setSize?.(live.size);   // the size it had before: the finished video's player lays itself out as without it
 };
 
 // Play stream `stream` in the node (replacing any other stream it played).
@@ -72,7 +73,8 @@ async function startLive(node, stream) {
   label.style.cssText = "position:absolute;top:4px;left:6px;padding:1px 6px;border-radius:3px;font:11px sans-serif;"
     + "color:#fff;background:rgba(190,0,0,0.85);pointer-events:none";
   container.append(video, label);
-  const live = { stream, video, label, status: { segment: -1, ended: false, error: null }, player: null };
+  const live = { stream, video, label, status: { segment: -1, ended: false, error: null }, player: null,
+                 size: [...node.size] };
   label.textContent = liveLabel(live.status);
   node.flashHeadLive = live;
   const widget = node.addDOMWidget(LIVE_WIDGET, "video", container, { hideOnZoom: false, serialize: false });
@@ -102,8 +104,8 @@ const liveNode = (id) => {
   return node && node.comfyClass === TYPE ? node : null;
 };
 
-// A tab opened while a prompt runs: join the running stream of a Talking Video node of this very workflow (the
-// workflow id the prompt was queued with, as saved in it; an API prompt without a workflow is not joined).
+// A tab opened (or a workflow loaded) while a prompt runs: join the running stream of a Talking Video node of this
+// very workflow (the workflow id the prompt was queued with, as saved in it; an API prompt without one is not joined).
 async function joinRunningStreams() {
   try {
     const response = await api.fetchApi("/flashhead/live", { cache: "no-store" });
@@ -166,6 +168,8 @@ app.registerExtension({
       const node = liveNode(detail?.display_node) || liveNode(detail?.node);
       if (node && detail.stream) startLive(node, detail.stream);
     });
+  },
+  afterConfigureGraph() {   // a workflow was loaded (at start-up, opened, a tab switched): join its running stream
     joinRunningStreams();
   },
 });

@@ -74,8 +74,8 @@ def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str
             ended = channel.ended
             headers = {**NO_STORE, "X-FlashHead-Ended": "1" if ended else "0"}
             error = channel.info()["error"] if ended else None
-            if error:
-                headers["X-FlashHead-Error"] = error.encode("ascii", "replace").decode()[:200].replace("\r", " ").replace("\n", " ")
+            if error:  # one printable ASCII line: a header value
+                headers["X-FlashHead-Error"] = " ".join(error.encode("ascii", "replace").decode().split())[:200]
             return web.Response(status=204, headers=headers)
         body, start = (found.video, found.video_start) if track == "video" else (found.audio, found.audio_start)
         return web.Response(body=body, content_type=CONTENT_TYPES[track], headers={
