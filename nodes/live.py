@@ -1,5 +1,5 @@
 """Live playback inside ComfyUI: FlashHead Talking Video streams the video it is writing to the browser while it runs
-(flashhead_core/live), through routes on ComfyUI's own server. web/flashhead_live.js shows the player in the node.
+(flashhead_core/live), through routes on ComfyUI's own server. web/flashhead.js shows the player in the node.
 
 Routes (registered at import on PromptServer.instance.routes; ComfyUI serves each as /x and /api/x):
     GET /flashhead/live                 the running streams [{id, node, display_node, prompt_id, workflow}]: a tab

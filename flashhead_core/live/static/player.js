@@ -1,5 +1,5 @@
 // LivePlayer: plays a FlashHead live stream in a <video> while it is generated, through Media Source Extensions.
-// Plain ES module, no build step; used by the ComfyUI extension (web/flashhead_live.js) and the `flashhead serve`
+// Plain ES module, no build step; used by the ComfyUI extension (web/flashhead.js) and the `flashhead serve`
 // page. It speaks the protocol of flashhead_core/live/http.py:
 //   GET <stream>                      -> info JSON {video_mime, audio_mime, first, next, ended, error, ...}
 //   GET <stream>/init/video|audio     -> init segments (appended once)
