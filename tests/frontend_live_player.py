@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import browser_support
 from frontend_video_player import DROP, NODE_TYPE, QUEUE, STATE, WATCH
 
 # The node's live player right now (web/flashhead.js keeps it on node.flashHeadLive while it exists).
@@ -57,8 +58,7 @@ INTERRUPT = "async () => { await fetch(window.comfyAPI?.api?.api?.apiURL?.('/int
 
 def open_page(context, port: int, ms: int, console: list, name: str = "tab 1"):
     page = context.new_page()
-    page.on("console", lambda m: console.append((m.type, f"{name}: {m.text}")))
-    page.on("pageerror", lambda e: console.append(("pageerror", f"{name}: {e} | {(e.stack or '')[:600]}")))
+    browser_support.record_console(page, console, name)
     mark = len(console)
     page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=ms)
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
@@ -175,10 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--timeout", type=float, default=400.0)
     args = ap.parse_args(argv)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: playwright is not installed in this Python", file=sys.stderr)
+    sync_playwright = browser_support.sync_playwright()
+    if sync_playwright is None:
         return 2
     wf_path = Path(args.workflow)
     args.workflow_text = wf_path.read_text()
@@ -198,9 +196,8 @@ def main(argv=None) -> int:
             report.update(page.evaluate(WATCH, NODE_TYPE))
             report["live"] = live_run(context, page, args.port, args, ms, console)
             report["interrupt"] = interrupt_run(page, args)
-            report["console_errors"] = [f"{t}: {m}" for t, m in console[before:]
-                                        if t in ("error", "pageerror") and "Content Security Policy" not in m
-                                        and "Failed to load resource" not in m]
+            report["console_errors"] = browser_support.page_errors(console[before:],
+                                                                   browser_support.COMFYUI_OFFLINE_NOISE)
         finally:
             browser.close()
     print(json.dumps(report))

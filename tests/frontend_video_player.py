@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import browser_support
+
 NODE_TYPE = "FlashHeadTalkingVideo"
 
 DROP = """async ([text, name]) => {
@@ -90,10 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: playwright is not installed in this Python", file=sys.stderr)
+    sync_playwright = browser_support.sync_playwright()
+    if sync_playwright is None:
         return 2
     wf_path = Path(args.workflow)
     ms = int(args.timeout * 1000)
@@ -104,8 +104,7 @@ def main(argv=None) -> int:
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             console = []
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
+            browser_support.record_console(page, console)
             page.goto(f"http://127.0.0.1:{args.port}/", wait_until="networkidle", timeout=ms)
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
             page.keyboard.press("Escape")
@@ -157,9 +156,8 @@ def main(argv=None) -> int:
                 page.screenshot(path=shot)
                 run["screenshot"] = shot
                 report["runs"].append(run)
-            report["console_errors"] = [f"{t}: {m}" for t, m in console[before:]
-                                        if t in ("error", "pageerror") and "Content Security Policy" not in m
-                                        and "Failed to load resource" not in m]
+            report["console_errors"] = browser_support.page_errors(console[before:],
+                                                                   browser_support.COMFYUI_OFFLINE_NOISE)
         finally:
             browser.close()
     print(json.dumps(report))

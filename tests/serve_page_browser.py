@@ -34,6 +34,8 @@ import urllib.request
 import wave
 from pathlib import Path
 
+import browser_support
+
 PLAYED_RATE = 16000
 
 # Before any page script: copy the WebSocket's binary sends, and keep each SourceBuffer with its appends.
@@ -186,10 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--timeout", type=float, default=240.0)
     args = ap.parse_args(argv)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: playwright is not installed in this Python", file=sys.stderr)
+    sync_playwright = browser_support.sync_playwright()
+    if sync_playwright is None:
         return 2
     if not Path(args.chromium).exists():
         print(f"error: no Chromium at {args.chromium} (apt-get install -y chromium)", file=sys.stderr)
@@ -206,8 +206,7 @@ def main(argv=None) -> int:
             context.add_init_script(script=HOOKS)
             page = context.new_page()
             console = []
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
+            browser_support.record_console(page, console)
             http_errors = []
             page.on("response", lambda r: http_errors.append([r.status, r.url]) if r.status >= 400 else None)
             page.goto(args.url, wait_until="networkidle", timeout=int(args.timeout * 1000))
@@ -268,7 +267,7 @@ def main(argv=None) -> int:
             (out / "played.f32").write_bytes(base64.b64decode(collected.pop("played_b64")))
             report.update(collected, sent=str(out / "sent.s16"), played=str(out / "played.f32"),
                           played_rate=PLAYED_RATE)
-            report["console_errors"] = [f"{t}: {m}" for t, m in console if t in ("error", "pageerror")]
+            report["console_errors"] = browser_support.page_errors(console)
             report["http_errors"] = list(http_errors)
             if args.bad_portrait:
                 page.click("#stop")
