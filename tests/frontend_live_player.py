@@ -196,8 +196,8 @@ def main(argv=None) -> int:
             report.update(page.evaluate(WATCH, NODE_TYPE))
             report["live"] = live_run(context, page, args.port, args, ms, console)
             report["interrupt"] = interrupt_run(page, args)
-            report["console_errors"] = browser_support.page_errors(console[before:],
-                                                                   browser_support.COMFYUI_OFFLINE_NOISE)
+            report["console_errors"] = browser_support.page_errors(
+                console[before:], browser_support.COMFYUI_OFFLINE_NOISE, comfyui=True)
         finally:
             browser.close()
     print(json.dumps(report))

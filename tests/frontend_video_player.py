@@ -156,8 +156,8 @@ def main(argv=None) -> int:
                 page.screenshot(path=shot)
                 run["screenshot"] = shot
                 report["runs"].append(run)
-            report["console_errors"] = browser_support.page_errors(console[before:],
-                                                                   browser_support.COMFYUI_OFFLINE_NOISE)
+            report["console_errors"] = browser_support.page_errors(
+                console[before:], browser_support.COMFYUI_OFFLINE_NOISE, comfyui=True)
         finally:
             browser.close()
     print(json.dumps(report))

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import browser_support
 from flashhead_core.testing.media import write_wav
 
 REPO = Path(__file__).resolve().parent.parent
@@ -647,11 +648,9 @@ def test_every_ui_workflow_loads_in_the_real_frontend(workflow, installed, host,
 
 
 def _frontend_internal(failure: str) -> bool:
-    """A console error raised inside the 0.33 frontend's own PrimeVue overlay code (BlockUI.removeMask during an
-    unblock, a race of its loading mask with the kit's Escape key), seen on some loads whatever the workflow; any other
-    failure, and any error that passes through our web/ code, still fails the test."""
-    return (failure.startswith("frontend console:") and "vendor-primevue" in failure and "removeMask" in failure
-            and "ComfyUI-FlashHead" not in failure)
+    """check_pack's report of a console error raised inside the 0.33 frontend's own code
+    (browser_support.comfyui_frontend_internal); any other failure still fails the test."""
+    return failure.startswith("frontend console:") and browser_support.comfyui_frontend_internal(failure)
 
 
 LIVE_SPEECH = ("live_speech.wav", 40.0)  # the live-player runs: long enough to watch the tiny model's video play
