@@ -367,29 +367,35 @@ class _Server:
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
-async def _read_part(part, limit: int, what: str) -> bytes:
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(1 << 16):
+async def _joined(chunks, limit: int, too_large: str) -> bytes:
+    """The bytes of an async iterator of chunks, or UploadTooLarge(too_large) as soon as they pass `limit`."""
+    pieces, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise UploadTooLarge(f"{what} is larger than this server's {_readable_size(limit)} limit: send a smaller "
-                                 f"file (or start the server with a larger --max-upload-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise UploadTooLarge(too_large)
+        pieces.append(chunk)
+    return b"".join(pieces)
+
+
+async def _part_chunks(part):
+    while chunk := await part.read_chunk(1 << 16):
+        yield chunk
+
+
+async def _read_part(part, limit: int, what: str) -> bytes:
+    return await _joined(_part_chunks(part), limit, (
+        f"{what} is larger than this server's {_readable_size(limit)} limit: send a smaller file (or start the "
+        f"server with a larger --max-upload-mb)"))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise UploadTooLarge(f"the request body of {request.content_length} bytes is larger than this server's "
                              f"{_readable_size(limit)} limit: send the audio in smaller pieces")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLarge(f"the request body is larger than this server's {_readable_size(limit)} limit: "
-                                 f"send the audio in smaller pieces")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await _joined(request.content.iter_chunked(1 << 16), limit, (
+        f"the request body is larger than this server's {_readable_size(limit)} limit: send the audio in smaller "
+        f"pieces"))
 
 
 def _readable_size(limit: int) -> str:
