@@ -10,8 +10,8 @@ from .audio import load_audio, load_wav2vec2
 from .checkpoint import load_dit
 from .errors import FlashHeadError
 from .pipeline import Pipeline, load_pipeline, write_talking_video
-from .session import StreamingSession
-from .streaming import stream_talking_head
+from .generation.session import StreamingSession
+from .generation.chunks import stream_talking_head
 from .vae import load_vae
 
 __version__ = "0.1.0"

@@ -33,16 +33,16 @@ from .audio import (
 from .checkpoint import load_dit
 from .config import AUDIO_SAMPLE_RATE, FPS
 from .errors import CheckpointError, FaceError
-from .face import FaceCrop
+from .media.face import FaceCrop
 from .model import FlashHeadDiT
 from .release import AUDIO_DIR
-from .sampler import SamplerConfig
-from .session import StreamingSession, available_memory, check_memory
-from .state import check_continuation, continuation_run, once_mode_state, resume
-from .streaming import chunk_count, stream_talking_head, video_frame_count
-from .timeline import Timeline, TimelineError, add_timeline_identities, first_new_frame, switch_plan, timeline_frames
+from .generation.sampler import SamplerConfig
+from .generation.session import StreamingSession, available_memory, check_memory
+from .generation.continuation import check_continuation, continuation_run, once_mode_state, resume
+from .generation.chunks import chunk_count, stream_talking_head, video_frame_count
+from .generation.timeline import Timeline, TimelineError, add_timeline_identities, first_new_frame, switch_plan, timeline_frames
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
-from .video_io import AudioStream, VideoWriter, aac_can_store
+from .media.video_io import AudioStream, VideoWriter, aac_can_store
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 
 from ..flashhead_core.audio import load_audio
 from ..flashhead_core.config import AUDIO_SAMPLE_RATE
-from ..flashhead_core.streaming import audio_chunks, check_encoder_fits, video_frame_count
+from ..flashhead_core.generation.chunks import audio_chunks, check_encoder_fits, video_frame_count
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEmbeds, AudioEncoder, Model, advanced, io

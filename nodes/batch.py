@@ -1,5 +1,5 @@
 """FlashHead Batch Sampler: N portraits (an IMAGE batch) x N speech tracks (an AUDIO batch) generated together, one
-DiT call per denoising step for all streams (flashhead_core.batch). Stream i uses seed + i and gives the frames a
+DiT call per denoising step for all streams (flashhead_core.generation.batch). Stream i uses seed + i and gives the frames a
 FlashHead Sampler run with that seed gives (up to the batched matmuls' float rounding).
 
 FlashHead Audio Batch builds the AUDIO batch from single tracks (ComfyUI has no node that batches audio)."""
@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 
 from ..flashhead_core.audio import load_audio
-from ..flashhead_core.batch import batch_talking_heads, check_pairs, stack_tracks
+from ..flashhead_core.generation.batch import batch_talking_heads, check_pairs, stack_tracks
 from ..flashhead_core.config import FPS
-from ..flashhead_core.sampler import SamplerConfig
-from ..flashhead_core.streaming import check_encoder_fits
+from ..flashhead_core.generation.sampler import SamplerConfig
+from ..flashhead_core.generation.chunks import check_encoder_fits
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, Model, Vae, io

@@ -1,4 +1,4 @@
-"""The FLASHHEAD_STATE wire: where a stream-mode run stopped (flashhead_core.state.ContinuationState: motion latents,
+"""The FLASHHEAD_STATE wire: where a stream-mode run stopped (flashhead_core.generation.continuation.ContinuationState: motion latents,
 noise and VAE generator states, chunk index, the active identity, the audio context cache and the samples past the
 last whole chunk), so a second FlashHead Talking Video, or the next pass of a ComfyUI loop, continues exactly where
 the first stopped.

@@ -1,7 +1,7 @@
 """FlashHead Face Crop (a large portrait -> the face's square crop, one box for the whole video) and FlashHead Paste
 Back (generated frames + that crop -> full-resolution frames).
 
-The FLASHHEAD_FACE_CROP wire carries a flashhead_core.face.FaceCrop: the full portrait and the crop square. Connect
+The FLASHHEAD_FACE_CROP wire carries a flashhead_core.media.face.FaceCrop: the full portrait and the crop square. Connect
 it to FlashHead Talking Video's `face_crop` input (the MP4 then has the portrait's size), or give the node's cropped
 IMAGE to FlashHead Sampler and its frames with the wire to FlashHead Paste Back. The face box comes from a connected
 BBOX or MASK (any detector pack), else from the built-in OpenCV detector (offline, the cascade ships inside
@@ -12,7 +12,7 @@ is generated.
 from __future__ import annotations
 
 from ..flashhead_core.errors import FaceError
-from ..flashhead_core.face import DEFAULT_FEATHER, FaceCrop, box_from_bbox, box_from_mask
+from ..flashhead_core.media.face import DEFAULT_FEATHER, FaceCrop, box_from_bbox, box_from_mask
 from ._inputs import check_numbers
 from ._io import CATEGORY, io
 

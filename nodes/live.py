@@ -25,18 +25,16 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 from aiohttp import web
 
 from ..flashhead_core.live import LiveRegistry, LiveSink
-from ..flashhead_core.live.http import NO_STORE, add_stream_routes, blob_media_policy
-from ..flashhead_core.video_io import stop_reason
+from ..flashhead_core.live.http import NO_STORE, PLAYER_JS, add_stream_routes, blob_media_policy
+from ..flashhead_core.media.video_io import stop_reason
 
 log = logging.getLogger(__name__)
 PREFIX = "/flashhead/live"
 PLAYER_ROUTE = "/flashhead/player.js"
-PLAYER_JS = Path(__file__).resolve().parent.parent / "flashhead_core" / "live" / "static" / "player.js"
 EVENT = "flashhead.live"
 # A channel keeps its last 32 segments (~30 s of Lite video: a viewer behind the live edge catches up); ended ones
 # stay a minute (a player still playing the tail), at most 4 of them: memory stays flat over many prompts.

@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 
 from ..flashhead_core.config import FPS
-from ..flashhead_core.frames import video_to_images
-from ..flashhead_core.image import check_size
-from ..flashhead_core.sampler import GenerationCancelled, SamplerConfig
-from ..flashhead_core.session import StreamingSession, check_memory, decode_chunk, memory_estimate
-from ..flashhead_core.streaming import chunk_count, new_images, stream_frames
+from ..flashhead_core.media.frames import video_to_images
+from ..flashhead_core.media.image import check_size
+from ..flashhead_core.generation.sampler import GenerationCancelled, SamplerConfig
+from ..flashhead_core.generation.session import StreamingSession, check_memory, decode_chunk, memory_estimate
+from ..flashhead_core.generation.chunks import chunk_count, new_images, stream_frames
 from ..flashhead_core.vae import check_vae_matches_model
 from . import _host
 from ._inputs import check_numbers

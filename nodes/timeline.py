@@ -2,7 +2,7 @@
 
 The node makes a FLASHHEAD_TIMELINE (portraits + start times) for FlashHead Talking Video's optional `timeline`
 input. The Talking Video's own `image` is the portrait from 0 s until the first timeline portrait takes over; a
-timeline whose first time is 0 replaces it from the start. Switching is flashhead_core.timeline's: a clean cut at the
+timeline whose first time is 0 replaces it from the start. Switching is flashhead_core.generation.timeline's: a clean cut at the
 chunk whose new frames hold frame round(t * 25) (up to 0.92 s early for Lite, 1.08 s for Pro). Times past the audio,
 out of order or in one chunk are an error before anything is generated, nothing written.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flashhead_core.timeline import Timeline, TimelineError, parse_times
+from ..flashhead_core.generation.timeline import Timeline, TimelineError, parse_times
 from ._io import CATEGORY, io
 
 TIMELINE = "FLASHHEAD_TIMELINE"

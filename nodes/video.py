@@ -8,7 +8,7 @@ partial file and renamed only on success; an error or an interrupt leaves nothin
 from __future__ import annotations
 
 from ..flashhead_core.pipeline import Pipeline, write_talking_video
-from ..flashhead_core.sampler import SamplerConfig
+from ..flashhead_core.generation.sampler import SamplerConfig
 from . import _host
 from ._inputs import check_numbers
 from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui

@@ -19,8 +19,8 @@ import av
 import numpy as np
 import torch
 
-from flashhead_core.session import StreamingSession
-from flashhead_core.streaming import stream_talking_head
+from flashhead_core.generation.session import StreamingSession
+from flashhead_core.generation.chunks import stream_talking_head
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # on the grid of both variants (multiples of 32 and 16) and small enough for two CPU cores

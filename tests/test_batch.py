@@ -9,11 +9,11 @@ import torch
 from support import SIZE
 
 from flashhead_core.audio import load_audio
-from flashhead_core.batch import BatchedSession, batch_talking_heads, check_pairs, stack_tracks
+from flashhead_core.generation.batch import BatchedSession, batch_talking_heads, check_pairs, stack_tracks
 from flashhead_core.errors import AudioInputError, BatchError, InputError
 from flashhead_core.pipeline import load_pipeline
-from flashhead_core.session import StreamingSession
-from flashhead_core.streaming import stream_talking_head
+from flashhead_core.generation.session import StreamingSession
+from flashhead_core.generation.chunks import stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
 

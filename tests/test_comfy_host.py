@@ -468,7 +468,7 @@ def _compare_speech(reference: np.ndarray, heard: np.ndarray, rate: int = 16000)
 def test_api_workflow_runs_end_to_end(workflow, installed, host, work, tiny_checkpoint, inputs, request):
     """Each shipped API workflow runs in the host at TEST_SIZE. The TTS one runs DJZ-Speak (espeak-ng) beside the pack
     and its MP4's audio must be that speech; the upscale one gets a tiny real ESRGAN and its video is UPSCALE x larger."""
-    from flashhead_core.video_io import read_video_info
+    from flashhead_core.media.video_io import read_video_info
 
     prompt, seconds = _api_prompt_for_test(workflow)
     types = {n["class_type"] for n in prompt.values()}

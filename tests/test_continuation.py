@@ -13,11 +13,11 @@ from support import SIZE
 from flashhead_core.config import SAMPLES_PER_FRAME
 from flashhead_core.errors import ContinuationError, FlashHeadError
 from flashhead_core.pipeline import load_pipeline, write_talking_video
-from flashhead_core.session import StreamingSession
-from flashhead_core.state import ContinuableRun, ContinuationState, resume
+from flashhead_core.generation.session import StreamingSession
+from flashhead_core.generation.continuation import ContinuableRun, ContinuationState, resume
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
-from flashhead_core.video_io import read_video_info
+from flashhead_core.media.video_io import read_video_info
 
 CONTEXT = 2.0  # a short audio context keeps wav2vec2 cheap; the split still crosses it (2 s < the first half)
 
@@ -54,7 +54,7 @@ def continued(pipeline, state, samples, image=None):
 def long_run(pipeline, face, samples, seed=5):
     s = session(pipeline, seed)
     s.add_identity("face", face)
-    from flashhead_core.streaming import stream_talking_head
+    from flashhead_core.generation.chunks import stream_talking_head
 
     return torch.cat(list(stream_talking_head(s, pipeline.audio_encoder, samples, "stream", CONTEXT)))
 

@@ -1,4 +1,4 @@
-"""Face crop and paste-back (flashhead_core.face): the built-in detector on a real photo (scikit-image's astronaut,
+"""Face crop and paste-back (flashhead_core.media.face): the built-in detector on a real photo (scikit-image's astronaut,
 512x512, one face) alone and on a large 1920x1080 canvas, its errors (no face, several), boxes from a MASK and a
 BBOX, the official crop proportions and clamping, the feathered paste-back, and a tiny-model run through
 write_talking_video and `flashhead generate` that writes a full-size MP4."""
@@ -14,7 +14,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from flashhead_core.errors import FaceError, FlashHeadError
-from flashhead_core.face import (
+from flashhead_core.media.face import (
     FaceBox,
     FaceCrop,
     box_from_bbox,
@@ -288,7 +288,7 @@ def test_cli_face_box_and_face_crop(checkpoint, tmp_path, capsys):
 def test_a_face_crop_continues_a_state_and_refuses_a_timeline(checkpoint, tmp_path):
     """Two runs chained by the state give the model frames of one run over both audios (the first ends on a chunk
     boundary), bit for bit: the state's identity is the crop. A timeline with a face crop is refused."""
-    from flashhead_core.timeline import Timeline
+    from flashhead_core.generation.timeline import Timeline
 
     pipeline = load_pipeline(checkpoint, variant="lite")
     pixels, crop = portrait_and_crop()

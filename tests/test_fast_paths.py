@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from flashhead_core.sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from flashhead_core.generation.sampler import SamplerConfig, sample_chunk, shifted_timesteps
 from flashhead_core.testing.dit import tiny_config
 from flashhead_core.testing.random import random_dit
 from flashhead_core.tools.parity import rel_error

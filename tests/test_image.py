@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from support import write_png16
 
 from flashhead_core.errors import ImageError, SizeError
-from flashhead_core.image import (
+from flashhead_core.media.image import (
     LARGE_IMAGE_PIXELS,
     MIN_SIDE,
     check_size,

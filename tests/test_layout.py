@@ -67,12 +67,12 @@ def test_runtime_never_imports_tooling_or_test_support():
 
 def test_generation_loop_knows_no_file_format_and_audio_no_dit():
     graph = _imports()
-    for loop in ("flashhead_core.session", "flashhead_core.streaming", "flashhead_core.sampler"):
-        assert "flashhead_core.video_io" not in _reachable(graph, loop) | {loop}
-        assert "import av" not in (PACKAGE / f"{loop.rpartition('.')[2]}.py").read_text()
+    for loop in ("flashhead_core.generation.session", "flashhead_core.generation.chunks", "flashhead_core.generation.sampler"):
+        assert "flashhead_core.media.video_io" not in _reachable(graph, loop) | {loop}
+        assert "import av" not in (PACKAGE.parent / f"{loop.replace('.', '/')}.py").read_text()
     for audio in [m for m in graph if m.startswith("flashhead_core.audio")]:
         reached = _reachable(graph, audio)
-        assert not reached & {"flashhead_core.model", "flashhead_core.checkpoint", "flashhead_core.video_io"}, audio
+        assert not reached & {"flashhead_core.model", "flashhead_core.checkpoint", "flashhead_core.media.video_io"}, audio
 
 
 def test_one_copy_of_the_core_is_imported():

@@ -19,10 +19,10 @@ from flashhead_core.live import LiveChannel, LiveEncoder, LiveRegistry, LiveSegm
 from flashhead_core.live import http as live_http
 from flashhead_core.live.http import add_stream_routes, blob_media_policy
 from flashhead_core.pipeline import load_pipeline, write_talking_video
-from flashhead_core.sampler import GenerationCancelled
+from flashhead_core.generation.sampler import GenerationCancelled
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
-from flashhead_core.video_io import VideoWriter, read_video_info
+from flashhead_core.media.video_io import VideoWriter, read_video_info
 
 SIZE, FPS, RATE = 64, 25, 16000
 CHUNK_FRAMES = 24  # a Lite chunk: 0.96 s, 15360 samples at 16 kHz (not a whole number of 1024-sample AAC frames)
@@ -447,7 +447,7 @@ def test_write_talking_video_streams_the_run_and_a_cancel_ends_it(lite, tmp_path
 
 # --- the player in a real browser -------------------------------------------------------------------------------------
 
-PLAYER_JS = Path(live_http.__file__).parent / "static" / "player.js"
+PLAYER_JS = live_http.PLAYER_JS
 CHROMIUM = Path("/usr/bin/chromium")
 PAGE = """<!doctype html><body><video id="v" muted width="64" height="64"></video><script type="module">
 import { LivePlayer } from "/player.js";

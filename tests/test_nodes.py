@@ -289,7 +289,7 @@ def progress_events(monkeypatch):
 
 
 def video_info(pack, path):
-    return importlib.import_module(f"{PACK_NAME}.flashhead_core.video_io").read_video_info(path)
+    return importlib.import_module(f"{PACK_NAME}.flashhead_core.media.video_io").read_video_info(path)
 
 
 # --- registration and listings ---------------------------------------------------------------------------------------
@@ -1078,7 +1078,7 @@ def test_sampler_frames_paste_back_into_the_portrait(pack, lite, comfy_folders):
 @needs_comfy
 def test_face_crop_node_takes_a_bbox_or_a_mask_and_refuses_bad_ones(pack):
     portrait = half_body()
-    face = importlib.import_module(f"{PACK_NAME}.flashhead_core.face")
+    face = importlib.import_module(f"{PACK_NAME}.flashhead_core.media.face")
     errors = importlib.import_module(f"{PACK_NAME}.flashhead_core.errors")
     expected = face.FaceBox(300, 80, 60, 70)
     crop = run(pack, "FlashHeadFaceCrop", portrait, 0.1, "x1,y1,x2,y2", bbox=[[300, 80, 360, 150]])[0]

@@ -8,15 +8,15 @@ import torch
 from support import SIZE, generated_frames
 
 from flashhead_core.errors import AudioInputError, ImageError, InputError, SizeError
-from flashhead_core.image import reference_tensor
+from flashhead_core.media.image import reference_tensor
 from flashhead_core.pipeline import load_pipeline, write_talking_video
-from flashhead_core.sampler import GenerationCancelled
-from flashhead_core.session import StreamingSession
-from flashhead_core.streaming import video_frame_count
+from flashhead_core.generation.sampler import GenerationCancelled
+from flashhead_core.generation.session import StreamingSession
+from flashhead_core.generation.chunks import video_frame_count
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
 from flashhead_core.tools.cli import main as cli_main
-from flashhead_core.video_io import read_video_info
+from flashhead_core.media.video_io import read_video_info
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashhead_core.sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from flashhead_core.generation.sampler import SamplerConfig, sample_chunk, shifted_timesteps
 
 
 def test_shifted_timesteps_float32_and_bf16():

@@ -29,13 +29,13 @@ from support import SIZE, generated_frames
 
 from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
 from flashhead_core.live import LiveRegistry
-from flashhead_core.live.live_session import LiveSession
-from flashhead_core.live.server import SERVER, ServeOptions, create_app
+from flashhead_core.serve.live_session import LiveSession
+from flashhead_core.serve.server import SERVER, ServeOptions, create_app
 from flashhead_core.pipeline import load_pipeline
-from flashhead_core.session import StreamingSession
+from flashhead_core.generation.session import StreamingSession
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
-from flashhead_core.timeline import Timeline, add_timeline_identities, timeline_frames
+from flashhead_core.generation.timeline import Timeline, add_timeline_identities, timeline_frames
 from flashhead_core.tools.cli import main as cli_main
 
 SECONDS = 2.2  # three Lite chunks (0.96 s each), the last one partial: 55 frames

@@ -1,4 +1,4 @@
-"""The identity timeline (flashhead_core.timeline): several portraits in one run, switching at chunk boundaries with
+"""The identity timeline (flashhead_core.generation.timeline): several portraits in one run, switching at chunk boundaries with
 a clean cut. Each segment equals a run with that portrait alone where it should: the first segment is the first
 portrait's own run, frame for frame; a later segment is that portrait's run started at the switching chunk (the same
 noise draws and audio windows, the motion restarting from its reference). Bad timelines fail before any chunk,
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from flashhead_core.pipeline import load_pipeline, write_talking_video
-from flashhead_core.session import StreamingSession
-from flashhead_core.streaming import audio_chunks, new_images, stream_talking_head
+from flashhead_core.generation.session import StreamingSession
+from flashhead_core.generation.chunks import audio_chunks, new_images, stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_speech
-from flashhead_core.timeline import (
+from flashhead_core.generation.timeline import (
     Timeline,
     TimelineError,
     chunk_of_frame,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from flashhead_core.errors import VideoWriteError
-from flashhead_core.frames import images_to_uint8, video_to_images
-from flashhead_core.video_io import AudioStream, VideoWriter, read_video_info
+from flashhead_core.media.frames import images_to_uint8, video_to_images
+from flashhead_core.media.video_io import AudioStream, VideoWriter, read_video_info
 
 WIDTH, HEIGHT = 64, 48
 

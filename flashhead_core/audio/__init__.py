@@ -4,7 +4,6 @@
     wav2vec2.py        wav2vec2-base-960h: loading and one feature vector per video frame and layer
     windows.py         the 5-frame windows the DiT reads, and the 'once' mode (whole track in one pass)
     context_cache.py   the 'stream' mode: the Temporal Audio Context Cache (8 s of context per chunk)
-    sample_reader.py   re-blocking a stream of pieces into slices of a given length
 """
 
 from .context_cache import DEFAULT_CONTEXT_SECONDS, AudioContextCache, stream_chunks, stream_slices

@@ -20,7 +20,7 @@ import torch
 
 from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
 from ..errors import InputError
-from .sample_reader import SampleReader
+from ..media.sample_reader import SampleReader
 from .wav2vec2 import Wav2Vec2FrameEncoder
 from .windows import frame_windows
 

@@ -4,13 +4,10 @@
     channel.py    LiveChannel (a stream's init + latest segments, thread-safe, awaitable), LiveRegistry (by id)
     sink.py       LiveSink: the tee of a VideoWriter (write_talking_video(..., live=LiveSink(channel)))
     http.py       add_stream_routes: the stream protocol (aiohttp), shared by ComfyUI's routes and `flashhead serve`
-    static/       player.js, the browser side (LivePlayer: two SourceBuffers, joins at the live edge); the serve page
-    live_session.py  LiveSession: a stream fed by PCM pieces as they are spoken (`flashhead serve`)
-    scheduler.py  GenerationWorker: the one thread that runs the model for all live sessions, round-robin per chunk
-    uploads.py    what `flashhead serve` accepts as portrait and speech uploads
-    server.py     `flashhead serve`: the aiohttp app (sessions, speech over HTTP/WebSocket, the page) and run()
+    static/       player.js, the browser side (LivePlayer: two SourceBuffers, joins at the live edge)
 
-No ComfyUI import here; aiohttp only in http.py and server.py.
+The stream library: ComfyUI's routes and `flashhead serve` (flashhead_core/serve/) use it; it imports neither.
+No ComfyUI import here; aiohttp only in http.py.
 """
 
 from .channel import LiveChannel, LiveRegistry

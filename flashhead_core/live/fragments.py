@@ -34,8 +34,8 @@ import torch
 
 from ..config import AUDIO_SAMPLE_RATE, FPS
 from ..errors import AudioInputError, SizeError
-from ..frames import images_to_uint8
-from ..video_io import AAC_SAMPLE_RATES, audio_frame, tag_bt709, yuv_frame
+from ..media.frames import images_to_uint8
+from ..media.video_io import AAC_SAMPLE_RATES, audio_frame, tag_bt709, yuv_frame
 
 SEGMENT_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 # H.264 for live playback: no B-frames and no lookahead (each frame's packet comes out at once), GOPs that end only

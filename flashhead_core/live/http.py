@@ -22,6 +22,7 @@ HTTPForbidden for a missing token, HTTPNotFound for a foreign channel) to refuse
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
@@ -32,6 +33,7 @@ WAIT_SECONDS = 10.0
 INIT_WAIT_SECONDS = 10.0
 CONTENT_TYPES = {"video": "video/mp4", "audio": "audio/mp4"}
 NO_STORE = {"Cache-Control": "no-store"}
+PLAYER_JS = Path(__file__).parent / "static" / "player.js"  # the browser side of this protocol, served by both hosts
 
 
 def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str, registry: LiveRegistry,

@@ -20,10 +20,10 @@ import torch.utils.benchmark
 
 from ..audio import AudioContextCache, once_mode_chunks, stream_chunks
 from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, PRESETS, SAMPLES_PER_FRAME, parse_size
-from ..frames import video_to_images
+from ..media.frames import video_to_images
 from ..pipeline import load_pipeline, write_talking_video
-from ..session import StreamingSession
-from ..streaming import frames_to_keep
+from ..generation.session import StreamingSession
+from ..generation.chunks import frames_to_keep
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech, write_wav
 from ..testing.random import random_dit, random_ltx_vae, random_wan_vae, random_wav2vec2
@@ -403,7 +403,7 @@ def _batch_options(parser: argparse.ArgumentParser) -> None:
 def bench_batch(args: argparse.Namespace) -> dict:
     """Aggregate and per-stream frames per second of `--streams` batched streams against one stream alone (the same
     models, size and track length); the audio encode and the VAE are included, the MP4 writing is not."""
-    from ..batch import batch_talking_heads
+    from ..generation.batch import batch_talking_heads
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))

@@ -13,13 +13,13 @@ from tqdm import tqdm
 
 from ..config import parse_size
 from ..errors import FlashHeadError, InputError
-from ..face import DEFAULT_FEATHER, FaceCrop, parse_face_box
-from ..live.server import DEFAULT_PORT, ServeOptions, check_binding
-from ..live.server import run as serve
+from ..media.face import DEFAULT_FEATHER, FaceCrop, parse_face_box
+from ..serve.server import DEFAULT_PORT, ServeOptions, check_binding
+from ..serve.server import run as serve
 from ..lora import apply_loras, parse_lora_option, read_lora
 from ..pipeline import load_pipeline, write_talking_video
 from ..testing import write_tiny_checkpoint
-from ..timeline import parse_timeline
+from ..generation.timeline import parse_timeline
 from . import bench
 from .demo import run_demo
 from .download import download

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..pipeline import load_pipeline, write_talking_video
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech, write_wav
-from ..video_io import read_video_info
+from ..media.video_io import read_video_info
 from .parity import verify_file
 
 DEMO_SIZE = (128, 128)  # (height, width): on the grid of both variants, small enough for a CPU

@@ -18,7 +18,7 @@ import torch
 from ..checkpoint import WEIGHT_DTYPES, build_dit, fp8_weight_names
 from ..config import CHUNK_FRAMES, MOTION_LATENTS, PRESETS, ModelConfig
 from ..model import FlashHeadDiT
-from ..sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from ..generation.sampler import SamplerConfig, sample_chunk, shifted_timesteps
 from ..testing.random import random_dit
 from ..weights import DictSource
 

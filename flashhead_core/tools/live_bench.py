@@ -78,7 +78,7 @@ async def _measure(pipeline, args, width: int, height: int, portrait: bytes, spe
     from aiohttp import FormData
     from aiohttp.test_utils import TestClient, TestServer
 
-    from ..live.server import ServeOptions, create_app
+    from ..serve.server import ServeOptions, create_app
 
     options = ServeOptions(width=width, height=height, max_sessions=args.sessions,
                            max_speech_seconds=args.seconds + 60, idle_timeout=3600)

@@ -23,10 +23,10 @@ from ..audio.wav2vec2 import BASE_960H_CONFIG, CTC_PREFIX, build_wav2vec2, wav2v
 from ..audio.wav2vec2 import config_from_shapes as wav2vec2_config_from_shapes
 from ..checkpoint import UNUSED_PREFIXES, build_dit, config_from_shapes
 from ..errors import CheckpointError
-from ..image import match_colors, resize_and_centercrop
+from ..media.image import match_colors, resize_and_centercrop
 from ..model import FlashHeadDiT
-from ..sampler import SamplerConfig
-from ..session import StreamingSession
+from ..generation.sampler import SamplerConfig
+from ..generation.session import StreamingSession
 from ..vae import ltx, wan, vae_from_state_dict
 from ..testing.wav2vec2 import STORED_WEIGHT_NORM
 from ..weights import DictSource, key_problems

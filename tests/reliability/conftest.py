@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flashhead_core.pipeline import Pipeline, load_pipeline
-from flashhead_core.session import StreamingSession
+from flashhead_core.generation.session import StreamingSession
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
 

@@ -38,7 +38,7 @@ from flashhead_core.pipeline import Pipeline, load_pipeline, write_talking_video
 from flashhead_core.testing.media import synthetic_speech, write_wav
 from flashhead_core.testing.vae import write_tiny_wan_vae
 from flashhead_core.tools.cli import main as cli_main
-from flashhead_core.video_io import read_video_info
+from flashhead_core.media.video_io import read_video_info
 
 from .conftest import SPEECH_SECONDS
 
@@ -352,7 +352,7 @@ def test_the_largest_seed_works(pipelines, checkpoints, portrait, speech, out_di
 BIG_SIDE = 8192
 IMAGE_MEMORY_SCRIPT = """
 import json, resource, sys
-from flashhead_core.image import reference_tensor
+from flashhead_core.media.image import reference_tensor
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -20,9 +20,9 @@ from support import SIZE, Child, assert_user_error, flashhead, generate_args, ge
 from flashhead_core.audio.decode import load_audio
 from flashhead_core.config import FPS
 from flashhead_core.pipeline import load_pipeline, write_talking_video
-from flashhead_core.sampler import GenerationCancelled
+from flashhead_core.generation.sampler import GenerationCancelled
 from flashhead_core.testing.media import synthetic_speech, write_wav
-from flashhead_core.video_io import read_video_info
+from flashhead_core.media.video_io import read_video_info
 
 from .conftest import VARIANTS
 

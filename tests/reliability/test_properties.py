@@ -23,7 +23,7 @@ from flashhead_core.audio.context_cache import AudioContextCache
 from flashhead_core.audio.windows import frame_windows, once_mode_chunks
 from flashhead_core.config import AUDIO_SAMPLE_RATE, AUDIO_WINDOW, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
 from flashhead_core.errors import AudioInputError
-from flashhead_core.streaming import AUDIO_MODES, audio_chunks, frames_to_keep, stream_frames, video_frame_count
+from flashhead_core.generation.chunks import AUDIO_MODES, audio_chunks, frames_to_keep, stream_frames, video_frame_count
 
 PIXEL_SCALE = 2.0**16  # frame numbers travel as pixel values number / 2**16: exact in float32 below 2**15 frames
 # no per-example deadline: the machine is shared

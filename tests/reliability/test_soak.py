@@ -20,7 +20,7 @@ from support import flashhead, generate_args, run_child
 
 from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS
 from flashhead_core.testing.media import synthetic_speech
-from flashhead_core.video_io import read_video_info
+from flashhead_core.media.video_io import read_video_info
 
 SOAK_SECONDS = float(os.environ.get("FLASHHEAD_SOAK_SECONDS", "180"))
 BASELINE_SECONDS = 10.0

@@ -15,10 +15,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, once_mode_chunks, stream_chunks
-from .config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
-from .errors import AudioInputError, CheckpointError, InputError
-from .frames import video_to_images
+from ..audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, once_mode_chunks, stream_chunks
+from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
+from ..errors import AudioInputError, CheckpointError, InputError
+from ..media.frames import video_to_images
 from .session import StreamingSession
 
 

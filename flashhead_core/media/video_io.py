@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
-from .config import FPS
-from .audio.sample_reader import SampleReader
-from .errors import AudioInputError, FlashHeadError, SizeError, VideoWriteError
+from ..config import FPS
+from .sample_reader import SampleReader
+from ..errors import AudioInputError, FlashHeadError, SizeError, VideoWriteError
 from .frames import images_to_uint8
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)

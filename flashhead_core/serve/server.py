@@ -43,17 +43,18 @@ from aiohttp import WSMsgType, web
 
 from ..config import FPS
 from ..errors import FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError, UploadTooLarge
-from ..session import check_seed
-from .channel import LiveChannel, LiveRegistry
-from .http import add_stream_routes
+from ..generation.session import check_seed
+from ..live.channel import LiveChannel, LiveRegistry
+from ..live.http import PLAYER_JS, add_stream_routes
 from .live_session import LiveSession, check_rate
 from .scheduler import GenerationWorker
 from .uploads import read_portrait, read_speech
 
 DEFAULT_PORT = 8765
 MIN_TOKEN_LENGTH = 12
-STATIC = Path(__file__).parent / "static"
-STATIC_FILES = {"player.js": "text/javascript", "page.js": "text/javascript", "page.css": "text/css"}
+STATIC = Path(__file__).parent / "static"  # the page; the player is the stream library's (live/static/player.js)
+STATIC_FILES = {"player.js": (PLAYER_JS, "text/javascript"), "page.js": (STATIC / "page.js", "text/javascript"),
+                "page.css": (STATIC / "page.css", "text/css")}
 STREAM_PREFIX = "/api/live"
 TOKEN_COOKIE = "flashhead_token"
 STATUS_INTERVAL = 0.5  # seconds between the status messages on an audio WebSocket
@@ -505,9 +506,9 @@ async def _errors(request: web.Request, handler):
     return response
 
 
-def _static(name: str, content_type: str):
+def _static(path: Path, content_type: str):
     async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / name, headers={"Content-Type": content_type, **NO_STORE})
+        return web.FileResponse(path, headers={"Content-Type": content_type, **NO_STORE})
 
     return handler
 
@@ -520,9 +521,9 @@ def create_app(pipeline, options: ServeOptions = ServeOptions()) -> web.Applicat
     app.on_startup.append(server.on_startup)
     app.on_cleanup.append(server.on_cleanup)
     router = app.router
-    router.add_get("/", _static("index.html", "text/html; charset=utf-8"))
-    for name, content_type in STATIC_FILES.items():
-        router.add_get(f"/static/{name}", _static(name, content_type))
+    router.add_get("/", _static(STATIC / "index.html", "text/html; charset=utf-8"))
+    for name, (path, content_type) in STATIC_FILES.items():
+        router.add_get(f"/static/{name}", _static(path, content_type))
     router.add_post("/api/sessions", server.create)
     router.add_post("/api/sessions/{sid}/identities", server.add_identities)
     router.add_post("/api/sessions/{sid}/identity", server.use_identity)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..audio import probe_audio_file, read_audio, to_mono_16k
 from ..config import AUDIO_SAMPLE_RATE
 from ..errors import AudioInputError, FlashHeadError, UploadError, UploadTooLarge
-from ..image import load_image
+from ..media.image import load_image
 
 PORTRAIT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 MAX_PORTRAIT_PIXELS = 50_000_000  # a 50 MP photo (8660 x 5773); its RGB decode takes 150 MB

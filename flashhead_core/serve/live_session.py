@@ -34,10 +34,10 @@ from ..audio import AudioContextCache
 from ..audio.decode import RESAMPLE_QUALITY
 from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
 from ..errors import AudioInputError, InputError, SpeechBacklogError
-from ..sampler import GenerationCancelled
-from ..session import StreamingSession
-from ..streaming import check_encoder_fits, new_images
-from .fragments import LiveEncoder
+from ..generation.sampler import GenerationCancelled
+from ..generation.session import StreamingSession
+from ..generation.chunks import check_encoder_fits, new_images
+from ..live.fragments import LiveEncoder
 
 RTF_CHUNKS = 8  # the real-time factor: generation seconds over video seconds of the last RTF_CHUNKS chunks
 MIN_RATE, MAX_RATE = 8000, 192000  # PCM rates a live session takes

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from .model import FlashHeadDiT
-from .errors import InputError
+from ..model import FlashHeadDiT
+from ..errors import InputError
 
 # Wraps one named stage of a chunk (audio_projection, dit_step_0, vae_decode, ...); `flashhead bench e2e` times them.
 StageHook = Callable[[str], AbstractContextManager]

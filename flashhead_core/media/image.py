@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, InputError, SizeError
+from ..errors import ImageError, InputError, SizeError
 from .frames import images_to_uint8
 
 MIN_SIDE = 16  # smaller sources are rejected: nothing of a face survives, and the resize would be pure blur

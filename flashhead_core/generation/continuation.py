@@ -32,14 +32,14 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CONTEXT_SECONDS, AudioContextCache, Wav2Vec2FrameEncoder
-from .audio.sample_reader import SampleReader
-from .config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
-from .errors import AudioInputError, ContinuationError
-from .frames import video_to_images
-from .image import reference_tensor
+from ..audio import DEFAULT_CONTEXT_SECONDS, AudioContextCache, Wav2Vec2FrameEncoder
+from ..media.sample_reader import SampleReader
+from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
+from ..errors import AudioInputError, ContinuationError
+from ..media.frames import video_to_images
+from ..media.image import reference_tensor
 from .session import Identity, StreamingSession
-from .streaming import check_encoder_fits, stream_talking_head, video_frame_count
+from .chunks import check_encoder_fits, stream_talking_head, video_frame_count
 
 STATE_VERSION = 1
 

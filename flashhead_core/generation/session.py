@@ -20,12 +20,12 @@ from typing import Callable
 
 import torch
 
-from .config import CHUNK_FRAMES, MAX_SEED
-from .errors import InputError, SizeError
-from .image import check_size, match_colors, reference_tensor
-from .model import FlashHeadDiT
+from ..config import CHUNK_FRAMES, MAX_SEED
+from ..errors import InputError, SizeError
+from ..media.image import check_size, match_colors, reference_tensor
+from ..model import FlashHeadDiT
 from .sampler import GenerationCancelled, SamplerConfig, StageHook, sample_chunk, shifted_timesteps, untimed
-from .vae import VideoVAE, check_vae_matches_model
+from ..vae import VideoVAE, check_vae_matches_model
 
 ProgressCallback = Callable[[int, int], None]  # (chunk index, step index)
 CancelCheck = Callable[[], None]  # raises GenerationCancelled when the user cancelled; called inside long stages

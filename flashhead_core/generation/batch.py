@@ -21,11 +21,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, load_audio
-from .config import AUDIO_SAMPLE_RATE
-from .errors import BatchError
+from ..audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, load_audio
+from ..config import AUDIO_SAMPLE_RATE
+from ..errors import BatchError
 from .session import StreamingSession, decode_chunk
-from .streaming import audio_chunks, check_encoder_fits, new_images, video_frame_count
+from .chunks import audio_chunks, check_encoder_fits, new_images, video_frame_count
 
 
 def check_pairs(images: Sequence, tracks: Sequence) -> int:

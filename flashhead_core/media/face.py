@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import FaceError
+from ..errors import FaceError
 from .frames import images_to_uint8
 from .image import MIN_SIDE, load_image
 

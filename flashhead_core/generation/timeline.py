@@ -28,10 +28,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CONTEXT_SECONDS
-from .config import CHUNK_FRAMES, FPS
-from .errors import InputError
-from .streaming import audio_chunks, check_encoder_fits, stream_frames, video_frame_count
+from ..audio import DEFAULT_CONTEXT_SECONDS
+from ..config import CHUNK_FRAMES, FPS
+from ..errors import InputError
+from .chunks import audio_chunks, check_encoder_fits, stream_frames, video_frame_count
 
 
 class TimelineError(InputError):
