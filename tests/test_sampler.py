@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashhead_core.generation.sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from flashhead_core.generation.sampler import SamplerConfig, motion_inputs, sample_chunk, shifted_timesteps
 
 
 def test_shifted_timesteps_float32_and_bf16():
@@ -36,26 +36,46 @@ class RecordingModel:
         return z.clone()
 
 
-def test_sample_chunk_update_rule_and_draw_order():
+def test_sample_chunk_update_rule():
     shape = (1, 2, 3, 2, 2)
     draws = [torch.full(shape, float(i + 1)) for i in range(5)]
-    it = iter(draws)
-    motion = torch.full((1, 2, 1, 2, 2), -7.0)
+    motion_latents = torch.full((1, 2, 1, 2, 2), -7.0)
     model = RecordingModel()
     timesteps = shifted_timesteps(SamplerConfig())
     steps_seen = []
-    out = sample_chunk(model, None, None, motion, timesteps, lambda: next(it).clone(), on_step=steps_seen.append)
+    motion, mask = motion_inputs([motion_latents], 3)
+    out = sample_chunk(model, None, None, motion, mask, torch.stack(draws), timesteps, on_step=steps_seen.append)
     assert steps_seen == [0, 1, 2, 3]
-    assert next(it, None) is None, "exactly 5 draws per chunk (the last one multiplied by sigma = 0)"
-    # reference computation of the same rule
+    # reference computation of the same rule, written as the paper's loop (slice assignment of the motion latents)
     z = draws[0].clone()
     sigmas = timesteps / 1000
     for i in range(4):
-        z[:, :, :1] = motion
-        torch.testing.assert_close(model.inputs[i][0], z)
+        z[:, :, :1] = motion_latents
+        torch.testing.assert_close(model.inputs[i][0], z, rtol=0, atol=0)
         assert model.inputs[i][1].item() == timesteps[i].item()
         x0 = z - sigmas[i] * z
         z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draws[i + 1]
-    z[:, :, :1] = motion
-    torch.testing.assert_close(out, z)
-    assert torch.equal(out[:, :, :1], motion)
+    z[:, :, :1] = motion_latents
+    torch.testing.assert_close(out, z, rtol=0, atol=0)
+
+
+def test_motion_inputs_pad_each_stream_to_the_chunk_with_its_own_count():
+    one, two = torch.full((1, 2, 1, 2, 2), 3.0), torch.full((1, 2, 2, 2, 2), 5.0)
+    motion, mask = motion_inputs([one, two], 4)
+    assert motion.shape == (2, 2, 4, 2, 2) and mask.shape == (2, 1, 4, 1, 1)
+    assert mask[:, 0, :, 0, 0].tolist() == [[True, False, False, False], [True, True, False, False]]
+    assert torch.equal(motion[0, :, :1], one[0]) and not motion[0, :, 1:].any()
+    assert torch.equal(motion[1, :, :2], two[0]) and not motion[1, :, 2:].any()
+
+
+def test_a_batched_chunk_gives_each_row_what_it_gives_alone():
+    """Streams with different motion counts (one just switched identity) in one call: each row equals its own
+    single-stream call (the fake model is row-wise, so any difference would be the sampler's)."""
+    timesteps = shifted_timesteps(SamplerConfig())
+    motions = [torch.full((1, 2, 1, 2, 2), -7.0), torch.full((1, 2, 2, 2, 2), 4.0)]
+    noises = [torch.randn(5, 1, 2, 3, 2, 2, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    alone = [sample_chunk(RecordingModel(), None, None, *motion_inputs([m], 3), n, timesteps)
+             for m, n in zip(motions, noises)]
+    together = sample_chunk(RecordingModel(), None, None, *motion_inputs(motions, 3), torch.cat(noises, dim=1),
+                            timesteps)
+    assert torch.equal(together, torch.cat(alone))

@@ -24,7 +24,7 @@ import torch
 from ..audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, load_audio
 from ..config import AUDIO_SAMPLE_RATE
 from ..errors import BatchError
-from .session import StreamingSession, decode_chunk
+from .session import StreamingSession, generate_chunks
 from .chunks import audio_chunks, check_encoder_fits, new_images, video_frame_count
 
 
@@ -75,47 +75,7 @@ class BatchedSession:
         """One chunk for each stream of `streams` (default: all), windows[k] [1, 33, 5, 12, 768] for streams[k] ->
         their decoded frames [1, 3, 33, H, W], as each session's generate_chunk gives them."""
         streams = list(range(len(self.sessions))) if streams is None else list(streams)
-        sessions = [self.sessions[i] for i in streams]
-        lead = sessions[0]
-        for s in sessions:
-            if s.active is None:
-                raise RuntimeError("no identity prepared: call add_identity() on every session first")
-            s._check_cancel()
-        identities = [s.identities[s.active] for s in sessions]
-        with torch.no_grad():
-            tokens = self.model.audio_proj(torch.cat([w.to(lead.device) for w in windows]))
-            audio = self.model.audio_context(tokens)
-            ref = torch.cat([identity.ref_latent for identity in identities])
-            motions = [s.motion_latents for s in sessions]
-            timesteps, sigmas = lead.timesteps, lead.timesteps / lead.sampler.num_timesteps
-
-            def draw() -> torch.Tensor:
-                return torch.cat([s._draw_noise() for s in sessions])  # each stream from its own generator
-
-            def write_motion(z: torch.Tensor) -> None:
-                for row, motion in enumerate(motions):  # streams may differ in M after an identity switch
-                    z[row:row + 1, :, :motion.shape[2]] = motion
-
-            z = draw()
-            for i in range(len(timesteps) - 1):
-                for s in sessions:
-                    s._on_step(i)
-                write_motion(z)
-                flow = self.model(z, timesteps[i].reshape(1), ref, audio).to(z.dtype)
-                x0 = z - sigmas[i] * flow
-                z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draw()
-            write_motion(z)
-            out = []
-            for row, (s, identity) in enumerate(zip(sessions, identities)):
-                s.last_latents = z[row:row + 1].to(self.vae.dtype)
-                frames = decode_chunk(self.vae, s.last_latents, identity.color_reference, s.sampler.color_correction,
-                                      check_cancel=s._check_cancel, stage=s.stage)
-                with s.vae_lock:
-                    motion_clip = frames[:, :, -self.config.motion_frames:]
-                    s.motion_latents = self.vae.encode(motion_clip, generator=s.vae_generator).to(s.dtype)
-                s.chunk_index += 1
-                out.append(frames)
-        return out
+        return generate_chunks([self.sessions[i] for i in streams], list(windows))
 
 
 def stream_batch(batch: BatchedSession, encoder: Wav2Vec2FrameEncoder, tracks: Sequence[np.ndarray],

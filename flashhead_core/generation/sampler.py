@@ -54,30 +54,40 @@ def shifted_timesteps(config: SamplerConfig, dtype: torch.dtype = torch.float32)
     return (config.num_timesteps * config.shift * s / (1 + (config.shift - 1) * s)).to(dtype)
 
 
-def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor,
-                 motion_latents: torch.Tensor, timesteps: torch.Tensor, draw_noise: Callable[[], torch.Tensor],
-                 num_timesteps: int = 1000, on_step: Callable[[int], None] | None = None,
-                 stage: StageHook = untimed) -> torch.Tensor:
-    """Denoise one chunk.
+def motion_inputs(motion_latents: list[torch.Tensor], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each stream's motion latents [1, C, M_i, h, w] (M_i <= frames; M is 1 after an identity switch, 2 otherwise)
+    -> (motion [N, C, frames, h, w], zero past each M_i; mask [N, 1, frames, 1, 1] bool, True on the first M_i):
+    the fixed-shape form the 4-step update writes into the latents, whatever M each stream has."""
+    motion = torch.zeros((len(motion_latents), motion_latents[0].shape[1], frames, *motion_latents[0].shape[3:]),
+                         dtype=motion_latents[0].dtype, device=motion_latents[0].device)
+    mask = torch.zeros((len(motion_latents), 1, frames, 1, 1), dtype=torch.bool, device=motion.device)
+    for row, latents in enumerate(motion_latents):
+        motion[row, :, :latents.shape[2]] = latents[0]
+        mask[row, :, :latents.shape[2]] = True
+    return motion, mask
 
-    audio_tokens [1, T, N, dim]; ref_latent [1, C, T, h, w]; motion_latents [1, C, M, h, w] (M <= T);
-    timesteps [steps + 1] in the pipeline dtype; draw_noise() -> [1, C, T, h, w] in the pipeline dtype, called
-    steps + 1 times in a fixed order (initial latent, then one per step). on_step(i) runs before step i (progress,
-    cancellation). stage wraps the audio keys/values and each step. Returns the denoised latents [1, C, T, h, w]
-    with the motion latents written in.
+
+def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor, motion: torch.Tensor,
+                 motion_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int = 1000,
+                 on_step: Callable[[int], None] | None = None, stage: StageHook = untimed) -> torch.Tensor:
+    """Denoise one chunk of N streams at once (N = 1 for a single stream; every row is computed as it would be alone).
+
+    audio_tokens [N, T, n, dim]; ref_latent [N, C, T, h, w]; motion [N, C, T, h, w] and motion_mask [N, 1, T, 1, 1]
+    (from `motion_inputs`); noise [steps + 1, N, C, T, h, w] in the pipeline dtype (the initial latent, then one per
+    step, drawn beforehand by each stream's generator); timesteps [steps + 1] in the pipeline dtype. on_step(i) runs
+    before step i (progress, cancellation). stage wraps the audio keys/values and each step. Returns the denoised
+    latents [N, C, T, h, w] with the motion latents written in.
     """
-    frames = motion_latents.shape[2]
     with stage("audio_keys_values"):
         audio = model.audio_context(audio_tokens)  # the blocks' audio keys/values: the same at every step
-    z = draw_noise()
+    z = noise[0]
     sigmas = timesteps / num_timesteps
     for i in range(len(timesteps) - 1):
         if on_step is not None:
             on_step(i)
-        z[:, :, :frames] = motion_latents
+        z = torch.where(motion_mask, motion, z)
         with stage(f"dit_step_{i}"):
             flow = model(z, timesteps[i].reshape(1), ref_latent, audio).to(z.dtype)
             x0 = z - sigmas[i] * flow
-            z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * draw_noise()
-    z[:, :, :frames] = motion_latents
-    return z
+            z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
+    return torch.where(motion_mask, motion, z)

@@ -6,8 +6,10 @@
         frames = session.generate_chunk(windows)          # [1, 3, 33, H, W] in [-1, 1], colour-corrected
     session.use_identity("ben")                           # switch between chunks
     session.last_latents                                  # the chunk's final latents [1, C, T, h, w], as decoded
+    generate_chunks([s1, s2], [w1, w2])                   # N streams in one batched 4-step update
+    saved = session.snapshot(); ...; session.restore(saved)   # what lives across chunks, e.g. for a continuation
 
-`streaming.py` ties the audio encoder, the session and trimming together. This module knows no file formats.
+`run.py` is the chunk loop over a session (speech slices, identity schedule, trimming). No file formats here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..config import CHUNK_FRAMES, MAX_SEED
 from ..errors import InputError, SizeError
 from ..media.image import check_size, match_colors, reference_tensor
 from ..model import FlashHeadDiT
-from .sampler import GenerationCancelled, SamplerConfig, StageHook, sample_chunk, shifted_timesteps, untimed
+from .sampler import GenerationCancelled, SamplerConfig, StageHook, motion_inputs, sample_chunk, shifted_timesteps, untimed
 from ..vae import VideoVAE, check_vae_matches_model
 
 ProgressCallback = Callable[[int, int], None]  # (chunk index, step index)
@@ -162,13 +164,13 @@ class StreamingSession:
 
     def add_identity(self, name: str, image) -> None:
         """Prepare a reference (any input `image.load_image` takes); the first one added becomes active."""
-        self._check_cancel()
+        self.check_cancel()
         color_reference = reference_tensor(image, self.height, self.width).to(self.device)
-        self._check_cancel()
+        self.check_cancel()
         clip = color_reference.to(self.vae.dtype).expand(-1, -1, self.chunk_frames, -1, -1)
         with torch.no_grad(), self.vae_lock:
             ref_latent = self.vae.encode(clip, generator=self.vae_generator).to(self.dtype)
-        self._check_cancel()
+        self.check_cancel()
         self.identities[name] = Identity(color_reference, ref_latent)
         if self.active is None:
             self.use_identity(name)
@@ -180,16 +182,38 @@ class StreamingSession:
         self.active = name
         self.motion_latents = self.identities[name].ref_latent[:, :, :1]
 
-    def _draw_noise(self) -> torch.Tensor:
+    def snapshot(self) -> "SessionState":
+        """What lives across chunks, now (between chunks), on the CPU: `restore` puts it into a session of the same
+        model, VAE and size."""
+        identity = self.identities[self.active]
+        return SessionState(self.active, identity.color_reference.detach().to("cpu", copy=True),
+                            identity.ref_latent.detach().to("cpu", copy=True),
+                            self.motion_latents.detach().to("cpu", copy=True), self.noise_generator.get_state(),
+                            self.vae_generator.get_state(), self.chunk_index)
+
+    def restore(self, state: "SessionState") -> None:
+        """Continue from `state`: its identity becomes the active one (no VAE encode), with its motion latents, both
+        generators and the chunk index."""
+        self.identities[state.identity_name] = Identity(state.color_reference.to(self.device),
+                                                        state.ref_latent.to(self.device, self.dtype))
+        self.active = state.identity_name
+        self.motion_latents = state.motion_latents.to(self.device, self.dtype)
+        self.noise_generator.set_state(state.noise_state)
+        self.vae_generator.set_state(state.vae_state)
+        self.chunk_index = state.chunk_index
+
+    def draw_noise(self) -> torch.Tensor:
+        """The next noise tensor [1, C, T, h, w] in the pipeline dtype from this stream's generator."""
         noise = torch.randn(self.latent_shape, generator=self.noise_generator, dtype=torch.float32)
         return noise.to(device=self.device, dtype=self.dtype)
 
-    def _check_cancel(self) -> None:
+    def check_cancel(self) -> None:
+        """Raise GenerationCancelled when the caller's should_cancel says stop."""
         if self.should_cancel is not None and self.should_cancel():
             raise GenerationCancelled(f"generation cancelled at chunk {self.chunk_index}")
 
-    def _on_step(self, step: int) -> None:
-        self._check_cancel()
+    def on_step(self, step: int) -> None:
+        self.check_cancel()
         if self.progress is not None:
             self.progress(self.chunk_index, step)
 
@@ -197,25 +221,63 @@ class StreamingSession:
                        draw_noise: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
         """audio_windows [1, 33, 5, 12, 768] -> all decoded, colour-corrected frames [1, 3, 33, H, W] in [-1, 1].
 
-        The caller keeps the new ones (see `frames_to_keep`); the chunk's final latents stay in `last_latents`.
-        draw_noise replaces the session RNG (fixture replay).
-        """
-        if self.active is None:
-            raise RuntimeError("no identity prepared: call add_identity() first")
-        self._check_cancel()
-        identity = self.identities[self.active]
-        stage = self.stage
-        with torch.no_grad():
-            with stage("audio_projection"):
-                audio_tokens = self.model.audio_proj(audio_windows.to(self.device))
-            latents = sample_chunk(self.model, audio_tokens, identity.ref_latent, self.motion_latents,
-                                   self.timesteps, draw_noise or self._draw_noise, self.sampler.num_timesteps,
-                                   self._on_step, stage)
-            self.last_latents = latents.to(self.vae.dtype)
-            frames = decode_chunk(self.vae, self.last_latents, identity.color_reference, self.sampler.color_correction,
-                                  check_cancel=self._check_cancel, stage=stage)
-            with stage("motion_reencode"), self.vae_lock:
-                motion_clip = frames[:, :, -self.config.motion_frames:]
-                self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
+        The caller keeps the new ones (see `run.ChunkRun`); the chunk's final latents stay in `last_latents`.
+        draw_noise replaces the session RNG (fixture replay)."""
+        return generate_chunks([self], [audio_windows], draw_noise)[0]
+
+    def finish_chunk(self, latents: torch.Tensor, identity: Identity) -> torch.Tensor:
+        """The denoised latents [1, C, T, h, w] of this session's chunk -> its decoded, colour-corrected frames
+        [1, 3, 33, H, W]; the last motion_frames are encoded again as the next chunk's motion latents."""
+        self.last_latents = latents.to(self.vae.dtype)
+        frames = decode_chunk(self.vae, self.last_latents, identity.color_reference, self.sampler.color_correction,
+                              check_cancel=self.check_cancel, stage=self.stage)
+        with self.stage("motion_reencode"), self.vae_lock:
+            motion_clip = frames[:, :, -self.config.motion_frames:]
+            self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
         self.chunk_index += 1
         return frames
+
+
+@dataclass(frozen=True, eq=False)
+class SessionState:
+    """A StreamingSession between chunks (`snapshot`/`restore`), on the CPU: the active identity, the next chunk's
+    motion latents [1, C, M, h, w], both generators' states (torch.Generator.get_state(), uint8) and the chunk index."""
+
+    identity_name: str
+    color_reference: torch.Tensor  # [1, 3, 1, H, W] float32 in [-1, 1]
+    ref_latent: torch.Tensor  # [1, C, T, h, w]
+    motion_latents: torch.Tensor
+    noise_state: torch.Tensor
+    vae_state: torch.Tensor
+    chunk_index: int
+
+
+def generate_chunks(sessions: list[StreamingSession], windows: list[torch.Tensor],
+                    draw_noise: Callable[[], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """One chunk for each session (sharing one model and VAE, same size): windows[k] [1, 33, 5, 12, 768] ->
+    decoded, colour-corrected frames [1, 3, 33, H, W] in [-1, 1] per session, through one batched 4-step update
+    (`sampler.sample_chunk`). Each session draws its own noise, keeps its own motion and identity; N = 1 is the
+    single-stream chunk. draw_noise (one session only) replaces the session RNG (fixture replay)."""
+    lead = sessions[0]
+    for session in sessions:
+        if session.active is None:
+            raise RuntimeError("no identity prepared: call add_identity() first")
+        session.check_cancel()
+    identities = [s.identities[s.active] for s in sessions]
+    steps = len(lead.timesteps)
+    with torch.no_grad():
+        with lead.stage("audio_projection"):
+            audio_tokens = lead.model.audio_proj(torch.cat([w.to(lead.device) for w in windows]))
+        # Each stream draws its steps + 1 noise tensors in the order the update uses them: [steps + 1, N, C, T, h, w].
+        draws = [s.draw_noise for s in sessions] if draw_noise is None else [draw_noise]
+        noise = torch.stack([torch.cat(step) for step in zip(*[[draw() for _ in range(steps)] for draw in draws])])
+        motion, mask = motion_inputs([s.motion_latents for s in sessions], lead.latent_shape[2])
+
+        def on_step(step: int) -> None:
+            for session in sessions:
+                session.on_step(step)
+
+        latents = sample_chunk(lead.model, audio_tokens, torch.cat([i.ref_latent for i in identities]), motion, mask,
+                               noise, lead.timesteps, lead.sampler.num_timesteps, on_step, lead.stage)
+        return [session.finish_chunk(latents[row:row + 1], identity)
+                for row, (session, identity) in enumerate(zip(sessions, identities))]
