@@ -49,6 +49,7 @@ from ..live.http import PLAYER_JS, add_stream_routes
 from .live_session import LiveSession, check_rate
 from .scheduler import GenerationWorker
 from .uploads import read_portrait, read_speech
+from .webrtc import add_webrtc_routes
 
 DEFAULT_PORT = 8765
 MIN_TOKEN_LENGTH = 12
@@ -532,6 +533,7 @@ def create_app(pipeline, options: ServeOptions = ServeOptions()) -> web.Applicat
     router.add_get("/api/sessions/{sid}/status", server.status)
     router.add_delete("/api/sessions/{sid}", server.delete)
     add_stream_routes(router, STREAM_PREFIX, server.registry, check=server.check_stream)
+    add_webrtc_routes(app, server)
     return app
 
 
