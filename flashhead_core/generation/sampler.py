@@ -7,10 +7,20 @@
         x0 = z - sigma_i * flow
         z = (1 - sigma_{i+1}) * x0 + sigma_{i+1} * noise_i   (noise drawn at every step, also the last)
     z[:, :, :M] = motion latents
+
+The static chunk step (`SamplerConfig.static`, `sample_chunk(..., static=True)`): the same 4 steps (audio keys/values
+included) as one function of fixed-shape tensors, with no host synchronisation and no data-dependent Python control
+flow, compiled once with `torch.compile(fullgraph=True, dynamic=False)`: chunk 1 (M = 1) and later chunks (M = 2)
+differ only in the motion mask's values, so every chunk, identity switch and session of the same size reuses one
+graph. On CUDA the graph is also recorded as a CUDA graph and replayed (torch.compile's "reduce-overhead", i.e.
+CUDA-graph trees: they keep the static input buffers, the memory pool and the warm-up for us, and they capture the
+fused Inductor kernels; a hand-made torch.cuda.CUDAGraph would capture unfused eager kernels and need all of that by
+hand). Off on the CPU (nothing to replay there).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
@@ -34,6 +44,7 @@ class SamplerConfig:
     shift: float = 5.0
     num_timesteps: int = 1000
     color_correction: float = 1.0  # strength in [0, 1]; 0 = off
+    static: bool = False  # run each chunk's steps as one compiled static step (CUDA graphs on CUDA); see the module
 
     def __post_init__(self):
         if self.steps < 1:
@@ -69,7 +80,8 @@ def motion_inputs(motion_latents: list[torch.Tensor], frames: int) -> tuple[torc
 
 def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor, motion: torch.Tensor,
                  motion_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int = 1000,
-                 on_step: Callable[[int], None] | None = None, stage: StageHook = untimed) -> torch.Tensor:
+                 on_step: Callable[[int], None] | None = None, stage: StageHook = untimed,
+                 static: bool = False) -> torch.Tensor:
     """Denoise one chunk of N streams at once (N = 1 for a single stream; every row is computed as it would be alone).
 
     audio_tokens [N, T, n, dim]; ref_latent [N, C, T, h, w]; motion [N, C, T, h, w] and motion_mask [N, 1, T, 1, 1]
@@ -77,12 +89,32 @@ def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: to
     step, drawn beforehand by each stream's generator); timesteps [steps + 1] in the pipeline dtype. on_step(i) runs
     before step i (progress, cancellation). stage wraps the audio keys/values and each step. Returns the denoised
     latents [N, C, T, h, w] with the motion latents written in.
+
+    static: run the steps as the compiled static step (`chunk_step`): on_step(i) then runs for every step before
+    they are launched (they run as one graph, so cancelling takes effect between chunks), and stage wraps them all
+    as "dit_steps".
     """
+    if not static:
+        return _chunk_steps(model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps, num_timesteps,
+                            on_step, stage)
+    for i in range(len(timesteps) - 1):
+        if on_step is not None:
+            on_step(i)
+    with stage("dit_steps"):
+        return chunk_step(motion.device)(model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps,
+                                         num_timesteps)
+
+
+def _chunk_steps(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor, motion: torch.Tensor,
+                 motion_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int,
+                 on_step: Callable[[int], None] | None = None, stage: StageHook = untimed) -> torch.Tensor:
+    """`sample_chunk`'s update (eager), and with on_step None and stage `untimed` the body of the static step: the
+    loop runs over the static number of steps and every tensor has the shape of its input."""
     with stage("audio_keys_values"):
         audio = model.audio_context(audio_tokens)  # the blocks' audio keys/values: the same at every step
     z = noise[0]
     sigmas = timesteps / num_timesteps
-    for i in range(len(timesteps) - 1):
+    for i in range(timesteps.shape[0] - 1):
         if on_step is not None:
             on_step(i)
         z = torch.where(motion_mask, motion, z)
@@ -91,3 +123,31 @@ def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: to
             x0 = z - sigmas[i] * flow
             z = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise[i + 1]
     return torch.where(motion_mask, motion, z)
+
+
+def cuda_graphs_default(device: torch.device | str) -> bool:
+    """Whether the static step is replayed as a CUDA graph on `device` by default: on CUDA yes, elsewhere no."""
+    return torch.device(device).type == "cuda"
+
+
+def chunk_step(device: torch.device | str, cuda_graphs: bool | None = None) -> Callable[..., torch.Tensor]:
+    """The static chunk step for `device`: (model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps,
+    num_timesteps) -> latents [N, C, T, h, w], as `sample_chunk` without hooks; compiled on first use per shape.
+    cuda_graphs: None = `cuda_graphs_default(device)`; True only on CUDA."""
+    cuda_graphs = cuda_graphs_default(device) if cuda_graphs is None else cuda_graphs
+    if cuda_graphs and torch.device(device).type != "cuda":
+        raise InputError(f"CUDA graphs need a CUDA device, got {device}: pass cuda_graphs=False (or None)")
+    return _compiled_step(cuda_graphs)
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled_step(cuda_graphs: bool) -> Callable[..., torch.Tensor]:
+    compiled = torch.compile(_chunk_steps, fullgraph=True, dynamic=False,
+                             mode="reduce-overhead" if cuda_graphs else None)
+    if not cuda_graphs:
+        return compiled
+
+    def replay(*args) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # a new chunk: the previous replay's outputs may be reused
+        return compiled(*args).clone()  # the graph's output buffer is overwritten by the next replay
+    return replay
