@@ -1,10 +1,10 @@
 """WebRTC delivery of a live session (aiortc): one video track and one audio track on one 25 Hz clock.
 
     sink = RtcSink()                              # a live sink (flashhead_core/live/sink.py's interface)
-    live.add_sink(sink)                           # the session hands it each chunk: frames + exactly their samples
+    live = LiveSession(pipeline, channel, ..., sinks=[sink])   # hands it each chunk: frames + exactly their samples
     peer = await RtcPeer.answer(sink, offer_sdp)  # an RTCPeerConnection answering the browser's offer
     peer.answer_sdp                               # -> the browser; frames flow once ICE and DTLS are up
-    await peer.close()
+    await peer.close()                            # (a later offer gets a new peer on the same sink)
 
 The clock: a Playout task ticks every 40 ms (t0 + k / 25) and hands each track its part of one unit, frame k and
 its 640 samples (two 20 ms audio frames at 16 kHz, which aiortc's Opus encoder resamples to 48 kHz). Video frame k
@@ -25,9 +25,9 @@ gets the same list from GET /api/rtc). Routes (add_webrtc_routes, under the serv
                                              session's stream then plays over WebRTC (a new offer replaces the peer)
     GET    /api/sessions/{sid}/rtc           {"state", "queued_s", "frames_sent", "held_frames", ...}
     DELETE /api/sessions/{sid}/rtc           closes the peer (the session stays)
-    POST   /api/sessions/{sid}/interrupt     barge-in: the session drops its queued speech and chunks, and the
-                                             peer the units it has not played yet; the next speech starts at the
-                                             next chunk boundary
+    POST   /api/sessions/{sid}/interrupt     barge-in (LiveSession.interrupt): the queued speech and what the
+                                             sinks have not played are dropped; the next speech starts at the next
+                                             chunk boundary
 """
 
 from __future__ import annotations
@@ -52,19 +52,24 @@ AUDIO_FRAME_SAMPLES = AUDIO_SAMPLE_RATE // 50  # 20 ms: what one Opus packet hol
 MAX_OFFER_BYTES = 64 * 1024  # a browser's offer is 3-8 KB
 CONNECT_TIMEOUT = 20.0  # seconds from the answer to a connected peer; then the peer is closed
 MAX_QUEUED_SECONDS = 30.0  # units a sink keeps for a peer; beyond, the oldest go (logged)
+ATTACH_GRACE = 15.0  # seconds a new sink keeps everything for its first peer; then, with no peer, the live edge only
+UNWATCHED_SECONDS = 2.0  # what a sink without a peer keeps: a peer that connects later starts at the live edge
 ICE_SERVERS_ENV = "FLASHHEAD_ICE_SERVERS"
 
 
 class RtcSink:
-    """A live sink (start/write/close, as flashhead_core/live/sink.py) that queues each frame with its 640 samples
-    for a Playout. Thread-safe: the session writes from the generation worker, the playout takes on the event loop.
-    interrupt() drops what is queued (barge-in)."""
+    """A live sink (start/write/close/interrupt, as flashhead_core/live/sink.py) that queues each frame with its 640
+    samples for the Playout of the peer watching it. Thread-safe: the session writes from the generation worker, the
+    playout takes on the event loop. It keeps at most max_queued_seconds; without a peer (after the first
+    ATTACH_GRACE seconds, in which the first peer connects) only the last UNWATCHED_SECONDS, so a session played
+    over Media Source holds next to nothing here and a peer that joins late starts at the live edge."""
 
-    def __init__(self, max_queued_seconds: float = MAX_QUEUED_SECONDS):
+    def __init__(self, max_queued_seconds: float = MAX_QUEUED_SECONDS, clock=time.monotonic):
         self._lock = threading.Lock()
         self._units: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (frame uint8 [H, W, 3], audio float32 [640])
         self._max_units = round(max_queued_seconds * FPS)
-        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._clock, self._born = clock, clock()
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # the watching playout's
         self.size: tuple[int, int] | None = None  # (width, height) once started
         self.closed = False
         self.error: str | None = None
@@ -88,20 +93,25 @@ class RtcSink:
             if self.closed:
                 return
             self._units.extend(zip(np.array(frames), audio))  # a copy: the caller may reuse its buffers
-            overflow = len(self._units) - self._max_units
+            watched = self._wake is not None or self._clock() - self._born < ATTACH_GRACE
+            overflow = len(self._units) - (self._max_units if watched else round(UNWATCHED_SECONDS * FPS))
             for _ in range(max(0, overflow)):
                 self._units.popleft()
             if overflow > 0:
                 self.dropped += overflow
-                log.warning("WebRTC peer too slow: %d queued frames dropped", overflow)
+                if watched:
+                    log.warning("WebRTC peer too slow: %d queued frames dropped", overflow)
         self._notify()
 
     def close(self, error: str | None = None) -> None:
-        """The stream is over: what is queued still plays, then the tracks end."""
+        """The stream is over: what is queued still plays, then the tracks end; with an error (failed, deleted)
+        they end now."""
         with self._lock:
             if self.closed:
                 return
             self.closed, self.error = True, error
+            if error is not None:
+                self._units.clear()
         self._notify()
 
     # --- barge-in and the playout's side ----------------------------------------------------------------------------
@@ -125,13 +135,19 @@ class RtcSink:
             return self._units.popleft() if self._units else None
 
     def attach(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
-        """Set `event` (on `loop`) whenever a unit arrives or the stream closes."""
-        self._wake = (loop, event)
+        """A peer's playout watches: set `event` (on `loop`) whenever a unit arrives or the stream closes."""
+        with self._lock:
+            self._wake = (loop, event)
         self._notify()
 
+    def detach(self) -> None:
+        with self._lock:
+            self._wake = None
+
     def _notify(self) -> None:
-        if self._wake is not None:
-            loop, event = self._wake
+        wake = self._wake
+        if wake is not None:
+            loop, event = wake
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # the loop has closed: nobody is waiting any more
@@ -152,7 +168,7 @@ def _tracks():
             self.playout = playout
 
         async def recv(self):
-            self.playout.begin()
+            self.playout.begin(self)
             frame = await self.queue.get()
             if frame is None:
                 self.stop()
@@ -171,7 +187,9 @@ def _tracks():
 class Playout:
     """The 25 Hz clock of one peer: at tick k, frame k to the video track and its samples (two 20 ms frames) to the
     audio track; the last frame with silence when no unit is queued (counted in held_frames). Starts at the first
-    queued unit after the peer's senders ask for media; ends when the sink is closed and empty."""
+    queued unit once both of the peer's senders ask for media (a sender that started late would get a burst of
+    queued packets, which the receiver's audio buffer then holds as extra delay for seconds); ends when the sink is
+    closed and empty."""
 
     def __init__(self, sink: RtcSink):
         self.sink = sink
@@ -181,15 +199,18 @@ class Playout:
         self.started_at: float | None = None  # time.perf_counter() of the first tick
         self._task: asyncio.Task | None = None
         self._last: np.ndarray | None = None
+        self._pulling: set = set()  # the tracks whose senders have asked for media
 
-    def begin(self) -> None:
-        if self._task is None:
+    def begin(self, track) -> None:
+        self._pulling.add(track.kind)
+        if self._task is None and len(self._pulling) == 2:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self.sink.detach()
         for track in (self.video, self.audio):
             track.stop()
 
@@ -387,10 +408,20 @@ class RtcPeer:
                 "dropped_frames": self.sink.dropped, "stream_error": self.sink.error}
 
 
+def session_sink(live) -> RtcSink:
+    """The RtcSink among a live session's sinks (InputError when it was made without one)."""
+    sink = next((s for s in live.sinks if isinstance(s, RtcSink)), None)
+    if sink is None:
+        raise InputError("this session streams over Media Source only (it was made without a WebRTC sink): play "
+                         "its stream URL instead")
+    return sink
+
+
 class _RtcRoutes:
-    """The WebRTC handlers over a `flashhead serve` server: at most one peer per session, at most max_sessions peers
-    negotiating at once (an offer flood gets 503), each peer counted as an open socket of its session while it
-    lives (the idle reaper leaves a watched session alone, and frees it once the peer is gone)."""
+    """The WebRTC handlers over a `flashhead serve` server: at most one peer per session (on the session's RtcSink; a
+    new offer replaces the peer), at most max_sessions offers being answered at once (an offer flood gets 503), each
+    peer counted as a watcher of its session (`sockets`) while it lives: the idle reaper leaves a watched session
+    alone, and frees it once the peer is gone."""
 
     def __init__(self, server, ice_servers: list[dict]):
         self.server, self.ice_servers = server, ice_servers
@@ -415,34 +446,26 @@ class _RtcRoutes:
             if len(body) > MAX_OFFER_BYTES:
                 raise InputError(f"the offer is larger than {MAX_OFFER_BYTES // 1024} KB: send a browser's offer")
             sdp = check_offer(body)
+            sink = session_sink(served.live)
             old = self.peers.pop(served.id, None)
             if old is not None:
                 await old.close()
-            sink = RtcSink()
-            served.live.add_sink(sink)
-            served.sockets += 1
-            try:
-                peer = await RtcPeer.answer(sink, sdp, self.ice_servers, on_close=self._closed_by(served, sink))
-            except BaseException:
-                self._release(served, sink)
-                raise
+            peer = await RtcPeer.answer(sink, sdp, self.ice_servers)
+            served.sockets += 1  # a watcher: the idle reaper leaves the session alone while the peer lives
+            peer.on_close = self._closed_by(served)
             self.peers[served.id] = peer
         finally:
             self.negotiating -= 1
         return web.json_response({"type": "answer", "sdp": peer.answer_sdp}, headers={"Cache-Control": "no-store"})
 
-    def _closed_by(self, served, sink: RtcSink):
+    def _closed_by(self, served):
         def closed(peer: RtcPeer) -> None:
             if self.peers.get(served.id) is peer:
                 del self.peers[served.id]
-            self._release(served, sink)
+            served.sockets -= 1
+            served.touch()
 
         return closed
-
-    def _release(self, served, sink: RtcSink) -> None:
-        served.live.remove_sink(sink)
-        served.sockets -= 1
-        served.touch()
 
     async def status(self, request):
         from aiohttp import web
@@ -465,11 +488,9 @@ class _RtcRoutes:
         from aiohttp import web
 
         served = self.server.session(request)
-        await asyncio.to_thread(served.live.interrupt)
-        peer = self.peers.get(served.id)
-        dropped = peer.sink.interrupt() if peer is not None else 0
-        return web.json_response({"interrupted": True, "dropped_frames": dropped, **served.live.status()},
-                                 headers={"Cache-Control": "no-store"})
+        dropped = await asyncio.to_thread(served.live.interrupt)  # its sinks drop what they have not played
+        return web.json_response({"interrupted": True, "dropped_speech_s": round(dropped, 3),
+                                  **served.live.status()}, headers={"Cache-Control": "no-store"})
 
     async def close_all(self, app) -> None:
         await asyncio.gather(*(peer.close() for peer in list(self.peers.values())), return_exceptions=True)
@@ -477,7 +498,8 @@ class _RtcRoutes:
 
 def add_webrtc_routes(app, server, ice_servers: list[dict] | None = None) -> None:
     """Register the WebRTC routes (module docstring) of `server` (flashhead serve's, with session(request), options,
-    and sessions with .live, .sockets, .touch()) on `app`, and close every peer when the app stops. ice_servers:
+    and sessions with .id, .live (a LiveSession made with an RtcSink among its sinks), .sockets, .touch()) on `app`,
+    and close every peer when the app stops. ice_servers:
     STUN/TURN for the server's and the page's peers (default: $FLASHHEAD_ICE_SERVERS, else none)."""
     routes = _RtcRoutes(server, ice_servers_from_environment() if ice_servers is None else ice_servers)
     app.on_shutdown.append(routes.close_all)

@@ -1,6 +1,8 @@
 // The page of `flashhead serve`: portraits + speech (a file, the microphone, or a text-to-speech program pushing PCM)
-// -> a session on the server -> its live stream played with the shared LivePlayer, identity buttons to switch
-// mid-stream, and a status line with latency, real-time factor and how far generation is behind the speech.
+// -> a session on the server -> its live stream played over WebRTC (RtcPlayer below: audio and video on the server's
+// one 25 Hz clock) or, as the fallback, with the shared LivePlayer (MP4 segments into Media Source Extensions),
+// identity buttons to switch mid-stream, barge-in (Interrupt), an idle mode, and a status line with latency,
+// real-time factor and how far generation is behind the speech.
 // Plain ES module, no build step. The server's API: docs/live.md. With a token (?token= in the page's URL) every
 // request carries it: fetches and the WebSocket URL here, the module imports below.
 
@@ -12,6 +14,8 @@ const SPEECH_RATE = 16000;   // what the model hears; the browser resamples the 
 const BEHIND_SHOWN_S = 2.5;  // speech not yet generated, when the model keeps up: up to a chunk waiting to fill plus
                              // one chunk being generated (2 x 0.96 s Lite, 2 x 1.08 s Pro); more = falling behind
 const STATUS_POLL_MS = 1000;
+const RTC_CONNECT_MS = 10000; // WebRTC not connected by then: the page plays the Media Source stream instead
+const RTC_GATHER_MS = 3000;   // the offer goes out with the candidates gathered by then
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");
@@ -85,6 +89,9 @@ const metrics = {
   server: null,            // the last status JSON of the server
   player: null,            // the last onStatus of the LivePlayer
   identity: null,
+  transport: null,         // "webrtc" or "mse": how the stream plays
+  fallback: null,          // why WebRTC was not used, when it was asked for
+  interrupts: 0,
 };
 
 function formatSeconds(s) { return `${s.toFixed(s < 10 ? 2 : 1)} s`; }
@@ -100,6 +107,7 @@ function renderStatus() {
   else if (metrics.framesPresented) parts.push("playing");
   else if (state.source === "external" && !server.received_s) parts.push("waiting for the text-to-speech program");
   else parts.push("waiting for the first frames");
+  if (metrics.transport) parts.push(metrics.transport === "webrtc" ? "WebRTC" : "Media Source");
   if (metrics.identity) parts.push(`identity ${metrics.identity}`);
   const firstFrame = metrics.firstFrameLatency ?? server.first_frame_latency_s;
   if (metrics.latency != null) parts.push(`latency ${formatSeconds(metrics.latency)}`);
@@ -161,6 +169,7 @@ function sessionForm() {
     const value = $(field).value.trim();
     if (value) form.append(field, value);
   }
+  if ($("idle-mode").checked) form.append("idle", "1");
   if (state.source === "file") {
     const audio = $("audio").files[0];
     if (!audio) throw new Error("Pick a speech file, or choose the microphone or a text-to-speech program.");
@@ -177,7 +186,7 @@ async function start(event) {
   state.ended = false;
   Object.assign(metrics, { startedAt: null, firstPieceSentAt: null, piecesSent: 0, secondsSent: 0, firstFrameAt: null,
                            firstFrameLatency: null, latency: null, framesPresented: 0, server: null, player: null,
-                           identity: null });
+                           identity: null, transport: null, fallback: null, interrupts: 0 });
   let form;
   try { form = sessionForm(); } catch (e) { showError(e.message); return; }
   setRunning(true);
@@ -190,20 +199,7 @@ async function start(event) {
     if (state.source === "external") showExternalInstructions(session);
     $("idle").hidden = true;
     watchFrames();
-    state.player = new LivePlayer(video, session.stream, {
-      fetch: authedFetch,
-      onStatus: (status) => {
-        metrics.player = status;
-        if (status.error) showError(`The stream failed: ${status.error}`);
-        if (status.ended) {
-          $("start").disabled = false;   // a new Start replaces this session
-          clearInterval(state.poll);     // the final figures, then no more requests: the server may free the
-          pollStatus();                  // session once it has been idle for its --idle-timeout
-        }
-        renderStatus();
-      },
-    });
-    const attached = state.player.start();   // (waits for the stream's first chunk; the microphone makes it)
+    const attached = play(session);   // (the MSE player waits for the stream's first chunk; the microphone makes it)
     if (state.source === "microphone")
       state.microphone = await Microphone.open(session.session, onServerStatus, $("echo-cancellation").checked);
     state.poll = setInterval(pollStatus, STATUS_POLL_MS);
@@ -213,6 +209,51 @@ async function start(event) {
     showError(e);
     await stop();
   }
+}
+
+function onPlayerStatus(status) {
+  metrics.player = status;
+  if (status.error) showError(`The stream failed: ${status.error}`);
+  if (status.ended) {
+    $("start").disabled = false;   // a new Start replaces this session
+    clearInterval(state.poll);     // the final figures, then no more requests: the server may free the
+    pollStatus();                  // session once it has been idle for its --idle-timeout
+  }
+  renderStatus();
+}
+
+// WebRTC when asked for and it connects, else the Media Source stream (the reason kept in metrics.fallback).
+async function play(session) {
+  if ($("transport").value === "webrtc") {
+    if (!("RTCPeerConnection" in window)) metrics.fallback = "this browser has no WebRTC";
+    else {
+      const player = new RtcPlayer(video, session.session, { onStatus: onPlayerStatus });
+      state.player = player;
+      try {
+        await player.start();
+        metrics.transport = "webrtc";
+        renderStatus();
+        return;
+      } catch (e) {
+        player.stop();
+        if (state.player !== player) return;   // stopped meanwhile
+        metrics.fallback = e.message;
+        console.warn(`FlashHead: WebRTC did not connect (${e.message}); playing the Media Source stream`);
+      }
+    }
+  }
+  metrics.transport = "mse";
+  state.player = new LivePlayer(video, session.stream, { fetch: authedFetch, onStatus: onPlayerStatus });
+  renderStatus();
+  await state.player.start();
+}
+
+async function interrupt() {
+  if (!state.session) return;
+  try {
+    onServerStatus(await request(`/api/sessions/${state.session.session}/interrupt`, { method: "POST" }));
+    metrics.interrupts += 1;
+  } catch (e) { showError(e); }
 }
 
 function onServerStatus(status) {
@@ -292,6 +333,7 @@ async function stop() {
 function setRunning(running) {
   $("start").disabled = running;
   $("stop").disabled = !running;
+  $("interrupt").disabled = !running;
   $("end-speech").disabled = !running || state.source === "file";
 }
 
@@ -318,6 +360,75 @@ function watchFrames() {
     state.frameCallback = video.requestVideoFrameCallback(onFrame);
   };
   state.frameCallback = video.requestVideoFrameCallback(onFrame);
+}
+
+// --- WebRTC ---------------------------------------------------------------------------------------------------------
+
+// The session's stream over an RTCPeerConnection (receive only): the offer to POST /api/sessions/<id>/rtc, the
+// answer back. The server sends each frame with its own audio on one clock, so the browser's lip-sync keeps them
+// together. start() resolves once connected (rejects after RTC_CONNECT_MS); onStatus({ended}) once the server has
+// closed the connection at the end of the stream, onStatus({error}) when it is lost before.
+class RtcPlayer {
+  constructor(video, sessionId, { onStatus }) {
+    Object.assign(this, { video, sessionId, onStatus, pc: null, connected: false, stopped: false,
+                          status: { transport: "webrtc", state: "new", ended: false, error: null } });
+  }
+
+  async start() {
+    const { iceServers } = await request("/api/rtc");
+    const pc = this.pc = new RTCPeerConnection({ iceServers });
+    pc.addTransceiver("audio", { direction: "recvonly" });   // audio first, then video: the server's order
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const stream = new MediaStream();
+    pc.ontrack = (event) => {
+      stream.addTrack(event.track);
+      if (this.video.srcObject !== stream) this.video.srcObject = stream;
+      this.video.play().catch(() => { this.video.muted = true; this.video.play().catch(() => {}); });
+    };
+    const connected = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no WebRTC connection within ${RTC_CONNECT_MS / 1000} s`)),
+                               RTC_CONNECT_MS);
+      pc.onconnectionstatechange = () => {
+        this.status.state = pc.connectionState;
+        if (pc.connectionState === "connected") { clearTimeout(timer); this.connected = true; resolve(); }
+        else if (pc.connectionState === "failed" && !this.connected) {
+          clearTimeout(timer); reject(new Error("the WebRTC connection failed"));
+        } else if (this.connected && ["disconnected", "failed", "closed"].includes(pc.connectionState)) this.lost();
+        this.onStatus({ ...this.status });
+      };
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((resolve) => {   // the offer carries its candidates (no trickle)
+      if (pc.iceGatheringState === "complete") return resolve();
+      const timer = setTimeout(resolve, RTC_GATHER_MS);
+      pc.onicegatheringstatechange = () => {
+        if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+      };
+    });
+    const answer = await request(`/api/sessions/${this.sessionId}/rtc`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }),
+    });
+    await pc.setRemoteDescription(answer);
+    await connected;
+  }
+
+  // The server closes the connection once the stream has ended and played; anything else is an error.
+  async lost() {
+    if (this.stopped || this.status.ended || this.status.error) return;
+    let server = null;
+    try { server = await request(`/api/sessions/${this.sessionId}/status`); } catch { /* gone */ }
+    if (server && ["ended", "closed"].includes(server.state)) this.status.ended = true;
+    else this.status.error = `the WebRTC connection was lost (${this.pc.connectionState})`;
+    this.onStatus({ ...this.status });
+  }
+
+  stop() {
+    this.stopped = true;
+    this.pc?.close();
+    this.video.srcObject = null;
+    request(`/api/sessions/${this.sessionId}/rtc`, { method: "DELETE" }).catch(() => {});
+  }
 }
 
 // --- the microphone --------------------------------------------------------------------------------------------------
@@ -441,6 +552,7 @@ function showSourceFields() {
 $("setup").addEventListener("submit", start);
 $("stop").addEventListener("click", () => stop());
 $("end-speech").addEventListener("click", endSpeech);
+$("interrupt").addEventListener("click", interrupt);
 $("more-portraits").addEventListener("change", addPortraits);
 for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", showSourceFields);
 showSourceFields();

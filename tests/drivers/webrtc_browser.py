@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Headless Chromium receives a WebRTC stream from flashhead_core.serve.webrtc's routes and measures lip-sync from the
+content: run inside a network namespace where only `lo` exists (tests/test_webrtc.py starts it with `unshare -n`).
+
+Not a test module. It serves, on 127.0.0.1, the WebRTC routes of `flashhead serve` (add_webrtc_routes) over one
+stand-in session whose sink is written "flash" chunks in real time (24 frames every 0.96 s, black and silent except
+one white frame per chunk whose 640 samples are a 1 kHz tone), and a small page that makes the offer as the serve
+page does (audio transceiver first, no ICE servers) and records:
+  - every presented frame (requestVideoFrameCallback: expected display time, mean luma of the frame drawn into a
+    canvas) and
+  - the received audio (its track through a MediaStreamAudioSourceNode into a recording AudioWorklet: per 128-sample
+    block its RMS and context frame, and getOutputTimestamp pairs to place blocks on the performance clock).
+Prints one JSON line: the flash display times, the tone onset times (performance.now() ms), connection timings,
+WebRTC stats (frames received/decoded/dropped, packets lost) and console errors. Exit 2 when Chromium or playwright
+is missing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import browser_support  # noqa: E402  (this script's folder)
+from aiohttp import web  # noqa: E402
+
+from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME  # noqa: E402
+from flashhead_core.serve.webrtc import add_webrtc_routes  # noqa: E402
+
+SIZE, CHUNK, FLASH_AT = 64, 24, 10
+
+PAGE = """<!doctype html><html><head><link rel="icon" href="data:,"></head><body><video id="v" playsinline autoplay></video><script type="module">
+const probe = window.probe = {frames: [], blocks: [], clock: [], errors: []};
+const v = document.getElementById('v');
+const pc = new RTCPeerConnection({iceServers: []});
+pc.addTransceiver('audio', {direction: 'recvonly'});
+pc.addTransceiver('video', {direction: 'recvonly'});
+const stream = new MediaStream();
+probe.t0 = performance.now();
+pc.onconnectionstatechange = () => { if (pc.connectionState === 'connected') probe.connectedAt = performance.now(); };
+pc.ontrack = async (e) => {
+  stream.addTrack(e.track);
+  if (!v.srcObject) { v.srcObject = stream; v.play().catch((err) => probe.errors.push(String(err))); }
+  if (e.track.kind !== 'audio') return;
+  const context = probe.context = new AudioContext({sampleRate: 48000});
+  const worklet = `registerProcessor('rms', class extends AudioWorkletProcessor {
+    process(inputs) { const x = inputs[0][0];
+      if (x) { let s = 0; for (const a of x) s += a * a; this.port.postMessage([currentFrame, Math.sqrt(s / x.length)]); }
+      return true; } });`;
+  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([worklet], {type: 'text/javascript'})));
+  const node = new AudioWorkletNode(context, 'rms');
+  node.port.onmessage = (m) => {
+    probe.blocks.push(m.data);
+    const t = context.getOutputTimestamp();
+    if (t.performanceTime) probe.clock.push([t.contextTime, t.performanceTime]);
+  };
+  context.createMediaStreamSource(new MediaStream([e.track])).connect(node);
+  await context.resume();
+};
+const canvas = Object.assign(document.createElement('canvas'), {width: 4, height: 4});
+const draw = canvas.getContext('2d', {willReadFrequently: true});
+const onFrame = (now, frame) => {
+  draw.drawImage(v, 0, 0, 4, 4);
+  const px = draw.getImageData(0, 0, 4, 4).data;
+  let s = 0; for (let i = 0; i < px.length; i += 4) s += px[i];
+  probe.frames.push([frame.expectedDisplayTime, s / 16]);
+  if (probe.firstFrameAt === undefined) probe.firstFrameAt = frame.expectedDisplayTime;
+  v.requestVideoFrameCallback(onFrame);
+};
+v.requestVideoFrameCallback(onFrame);
+await pc.setLocalDescription(await pc.createOffer());
+await new Promise((r) => { if (pc.iceGatheringState === 'complete') r();
+  pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); setTimeout(r, 3000); });
+probe.offerAt = performance.now();
+const answer = await fetch('/api/sessions/s/rtc', {method: 'POST', headers: {'Content-Type': 'application/json'},
+  body: JSON.stringify({type: 'offer', sdp: pc.localDescription.sdp})});
+probe.answerStatus = answer.status;
+await pc.setRemoteDescription(await answer.json());
+probe.answerAt = performance.now();
+probe.stats = async () => { const out = {}; (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp')
+  out[r.kind] = {packetsLost: r.packetsLost, framesDecoded: r.framesDecoded, framesDropped: r.framesDropped,
+                 framesReceived: r.framesReceived, jitterBufferDelay: r.jitterBufferDelay,
+                 jitterBufferEmittedCount: r.jitterBufferEmittedCount}; }); return out; };
+</script></body></html>"""
+
+
+class FlashSession:
+    """The stand-in for a served session (what add_webrtc_routes uses: id, live, sockets, touch()); as `live` it
+    takes sinks and writes flash chunks to them in real time from a thread, as the generation worker would."""
+
+    def __init__(self, seconds: float):
+        self.id, self.live, self.sockets, self.seconds = "s", self, 0, seconds
+        self.sinks, self.written = [], []
+
+    def touch(self) -> None:
+        pass
+
+    def add_sink(self, sink) -> None:
+        sink.start(SIZE, SIZE, FPS, AUDIO_SAMPLE_RATE, 1)
+        self.sinks.append(sink)
+        threading.Thread(target=self._write, args=(sink,), daemon=True).start()
+
+    def remove_sink(self, sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def _write(self, sink) -> None:
+        tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLES_PER_FRAME) / AUDIO_SAMPLE_RATE)
+        start = time.monotonic()
+        for k in range(int(self.seconds * FPS / CHUNK)):
+            frames = np.zeros((CHUNK, SIZE, SIZE, 3), np.uint8)
+            audio = np.zeros((CHUNK, SAMPLES_PER_FRAME), np.float32)
+            frames[FLASH_AT], audio[FLASH_AT] = 255, tone
+            sink.write(frames, audio.reshape(-1, 1))
+            time.sleep(max(0.0, start + (k + 1) * CHUNK / FPS - time.monotonic()))
+        sink.close()
+
+
+class FlashServer:
+    def __init__(self, session: FlashSession):
+        self.served = session
+        self.options = type("Options", (), {"max_sessions": 2})()
+
+    def session(self, request):
+        return self.served
+
+
+def serve(port: int, seconds: float) -> threading.Event:
+    """The page and the WebRTC routes on 127.0.0.1:port in a thread; returns once listening."""
+    ready = threading.Event()
+
+    async def page(request):
+        return web.Response(text=PAGE, content_type="text/html")
+
+    def run():
+        app = web.Application()
+        app.router.add_get("/", page)
+        add_webrtc_routes(app, FlashServer(FlashSession(seconds)))
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    ready.wait(30)
+    return ready
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=8790)
+    ap.add_argument("--seconds", type=float, default=24.0, help="how long the stream runs")
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    args = ap.parse_args(argv)
+    sync_playwright = browser_support.sync_playwright()
+    if sync_playwright is None or not Path(args.chromium).exists():
+        print(f"error: needs playwright and Chromium at {args.chromium}", file=sys.stderr)
+        return 2
+    serve(args.port, args.seconds)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=[
+            "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns", "--use-fake-ui-for-media-stream"])
+        try:
+            page = browser.new_page()
+            console = []
+            browser_support.record_console(page, console)
+            page.goto(f"http://127.0.0.1:{args.port}/")
+            page.wait_for_timeout(1000 * (args.seconds + 3))
+            report = page.evaluate("""async () => ({...window.probe, stats: await window.probe.stats(),
+                                      context: undefined, sampleRate: window.probe.context?.sampleRate,
+                                      outputLatency: window.probe.context?.outputLatency})""")
+            report["console_errors"] = browser_support.page_errors(console)
+        finally:
+            browser.close()
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
