@@ -10,10 +10,10 @@ as models/flashhead/SoulX-FlashHead-1_3B. Every check goes through the shared ch
 runs end to end; the MP4 it writes is read back (frame count, size, audio track). The TTS workflow runs DJZ-Speak
 (espeak-ng, from the kit's packs/) beside the pack and its MP4's audio must match the speech that node made; the upscale
 workflow runs ComfyUI's UpscaleModelLoader + ImageUpscaleWithModel on a tiny Real-ESRGAN x2plus written by
-tests/host_tiny_upscaler.py (spandrel must recognise it). One run is interrupted mid-video and must end as interrupted
+tests/drivers/host_tiny_upscaler.py (spandrel must recognise it). One run is interrupted mid-video and must end as interrupted
 with no file left; 20 prompts queued in one ComfyUI keep its memory flat and an unchanged graph re-executes nothing;
 the Lite UI workflow is dropped on the real web frontend (headless Chromium) and then queued from the page twice by
-tests/frontend_video_player.py: previews during each run, then the finished MP4 in a playable <video> in the node
+tests/drivers/frontend_video_player.py: previews during each run, then the finished MP4 in a playable <video> in the node
 (screenshots in $FLASHHEAD_SCREENSHOT_DIR). The node unit tests (tests/test_nodes.py) run here too, in each host's
 Python, where `comfy` is importable.
 
@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import browser_support
+from drivers import browser_support
 from flashhead_core.testing.media import write_wav
 
 REPO = Path(__file__).resolve().parent.parent
+DRIVERS = REPO / "tests" / "drivers"  # the Playwright drivers and host fixtures, run as scripts in a host's Python
 SHARED_HOST = Path(os.environ.get("FLASHHEAD_SHARED_HOST", REPO.parent / "shared" / "comfy_host"))
 PACK_DIR_NAME = "ComfyUI-FlashHead"  # the folder name under custom_nodes/, as a git clone names it
 RELEASE = "SoulX-FlashHead-1_3B"
@@ -126,7 +127,7 @@ if queue:
     check_pack.run_prompt = run_queue
 
 # FLASHHEAD_PLAYER=<config.json> ({{"python", "script", "args"}}): after the workflow ran, while this ComfyUI still runs,
-# drive its web page with tests/frontend_video_player.py (queues the UI workflow from the frontend, checks the player)
+# drive its web page with tests/drivers/frontend_video_player.py (queues the UI workflow from the frontend, checks the player)
 # and write {{"rc", "stdout", "stderr"}} to <config.json>.out.
 player = os.environ.get("FLASHHEAD_PLAYER")
 if player:
@@ -416,7 +417,7 @@ def upscaler(host, work) -> Path:
     host's own Python: ComfyUI's UpscaleModelLoader must recognise it as ESRGAN at scale 2."""
     path = work / "upscale_models" / UPSCALER
     path.parent.mkdir(exist_ok=True)
-    result = subprocess.run([str(host / "venv" / "bin" / "python"), str(REPO / "tests" / "host_tiny_upscaler.py"),
+    result = subprocess.run([str(host / "venv" / "bin" / "python"), str(DRIVERS / "host_tiny_upscaler.py"),
                              str(path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     described = json.loads(result.stdout.strip().splitlines()[-1])
@@ -562,7 +563,7 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
                                                  monkeypatch):
     """Drop the Lite UI workflow on ComfyUI's own web page (headless Chromium), as a user would: no missing node, no
     alert; the prompt the frontend builds (what the Run button queues) equals the API copy and runs end to end.
-    Then, in the same ComfyUI, tests/frontend_video_player.py queues it twice from the page itself (app.queuePrompt,
+    Then, in the same ComfyUI, tests/drivers/frontend_video_player.py queues it twice from the page itself (app.queuePrompt,
     a new seed each time): during each run the Talking Video node shows per-step JPEG previews (blob: URLs); after it
     the node holds a <video> playing the MP4 from /view (not a preview), and a screenshot of the page is saved."""
     if _chromium() is None:
@@ -576,7 +577,7 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
     shots = _screenshot_dir(work)
     player = work / f"player_{host_spec.version}.json"
     player.write_text(json.dumps({"python": str(host / "venv" / "bin" / "python"),
-                                  "script": str(REPO / "tests" / "frontend_video_player.py"),
+                                  "script": str(DRIVERS / "frontend_video_player.py"),
                                   "args": ["--workflow", str(test_copy), "--runs", "2",
                                            "--screenshot-prefix", str(shots / f"player_{host_spec.version}")]}))
     monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))  # read by CHECK_PACK_RUNNER in the check_pack process
@@ -657,7 +658,7 @@ LIVE_SPEECH = ("live_speech.wav", 40.0)  # the live-player runs: long enough to 
 
 
 def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, tiny_checkpoint, monkeypatch):
-    """The Lite UI workflow on 40 s of speech, queued from the real frontend by tests/frontend_live_player.py: while
+    """The Lite UI workflow on 40 s of speech, queued from the real frontend by tests/drivers/frontend_live_player.py: while
     the prompt runs, the Talking Video node holds a live <video> whose currentTime grows (the first chunks play
     before the last exist); a second tab opened mid-run joins the same stream at the live edge; the prompt still ends
     with the finished MP4 in the node's player. A second run interrupted mid-video ends its player with the reason,
@@ -689,7 +690,7 @@ def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, 
     shots = _screenshot_dir(work)
     player = work / f"live_player_{host_spec.version}.json"
     player.write_text(json.dumps({"python": str(host / "venv" / "bin" / "python"),
-                                  "script": str(REPO / "tests" / "frontend_live_player.py"),
+                                  "script": str(DRIVERS / "frontend_live_player.py"),
                                   "args": ["--workflow", str(ui_copy),
                                            "--screenshot-prefix", str(shots / f"live_{host_spec.version}")]}))
     monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))

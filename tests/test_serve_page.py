@@ -1,4 +1,5 @@
-"""The page of `flashhead serve` in a real browser (headless Chromium through Playwright, tests/serve_page_browser.py):
+"""The page of `flashhead serve` in a real browser (headless Chromium through Playwright,
+tests/drivers/serve_page_browser.py):
 `flashhead serve --tiny` on a free port with a token, speech-like WAVs this test writes. What the page plays is
 recorded in the page itself (its <video> element's audio through WebAudio, every presented frame through
 requestVideoFrameCallback) and compared here with what went in.
@@ -131,13 +132,14 @@ def inputs(work) -> dict:
 
 
 def drive(url: str, work: Path, name: str, portraits: list[Path], *options) -> dict:
-    """Run the driver (tests/serve_page_browser.py) once; its report with the recordings read back: sent [N] and
-    played [M] float64 at RATE, heard_at(played sample) -> performance.now() ms."""
+    """Run the driver (tests/drivers/serve_page_browser.py) once; its report with the recordings read back: sent [N]
+    and played [M] float64 at RATE, heard_at(played sample) -> performance.now() ms."""
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set FLASHHEAD_CHROMIUM)")
     shots = Path(os.environ.get("FLASHHEAD_SCREENSHOT_DIR", work))
     shots.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(REPO / "tests" / "serve_page_browser.py"), "--url", url, "--size", str(SIZE),
+    command = [sys.executable, str(REPO / "tests" / "drivers" / "serve_page_browser.py"), "--url", url,
+               "--size", str(SIZE),
                *[a for p in portraits for a in ("--portrait", str(p))], *map(str, options),
                "--screenshot", str(shots / f"serve_page_{name}.png"), "--out-dir", str(work / name),
                "--chromium", str(CHROMIUM)]

@@ -1,5 +1,5 @@
-"""What the Playwright drivers share (tests/frontend_video_player.py, tests/frontend_live_player.py and
-tests/serve_page_browser.py). They run as scripts in whichever Python has playwright (the ComfyUI host's venv or the
+"""What the Playwright drivers share (tests/drivers/frontend_video_player.py, tests/drivers/frontend_live_player.py and
+tests/drivers/serve_page_browser.py). They run as scripts in whichever Python has playwright (the ComfyUI host's venv or the
 project's), so this sibling module uses the standard library only."""
 
 from __future__ import annotations

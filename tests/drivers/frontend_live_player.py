@@ -4,7 +4,7 @@
 Not a test module: tests/test_comfy_host.py runs it against a ComfyUI that check_pack.py has started (the pack loaded,
 tiny checkpoints and inputs placed), with a UI workflow whose speech lasts long enough to watch (tens of seconds).
 It opens the page headless, drops the workflow on it and queues it from the page (app.queuePrompt, as the Run button)
-twice, with a new seed each time (tests/frontend_video_player.py holds the page scripts both use):
+twice, with a new seed each time (tests/drivers/frontend_video_player.py holds the page scripts both use):
 
 1. live: while the prompt runs, samples the Talking Video node's live <video> (its currentTime, the player's status);
    once it plays, opens a second tab of the same browser (the workflow restored from the browser's storage, or

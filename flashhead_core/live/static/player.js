@@ -10,12 +10,21 @@
 // Two SourceBuffers (video, audio), appends queued per buffer, playback from the first segment on; a player
 // joining mid-stream starts at the latest segment (each starts with a keyframe). Sound autoplay refused by the
 // browser: it plays muted and shows an unmute button next to the video.
+// Slower than real time (a CPU, a small GPU): the <video> runs dry after each chunk. The player then reports
+// `waiting: true` (nothing buffered ahead: it waits for the model) until the next chunk is in, and a watchdog keeps
+// playback going: Chromium does not always resume an MSE <video> that ran dry when data is appended again, so where
+// currentTime stands still with media buffered ahead (or in a gap before the next buffered range) the player seeks
+// to where playback should be, which restarts it. Once the stream has ended the <video> plays to its last frame.
 //
 //   const player = new LivePlayer(videoElement, "/flashhead/live/<id>", {onStatus: (s) => ..., fetch});
 //   await player.start();   // resolves once the stream is attached; `player.done` resolves when it has ended
 //   player.stop();
 
 const KEEP_SECONDS = 30; // media kept behind the playhead (older ranges are removed: memory stays flat)
+const WATCH_MS = 250;    // how often the watchdog looks at the <video>
+const DRY_SECONDS = 0.25; // less than this ahead of a playhead standing still: it has played all it can (Chromium
+                          // stops a frame or two before the end of what is buffered): waiting for the model
+const STALL_TICKS = 2;   // watchdog ticks with currentTime standing still, media ahead and not paused: restart it
 
 const once = (target, type) => new Promise((resolve) => target.addEventListener(type, resolve, { once: true }));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -72,7 +81,8 @@ export class LivePlayer {
     this.keepSeconds = options.keepSeconds ?? KEEP_SECONDS;
     this.aborter = new AbortController();
     this.stopped = false;
-    this.status = { segment: -1, behind: 0, ended: false, error: null, playing: false, muted: false };
+    this.status = { segment: -1, behind: 0, ended: false, error: null, playing: false, muted: false, waiting: false };
+    this.stalled = 0;   // watchdog ticks since currentTime last moved with media ahead
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
 
@@ -110,6 +120,7 @@ export class LivePlayer {
     if (this.stopped) return;
     this.stopped = true;
     this.aborter.abort();
+    clearInterval(this.watchdog);
     this.endSource();
     if (this.objectUrl) URL.revokeObjectURL(this.objectUrl);
     this.unmuteButton?.remove();
@@ -159,6 +170,43 @@ export class LivePlayer {
       await this.video.play().catch(() => {});
     }
     if (!this.stopped) this.update({ playing: true });
+    this.watchdog ??= setInterval(() => this.watch(), WATCH_MS);
+  }
+
+  // Seconds buffered ahead of the playhead, and where playback should go on when the playhead is not inside a
+  // buffered range (the start of the next one; null: in a range, or nothing after it).
+  ahead() {
+    const ranges = this.video.buffered, now = this.video.currentTime;
+    for (let i = 0; i < ranges.length; i++) {
+      if (ranges.end(i) <= now) continue;
+      if (ranges.start(i) <= now + 0.01) return { seconds: ranges.end(i) - now, gapTo: null };
+      return { seconds: 0, gapTo: ranges.start(i) };
+    }
+    return { seconds: 0, gapTo: null };
+  }
+
+  watch() {
+    const video = this.video;
+    if (this.stopped || video.ended) {
+      clearInterval(this.watchdog);
+      return;
+    }
+    const { seconds, gapTo } = this.ahead();
+    const standing = video.currentTime === this.lastTime && !video.paused && !video.seeking;
+    this.lastTime = video.currentTime;
+    const waiting = standing && !this.status.ended && seconds < DRY_SECONDS && gapTo === null;
+    if (waiting !== this.status.waiting) this.update({ waiting });
+    if (gapTo !== null) {
+      video.currentTime = gapTo;   // a hole in the buffered media (a dropped or late segment): jump over it
+    } else if (standing && seconds >= DRY_SECONDS) {
+      this.stalled += 1;
+      if (this.stalled >= STALL_TICKS) {   // media ahead, not paused, and yet standing still: restart it
+        this.stalled = 0;
+        video.currentTime += 0.001;
+      }
+    } else {
+      this.stalled = 0;
+    }
   }
 
   showUnmute() {
