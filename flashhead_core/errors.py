@@ -30,6 +30,11 @@ class AudioInputError(FlashHeadError):
     """Audio that cannot be voiced: empty, NaN/inf, several tracks at once, or an unreadable file."""
 
 
+class AudioTooLong(AudioInputError):
+    """Audio longer than a limit (a speech upload to `flashhead serve`): refused from its header, or as soon as
+    decoding passes the limit."""
+
+
 class CheckpointError(FlashHeadError):
     """A checkpoint is missing, unreadable, foreign or does not match what was asked for."""
 
@@ -61,6 +66,14 @@ class UploadError(InputError):
 
 class UploadTooLarge(UploadError):
     """An upload, speech or request body above the server's configured limit."""
+
+
+class RequestTimeout(UploadError):
+    """A request to `flashhead serve` whose body did not arrive within the server's read deadline."""
+
+
+class LiveStreamError(FlashHeadError):
+    """A live stream a client cannot read on: unknown or gone, a segment dropped before it was read, a refusal."""
 
 
 class ServerBusy(FlashHeadError):

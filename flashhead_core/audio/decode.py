@@ -4,6 +4,7 @@
     channels, rate = read_audio(source)                    # [C, T] float32 as stored (e.g. to mux the original)
     track = probe_audio_file(path)                         # a file checked in one decoding pass, nothing kept
     for piece in mono_16k_pieces(decode_pieces(track), track.sample_rate): ...   # [t] float32, 16 kHz, streamed
+    samples = read_mono_16k(file, max_seconds=600, formats="wav,flac")   # one pass, bounded memory (uploads)
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ..config import AUDIO_SAMPLE_RATE
-from ..errors import AudioInputError
+from ..errors import AudioInputError, AudioTooLong
 
 RESAMPLE_QUALITY = "soxr_hq"  # librosa.load's default resampler
-DECODE_FRAME = 1 << 18  # samples per decoded piece (1 MB per channel)
+DECODE_FRAME = 1 << 18  # samples per decoded piece, all channels together (1 MB of float32)
+MIN_PIECE = 1024  # samples per channel in a piece, however many channels a file has
+HEADER_SLACK = 1.5  # a duration in a header may be an estimate (MP3 from its bitrate): refused from it beyond this
 
 
 def load_audio(source, sample_rate: float | None = None) -> np.ndarray:
@@ -146,20 +149,24 @@ def decode_pieces(audio: AudioFile) -> Iterator[np.ndarray]:
 
 
 @contextmanager
-def _opened_audio(path: Path) -> Iterator[tuple]:
-    """(container, its first audio stream) of a file opened with PyAV; a missing file, no audio stream or a PyAV
+def _opened_audio(source: Path | BinaryIO, what: str | None = None, formats: str | None = None) -> Iterator[tuple]:
+    """(container, its first audio stream) of a file (a path, or a binary file object named `what` in messages)
+    opened with PyAV, restricted to the demuxers in `formats` when given; a missing file, no audio stream or a PyAV
     error (while opening or decoding inside the block) raises AudioInputError."""
     import av
 
-    if not path.is_file():
-        raise AudioInputError(f"audio file not found: {path}")
+    if isinstance(source, Path):
+        what = what or str(source)
+        if not source.is_file():
+            raise AudioInputError(f"audio file not found: {what}")
+        source = str(source)
     try:
-        with av.open(str(path)) as container:
+        with av.open(source, options={"format_whitelist": formats} if formats else {}) as container:
             if not container.streams.audio:
-                raise AudioInputError(f"{path} has no audio stream; choose a file with sound")
+                raise AudioInputError(f"{what} has no audio stream; choose a file with sound")
             yield container, container.streams.audio[0]
     except av.FFmpegError as e:
-        raise AudioInputError(f"cannot decode {path}: {e}. Re-export it as WAV, FLAC or MP3") from e
+        raise AudioInputError(f"cannot decode {what}: {e}. Re-export it as WAV, FLAC or MP3") from e
 
 
 def _decoded_pieces(container, stream) -> Iterator[np.ndarray]:
@@ -167,12 +174,60 @@ def _decoded_pieces(container, stream) -> Iterator[np.ndarray]:
     import av
 
     # Interleaved float32 in the same layout and rate, [samples, channels] per frame. Not planar: PyAV (18.1)
-    # lists one plane too many for 8 channels and crashes the process reading it. Frames of DECODE_FRAME
-    # samples: freed pieces that large go back to the system, small ones would stay resident as heap.
-    packed_float = av.AudioResampler(format="flt", frame_size=DECODE_FRAME)
+    # lists one plane too many for 8 channels and crashes the process reading it. Frames of DECODE_FRAME samples
+    # in all: freed pieces that large go back to the system, small ones would stay resident as heap; and a file
+    # with many channels costs no more per piece.
+    channels = max(1, stream.codec_context.channels)
+    packed_float = av.AudioResampler(format="flt", frame_size=max(MIN_PIECE, DECODE_FRAME // channels))
     for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
         for f in packed_float.resample(frame):
             yield f.to_ndarray().reshape(-1, len(f.layout.channels)).T
+
+
+def read_mono_16k(source: str | os.PathLike | BinaryIO, max_seconds: float | None = None, formats: str | None = None,
+                  what: str | None = None) -> np.ndarray:
+    """A file (a path, or a binary file object named `what` in messages) -> [N] float32 mono 16 kHz: what
+    `load_audio` gives (same checks, same samples), in one decoding pass that holds one piece at the file's own rate
+    and channel count at a time (DECODE_FRAME samples) besides the 16 kHz result.
+
+    max_seconds: AudioTooLong when the header declares more than HEADER_SLACK x max_seconds (nothing is decoded),
+    else as soon as the samples decoded so far make more (before the piece that would is resampled: a file at 1 Hz
+    is never upsampled). formats: the FFmpeg demuxers it may be opened with (format_whitelist), e.g. "wav,flac"."""
+    source = Path(source) if isinstance(source, (str, os.PathLike)) else source
+    what = what or str(source)
+    with _opened_audio(source, what, formats) as (container, stream):
+        rate = stream.rate
+        if not rate or rate <= 0:
+            raise AudioInputError(f"{what} declares a sample rate of {rate}; re-export it (16000 Hz or more)")
+        if max_seconds is not None:
+            declared = _declared_seconds(container, stream)
+            if declared is not None and declared > HEADER_SLACK * max_seconds:
+                raise AudioTooLong(f"{what} lasts {declared:.0f} s (its header says so), more than {max_seconds:g} s")
+        limit = None if max_seconds is None else max_seconds * AUDIO_SAMPLE_RATE
+        pieces = list(mono_16k_pieces(_checked_pieces(_decoded_pieces(container, stream), what, rate, limit), rate))
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if not len(samples):
+        raise AudioInputError(f"{what} decodes to no samples; choose a file with some duration")
+    return samples
+
+
+def _checked_pieces(pieces: Iterator[np.ndarray], what: str, rate: int, limit: float | None) -> Iterator[np.ndarray]:
+    """Pieces [C, t] passed on once checked: no NaN/inf, and (with `limit`) at most `limit` samples at 16 kHz so far
+    (AudioTooLong otherwise, before the piece goes on)."""
+    length = 0
+    for piece in pieces:
+        length += piece.shape[1]
+        if limit is not None and _length_16k(length, rate) > limit:
+            raise AudioTooLong(f"{what} lasts more than {limit / AUDIO_SAMPLE_RATE:g} s")
+        _check_track(what, 1, piece.shape[1], int(np.count_nonzero(~np.isfinite(piece))))
+        yield piece
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The duration a file's header declares (its audio stream's, else the container's), None when it declares none."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration is not None else None  # AV_TIME_BASE
 
 
 def to_mono_16k(channels: np.ndarray, sample_rate: float) -> np.ndarray:

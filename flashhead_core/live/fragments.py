@@ -4,7 +4,8 @@ of H.264 video and one of AAC audio, through PyAV.
     encoder = LiveEncoder(512, 512, fps=25, sample_rate=16000, channels=1)
     encoder.init_video, encoder.init_audio       # ftyp+moov of each track: appended once, first
     segment = encoder.encode(frames, audio)      # frames [n, H, W, 3], audio float32 [t, C]: this chunk's samples
-    last = encoder.finish()                      # the encoders' last packets (or None)
+    last = encoder.finish()                      # the encoders' last packets (or None); the encoders are closed
+    encoder.close()                              # a stream that stops early: frees the encoders (and their threads)
 
 Why two tracks, and a fresh muxer per chunk: libavformat's mp4 muxer writes a fragment only once the next packet
 arrives, and PyAV cannot flush it, so one long-lived muxer would hold every chunk back until the next chunk exists.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import io
 import struct
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -92,6 +94,9 @@ class LiveEncoder:
         # Opens both encoders and copies their parameters (extradata: SPS/PPS, AudioSpecificConfig) into the
         # streams, from where each chunk's muxer takes them; nothing is written to this container afterwards.
         self._templates.start_encoding()
+        # Closing the container frees the encoders and their threads (x264 keeps a few); without it they would wait
+        # for the cyclic garbage collector. Also when the encoder is dropped without close() (refcount, at once).
+        self._close = weakref.finalize(self, self._templates.close)
         self.video_mime = f'video/mp4; codecs="avc1.{_avc_profile_level(self._video.codec_context.extradata)}"'
         self.audio_mime = AUDIO_MIME
         self.init_video = _split(_mux(self._video, []))[0]
@@ -131,13 +136,18 @@ class LiveEncoder:
 
     def finish(self) -> LiveSegment | None:
         """Flush both encoders (x264 holds nothing back here; AAC holds up to two frames): their last packets as a
-        segment with frames=0, or None when there are none. No encode() afterwards."""
+        segment with frames=0, or None when there are none; then close(). No encode() afterwards."""
         self._check_open()
         self._finished = True
         video_packets, audio_packets = self._video.encode(None), self._audio.encode(None)
-        if not video_packets and not audio_packets:
-            return None
-        return self._segment(0, video_packets, audio_packets)
+        segment = self._segment(0, video_packets, audio_packets) if video_packets or audio_packets else None
+        self.close()
+        return segment
+
+    def close(self) -> None:
+        """Free the encoders (their threads included) now; no encode() or finish() afterwards. Idempotent."""
+        self._finished = True
+        self._close()
 
     def _check_open(self) -> None:
         if self._finished:

@@ -13,7 +13,8 @@ serve`): routes under a prefix that read a LiveRegistry's channels. The player (
         204 + X-FlashHead-Ended: 1   the stream ended before n (X-FlashHead-Error: why, when it ended early)
         204 + X-FlashHead-Ended: 0   n is not published yet after the wait: ask again
         410  n was dropped (the channel keeps only its latest segments): re-join at info()['next'] - 1
-        400  n is not a non-negative integer
+        400  n is not a non-negative integer of at most 9 ASCII digits, or lies more than `keep` segments past the
+             live edge (nothing to wait for)
         404  unknown id (and, through `check`, a channel the request may not see: no oracle)
 
 `check(request, channel)` runs on every route before anything is read; it raises an aiohttp HTTPException (e.g.
@@ -33,6 +34,7 @@ WAIT_SECONDS = 10.0
 INIT_WAIT_SECONDS = 10.0
 CONTENT_TYPES = {"video": "video/mp4", "audio": "audio/mp4"}
 NO_STORE = {"Cache-Control": "no-store"}
+MAX_DIGITS = 9  # segment numbers: a second of video each, 30 years of them
 PLAYER_JS = Path(__file__).parent / "static" / "player.js"  # the browser side of this protocol, served by both hosts
 
 
@@ -63,14 +65,11 @@ def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str
 
     async def segment(request: web.Request) -> web.Response:
         channel, track = channel_of(request), request.match_info["track"]
-        text = request.match_info["n"]
-        if not (text.isascii() and text.isdigit()):
-            raise web.HTTPBadRequest(text=f"segment number must be a non-negative integer, got {text!r}",
-                                     headers=NO_STORE)
+        n = _segment_number(request.match_info["n"], channel)
         try:
-            found = await channel.segment(int(text), WAIT_SECONDS)
+            found = await channel.segment(n, WAIT_SECONDS)
         except KeyError:
-            raise web.HTTPGone(text=f"segment {text} was dropped: re-join at the live edge (info: next - 1)",
+            raise web.HTTPGone(text=f"segment {n} was dropped: re-join at the live edge (info: next - 1)",
                                headers=NO_STORE) from None
         if found is None:
             ended = channel.ended
@@ -90,6 +89,19 @@ def add_stream_routes(routes: web.UrlDispatcher | web.RouteTableDef, prefix: str
             routes.get(path)(handler)
         else:
             routes.add_get(path, handler)
+
+
+def _segment_number(text: str, channel: LiveChannel) -> int:
+    """A segment number of the URL: ASCII digits, at most MAX_DIGITS, at most the channel's `keep` segments past
+    the live edge (a player asks for the next one); else 400 with the reason."""
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS):
+        raise web.HTTPBadRequest(text=f"segment number must be a non-negative integer of at most {MAX_DIGITS} digits, "
+                                      f"got {text[:20]!r}", headers=NO_STORE)
+    n, edge = int(text), channel.info()["next"]
+    if n > edge + channel.keep:
+        raise web.HTTPBadRequest(text=f"segment {n} is far beyond the live edge (the next one is {edge}): ask for "
+                                      f"info()['next']", headers=NO_STORE)
+    return n
 
 
 @web.middleware

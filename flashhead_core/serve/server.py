@@ -12,24 +12,25 @@ The API (docs/live.md#flashhead-serve has the protocol written out):
     POST /api/sessions/{sid}/identities      multipart portrait(s) -> {identities}
     POST /api/sessions/{sid}/identity        JSON {"name"} -> {identity}: from the next chunk on (a clean cut)
     GET  /api/sessions/{sid}/audio?rate=R    WebSocket: binary = s16le mono PCM at R Hz, text {"end": true} /
-                                             {"flush": true}; the server sends {"type": "status", ...} messages
+                                             {"flush": true} / {"interrupt": true}; the server sends {"type":
+                                             "status", ...} messages
     POST /api/sessions/{sid}/audio?rate=R[&end=1][&flush=1]   body = s16le mono PCM -> status JSON
     GET  /api/sessions/{sid}/status          status JSON;  DELETE /api/sessions/{sid} ends and frees the session
     GET  /api/live/...                       the stream (flashhead_core/live/http.py) of a session's channel
 
-Security: bound to loopback by default, where requests must name a loopback host (no DNS rebinding); beyond
-loopback a token is required (`?token=`, `Authorization: Bearer`, or the cookie the page gets), compared in constant
-time. A request from another origin (an Origin header that is not this server) is refused. No route takes a path:
-static files come from a fixed whitelist. Session and stream ids are secrets.token_urlsafe(16) (128 bits). Uploads are
-read up to --max-upload-mb and checked (live/uploads.py); more sessions than --max-sessions get 503 "busy"; a
-session nobody has touched for `idle_timeout` seconds (no request, no open audio socket) is closed and freed.
+Who may call it is security.py's (loopback, Host, Origin, token); how a request is read, forms.py's (limits and a
+deadline on every body). Here: the session registry and the handlers. A request takes a session slot only once its
+body has arrived (a client that stalls holds nothing); more sessions than max_sessions get 503 "busy". Uploads are
+decoded off the event loop, one portrait at a time, and kept at the session's size (uploads.py); PCM is converted
+and resampled off the event loop too. A session with nothing to generate that nobody has used for idle_timeout
+seconds (no request, no stream read, no message on its audio socket; an open but silent socket does not count) is
+closed and freed, its sockets told why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
+import contextlib
 import json
 import re
 import secrets
@@ -37,39 +38,39 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from ..config import FPS
-from ..errors import FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError, UploadTooLarge
+from ..errors import FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError, check_range
 from ..generation.session import check_seed
 from ..live.channel import LiveChannel, LiveRegistry
 from ..live.http import PLAYER_JS, add_stream_routes
+from .forms import FIELD_LIMIT, FormLimits, parse_integer, parse_json, read_body, read_form
 from .live_session import LiveSession, check_rate
 from .scheduler import GenerationWorker
+from .security import (NO_STORE, check_binding, check_public_origin, errors_middleware, refusal,
+                       security_middleware)
 from .uploads import read_portrait, read_speech
 from .webrtc import add_webrtc_routes
 
 DEFAULT_PORT = 8765
-MIN_TOKEN_LENGTH = 12
 STATIC = Path(__file__).parent / "static"  # the page; the player is the stream library's (live/static/player.js)
 STATIC_FILES = {"player.js": (PLAYER_JS, "text/javascript"), "page.js": (STATIC / "page.js", "text/javascript"),
                 "page.css": (STATIC / "page.css", "text/css")}
 STREAM_PREFIX = "/api/live"
-TOKEN_COOKIE = "flashhead_token"
 STATUS_INTERVAL = 0.5  # seconds between the status messages on an audio WebSocket
-FIELD_LIMIT = 64  # bytes of a text field (width, height, seed)
-STATUS_CODES = ((UploadTooLarge, 413), (ServerBusy, 503), (SpeechBacklogError, 429))
-NO_STORE = {"Cache-Control": "no-store"}
+SESSION_FIELDS = frozenset({"width", "height", "seed"})
+CONTROLS = ("end", "flush", "interrupt")  # the audio socket's text messages: {"end": true}, ...
 SERVER = web.AppKey("flashhead_server", object)  # app[SERVER]: the server's state (sessions, worker, registry)
-SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                    "X-Frame-Options": "DENY"}
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What a server takes. width, height: a session's default size and the largest it may ask for."""
+    """What a server takes, checked when made (InputError naming the option). width, height: a session's default
+    size and the largest it may ask for; max_upload_bytes: one file or PCM body (a form: twice that); read_timeout:
+    seconds a request's body may take to arrive; public_origin: scheme://host[:port] of the page behind a TLS proxy
+    (requests from it are this server's own; needs a token)."""
 
     width: int = 512
     height: int = 512
@@ -80,46 +81,50 @@ class ServeOptions:
     idle_timeout: float = 60.0
     token: str | None = None
     context_seconds: float = 8.0
+    read_timeout: float = 30.0
+    public_origin: str | None = None
+
+    def __post_init__(self):
+        for name, low, high in (("width", 16, 8192), ("height", 16, 8192), ("max_sessions", 1, 1024),
+                                ("max_upload_bytes", 1024, 2**32), ("max_portraits", 1, 64)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be a whole number, got {value!r}")
+            check_range(value, name, low, high)
+        check_range(self.max_speech_seconds, "max_speech_seconds", 1, 24 * 3600)
+        check_range(self.idle_timeout, "idle_timeout (--idle-timeout)", 0.1, 7 * 24 * 3600,
+                    "seconds after which an unused session is freed")
+        check_range(self.read_timeout, "read_timeout", 0.1, 3600, "seconds a request's body may take to arrive")
+        object.__setattr__(self, "public_origin", check_public_origin(self.public_origin))
+        if self.public_origin is not None and self.token is None:
+            raise InputError("--public-origin puts the server behind a proxy that others can reach: give it a token "
+                             "too (FLASHHEAD_TOKEN or --token-file)")
 
 
 @dataclass
 class _Served:
-    """A session of this server: its live session, channel, the clock of its last request and its open sockets."""
+    """A session of this server: its live session, channel, the clock of its last use, its watchers (sockets: a
+    viewer that keeps it alive without requests, e.g. a WebRTC peer) and its open audio sockets (which do not)."""
 
     id: str
     live: LiveSession
     channel: LiveChannel
     last_seen: float = field(default_factory=time.monotonic)
     sockets: int = 0
+    audio: set = field(default_factory=set)
+    feeding: asyncio.Lock = field(default_factory=asyncio.Lock)  # speech pieces go in one at a time, in order
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine only."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(host: str, token: str | None) -> None:
-    """Refuse to serve beyond loopback without a token, or with one too short to resist guessing."""
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise InputError(f"--token must be at least {MIN_TOKEN_LENGTH} characters, got {len(token)}: generate one "
-                         f"with  python -c \"import secrets; print(secrets.token_urlsafe(24))\"")
-    if token is None and not is_loopback(host):
-        raise InputError(f"binding to {host} makes the server reachable from other machines, so it needs a token: "
-                         f"add --token $(python -c \"import secrets; print(secrets.token_urlsafe(24))\") and open the "
-                         f"URL it prints, or bind to 127.0.0.1 (the default)")
+    def idle(self, now: float, timeout: float) -> bool:
+        """Nobody used it for `timeout` seconds, nobody watches it and it has nothing to generate."""
+        return (not self.sockets and now - self.last_seen > timeout
+                and self.live.status()["state"] != "generating")
 
 
 class _Server:
-    """The handlers and the state behind one Application."""
+    """The session registry and the handlers behind one Application."""
 
     def __init__(self, pipeline, options: ServeOptions):
         self.pipeline, self.options = pipeline, options
@@ -127,47 +132,48 @@ class _Server:
         self.registry = LiveRegistry()
         self.worker = GenerationWorker()
         self.sessions: dict[str, _Served] = {}
-        self.reserved = 0  # sessions being created (counted against max_sessions while their uploads are checked)
-        self._reaper: asyncio.Task | None = None
+        self.reserved = 0  # sessions being created (counted against max_sessions while their uploads are decoded)
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
 
-    async def on_startup(self, app: web.Application) -> None:
+    async def lifetime(self, app: web.Application):
+        """The app's cleanup context: the worker and the idle reaper run while the app does."""
         self.worker.start()
-        self._reaper = asyncio.create_task(self._reap())
-
-    async def on_cleanup(self, app: web.Application) -> None:
-        self._reaper.cancel()
-        await asyncio.gather(self._reaper, return_exceptions=True)
+        reaper = asyncio.create_task(self._reap())
+        yield
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
         for sid in list(self.sessions):
-            await self._free(sid)
+            await self._free(sid, "the server is shutting down")
         await asyncio.to_thread(self.worker.stop)
 
     async def _reap(self) -> None:
-        """Close sessions nobody has touched for idle_timeout seconds."""
-        interval = min(5.0, max(0.05, self.options.idle_timeout / 4))
+        """Close the idle sessions (`_Served.idle`)."""
+        timeout = self.options.idle_timeout
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(5.0, max(0.05, timeout / 4)))
             now = time.monotonic()
-            idle = [sid for sid, served in self.sessions.items()
-                    if not served.sockets and now - served.last_seen > self.options.idle_timeout]
-            for sid in idle:
-                await self._free(sid)
+            for sid in [sid for sid, served in self.sessions.items() if served.idle(now, timeout)]:
+                await self._free(sid, f"this session was closed after {timeout:g} s without speech or requests: "
+                                      f"create a new one")
 
-    async def _free(self, sid: str) -> None:
+    async def _free(self, sid: str, reason: str) -> None:
         served = self.sessions.pop(sid, None)
         if served is None:
             return
         self.worker.remove(served.live)
         await asyncio.to_thread(served.live.close)
         self.registry.remove(served.channel.id)
+        for socket in list(served.audio):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await socket.send_json({"type": "error", "error": reason})
+            await socket.close()
 
     def session(self, request: web.Request) -> _Served:
         served = self.sessions.get(request.match_info["sid"])
         if served is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": "no such session (it ended, was deleted or timed out "
-                                                            "after being idle): create a new one"}),
-                                   content_type="application/json", headers=NO_STORE)
+            raise refusal(web.HTTPNotFound, "no such session (it ended, was deleted or timed out after being idle): "
+                                            "create a new one")
         served.touch()
         return served
 
@@ -178,29 +184,39 @@ class _Server:
             raise web.HTTPNotFound(text="no such live stream", headers=NO_STORE)
         served.touch()
 
-    # --- sessions ---------------------------------------------------------------------------------------------------
-
-    async def create(self, request: web.Request) -> web.Response:
+    @contextlib.contextmanager
+    def _slot(self):
+        """A session slot while a session is made (ServerBusy when all are taken)."""
         if len(self.sessions) + self.reserved >= self.options.max_sessions:
             raise ServerBusy(f"busy: this server runs {self.options.max_sessions} live sessions at most and all are "
                              f"in use; try again when one ends (or start it with a higher --max-sessions)")
         self.reserved += 1
         try:
-            form = await self._read_form(request, {"portrait", "audio", "width", "height", "seed"})
-            portraits = form.get("portrait", [])
-            if not portraits:
-                raise UploadError("no portrait: send at least one image file in the 'portrait' field")
-            if len(portraits) > self.options.max_portraits:
-                raise UploadError(f"{len(portraits)} portraits: a session takes at most {self.options.max_portraits}")
-            width, height = self._size(form)
-            seed = check_seed(_integer(form, "seed", 0))
+            yield
+        finally:
+            self.reserved -= 1
+
+    def _form_limits(self, files: dict[str, int], texts: frozenset = frozenset()) -> FormLimits:
+        limit = self.options.max_upload_bytes
+        return FormLimits(files=files, texts=texts, part_bytes=limit, total_bytes=2 * limit,
+                          deadline=self.options.read_timeout)
+
+    # --- sessions ---------------------------------------------------------------------------------------------------
+
+    async def create(self, request: web.Request) -> web.Response:
+        form = await read_form(request, self._form_limits({"portrait": self.options.max_portraits, "audio": 1},
+                                                          SESSION_FIELDS))
+        portraits = form.get("portrait", [])
+        if not portraits:
+            raise UploadError("no portrait: send at least one image file in the 'portrait' field")
+        width, height = self._size(form)
+        seed = check_seed(_form_integer(form, "seed", 0))
+        with self._slot():
             speech = None
             if form.get("audio"):
-                if len(form["audio"]) > 1:
-                    raise UploadError("send one speech file in the 'audio' field (it is the whole speech)")
-                filename, data = form["audio"][0]
+                filename, data = form.pop("audio")[0]
                 speech = await asyncio.to_thread(read_speech, data, filename, self.options.max_speech_seconds)
-            images = [(name, await asyncio.to_thread(read_portrait, data, name)) for name, data in portraits]
+            images = await self._read_portraits(portraits, (height, width))
             sid = secrets.token_urlsafe(16)
             channel = self.registry.create(session=sid)
             live = await asyncio.to_thread(
@@ -212,10 +228,7 @@ class _Server:
                 await asyncio.to_thread(live.close)
                 self.registry.remove(channel.id)
                 raise
-            served = _Served(sid, live, channel)
-            self.sessions[sid] = served
-        finally:
-            self.reserved -= 1
+            self.sessions[sid] = _Served(sid, live, channel)
         self.worker.add(live)
         if speech is not None:
             live.feed(speech)
@@ -225,6 +238,15 @@ class _Server:
                                   "stream": f"{STREAM_PREFIX}/{channel.id}", "width": width, "height": height,
                                   "fps": FPS, "variant": self.config.variant,
                                   "new_frames": self.config.new_frames}, status=201, headers=NO_STORE)
+
+    @staticmethod
+    async def _read_portraits(portraits: list, size: tuple[int, int]) -> list:
+        """Decode the uploaded portraits one at a time (each dropped as bytes once decoded), cut to `size`."""
+        images = []
+        while portraits:
+            name, data = portraits.pop(0)
+            images.append((name, await asyncio.to_thread(read_portrait, data, name, size)))
+        return images
 
     async def _add_identities(self, live: LiveSession, images: list[tuple[str, object]]) -> list[str]:
         """Prepare portraits on the worker (between chunks), named after their files (made unique)."""
@@ -237,25 +259,27 @@ class _Server:
 
     async def add_identities(self, request: web.Request) -> web.Response:
         served = self.session(request)
-        form = await self._read_form(request, {"portrait"})
+        room = self.options.max_portraits - len(served.live.identities)
+        if room <= 0:
+            raise UploadError(f"a session takes at most {self.options.max_portraits} portraits and this one has "
+                              f"{len(served.live.identities)}: start a new session for more")
+        form = await read_form(request, self._form_limits({"portrait": room}))
         portraits = form.get("portrait", [])
         if not portraits:
             raise UploadError("no portrait: send one or more image files in the 'portrait' field")
-        if len(served.live.identities) + len(portraits) > self.options.max_portraits:
-            raise UploadError(f"a session takes at most {self.options.max_portraits} portraits and this one has "
-                              f"{len(served.live.identities)}: start a new session for more")
-        images = [(name, await asyncio.to_thread(read_portrait, data, name)) for name, data in portraits]
+        images = await self._read_portraits(portraits, (served.live.session.height, served.live.session.width))
         added = await self._add_identities(served.live, images)
+        served.touch()
         return web.json_response({"identities": served.live.identities, "added": added}, headers=NO_STORE)
 
     async def use_identity(self, request: web.Request) -> web.Response:
         served = self.session(request)
-        body = await _read_body(request, FIELD_LIMIT * 16)
-        try:
-            name = json.loads(body)["name"]
-        except (ValueError, KeyError, TypeError):
-            raise InputError('send JSON {"name": "<identity>"} naming one of the session\'s identities') from None
-        served.live.use_identity(str(name))
+        expected = 'send JSON {"name": "<identity>"} naming one of the session\'s identities'
+        body = await read_body(request, FIELD_LIMIT * 16, self.options.read_timeout, expected)
+        message = parse_json(body, expected)
+        if not isinstance(message, dict) or not isinstance(message.get("name"), str):
+            raise InputError(expected)
+        served.live.use_identity(message["name"])
         return web.json_response({"identity": served.live.identity}, headers=NO_STORE)
 
     async def status(self, request: web.Request) -> web.Response:
@@ -267,19 +291,26 @@ class _Server:
 
     async def delete(self, request: web.Request) -> web.Response:
         served = self.session(request)
-        await self._free(served.id)
+        await self._free(served.id, "this session was deleted")
         return web.json_response({"session": served.id, "deleted": True}, headers=NO_STORE)
 
     # --- speech -----------------------------------------------------------------------------------------------------
 
+    async def _feed(self, served: _Served, data: bytes, rate: int) -> None:
+        """PCM into the session, converted and resampled off the event loop, pieces in the order they came."""
+        async with served.feeding:
+            await asyncio.to_thread(served.live.feed_pcm16, data, rate)
+        self.worker.wake()
+
     async def push_audio(self, request: web.Request) -> web.Response:
         served = self.session(request)
-        rate = _rate(request)
-        data = await _read_body(request, self.options.max_upload_bytes)
-        served.live.feed_pcm16(data, rate)
-        if request.query.get("flush") == "1":
+        rate, flush, end = _rate(request), _flag(request, "flush"), _flag(request, "end")
+        data = await read_body(request, self.options.max_upload_bytes, self.options.read_timeout,
+                               "send the speech in smaller pieces")
+        await self._feed(served, data, rate)
+        if flush:
             served.live.flush()
-        if request.query.get("end") == "1":
+        if end:
             served.live.end()
         self.worker.wake()
         return web.json_response(self._status(served), headers=NO_STORE)
@@ -289,14 +320,14 @@ class _Server:
         rate = _rate(request)
         socket = web.WebSocketResponse(max_msg_size=self.options.max_upload_bytes, heartbeat=30)
         await socket.prepare(request)
-        served.sockets += 1
+        served.audio.add(socket)
         sender = asyncio.create_task(self._send_status(socket, served))
         try:
             async for message in socket:
                 served.touch()
                 try:
                     if message.type == WSMsgType.BINARY:
-                        served.live.feed_pcm16(message.data, rate)
+                        await self._feed(served, message.data, rate)
                     elif message.type == WSMsgType.TEXT:
                         _control(served.live, message.data)
                 except SpeechBacklogError as e:  # this piece is dropped; the speaker may slow down and go on
@@ -307,7 +338,7 @@ class _Server:
                 self.worker.wake()
         finally:
             sender.cancel()
-            served.sockets -= 1
+            served.audio.discard(socket)
             served.touch()
             if not socket.closed:
                 await socket.close()
@@ -330,101 +361,28 @@ class _Server:
 
     def _size(self, form: dict) -> tuple[int, int]:
         width_max, height_max = self.options.width, self.options.height
-        width, height = _integer(form, "width", width_max), _integer(form, "height", height_max)
+        width, height = _form_integer(form, "width", width_max), _form_integer(form, "height", height_max)
         if not (0 < width <= width_max and 0 < height <= height_max):
             raise InputError(f"a session's size may be at most {width_max}x{height_max} on this server, got "
                              f"{width}x{height}: ask for a smaller size (or start the server with a larger --size)")
         return width, height
 
-    async def _read_form(self, request: web.Request, fields: set[str]) -> dict[str, list]:
-        """multipart/form-data -> {field: [(filename, bytes)] for files, [text] for the others}; each part read up to
-        max_upload_bytes (UploadTooLarge beyond), the whole form up to twice that, at most max_portraits files."""
-        if not request.content_type.startswith("multipart/"):
-            given = request.content_type or "no content type"
-            raise UploadError(f"send multipart/form-data (a form with the files), not {given}")
-        limit = self.options.max_upload_bytes
-        reader = await request.multipart()
-        form: dict[str, list] = {}
-        total = files = 0
-        while (part := await reader.next()) is not None:
-            name = part.name or ""
-            if name not in fields:
-                raise UploadError(f"unknown form field {name!r}: this request takes {', '.join(sorted(fields))}")
-            if part.filename is None:
-                data = await _read_part(part, FIELD_LIMIT, f"field {name!r}")
-                form.setdefault(name, []).append(data.decode("utf-8", "replace"))
-                continue
-            files += 1
-            if files > self.options.max_portraits + 1:
-                raise UploadError(f"too many files: a session takes at most {self.options.max_portraits} portraits "
-                                  f"and one speech file")
-            data = await _read_part(part, limit, f"{part.filename!r}")
-            total += len(data)
-            if total > 2 * limit:
-                raise UploadTooLarge(f"the uploads together exceed {2 * limit / 2**20:.0f} MB: send fewer or smaller "
-                                     f"files")
-            form.setdefault(name, []).append((part.filename, data))
-        return form
 
-
-# --- helpers ---------------------------------------------------------------------------------------------------
-
-async def _joined(chunks, limit: int, too_large: str) -> bytes:
-    """The bytes of an async iterator of chunks, or UploadTooLarge(too_large) as soon as they pass `limit`."""
-    pieces, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLarge(too_large)
-        pieces.append(chunk)
-    return b"".join(pieces)
-
-
-async def _part_chunks(part):
-    while chunk := await part.read_chunk(1 << 16):
-        yield chunk
-
-
-async def _read_part(part, limit: int, what: str) -> bytes:
-    return await _joined(_part_chunks(part), limit, (
-        f"{what} is larger than this server's {_readable_size(limit)} limit: send a smaller file (or start the "
-        f"server with a larger --max-upload-mb)"))
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise UploadTooLarge(f"the request body of {request.content_length} bytes is larger than this server's "
-                             f"{_readable_size(limit)} limit: send the audio in smaller pieces")
-    return await _joined(request.content.iter_chunked(1 << 16), limit, (
-        f"the request body is larger than this server's {_readable_size(limit)} limit: send the audio in smaller "
-        f"pieces"))
-
-
-def _readable_size(limit: int) -> str:
-    """A byte limit as people read it: '20 MB', '256 KB', '64 bytes'."""
-    if limit >= 2**20:
-        return f"{limit / 2**20:g} MB"
-    return f"{limit / 2**10:g} KB" if limit >= 2**10 else f"{limit} bytes"
-
-
-def _integer(form: dict, name: str, default: int) -> int:
-    values = form.get(name) or [""]
-    text = values[-1].strip()
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{name} must be a whole number, got {text!r}") from None
+def _form_integer(form: dict, name: str, default: int) -> int:
+    text = (form.get(name) or [""])[0].strip()
+    return parse_integer(text, name) if text else default
 
 
 def _rate(request: web.Request) -> int:
-    text = request.query.get("rate", "16000")
-    try:
-        rate = int(text)
-    except ValueError:
-        rate = text
-    return check_rate(rate)
+    return check_rate(parse_integer(request.query.get("rate", "16000"), "rate"))
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A query flag: absent or 0 is off, 1 is on; anything else is refused."""
+    value = request.query.get(name, "0")
+    if value not in ("0", "1"):
+        raise InputError(f"{name} must be 1 or 0, got {value[:20]!r}")
+    return value == "1"
 
 
 def _identity_name(filename: str, taken: set[str], index: int) -> str:
@@ -440,71 +398,23 @@ def _identity_name(filename: str, taken: set[str], index: int) -> str:
 
 
 def _control(live: LiveSession, text: str) -> None:
-    """A text message of the audio WebSocket: {"end": true} and/or {"flush": true}."""
-    try:
-        message = json.loads(text)
-    except ValueError:
-        message = None
-    if not isinstance(message, dict) or not set(message) <= {"end", "flush"}:
-        raise InputError(f'text messages on the audio socket are {{"end": true}} or {{"flush": true}}, got '
-                         f'{text[:80]!r}')
+    """A text message of the audio WebSocket: {"interrupt": true} (barge-in: the queued speech is dropped, the session
+    goes on), {"flush": true}, {"end": true}, or several at once (in that order); each value a JSON boolean."""
+    expected = " or ".join(f'{{"{name}": true}}' for name in CONTROLS)
+    message = parse_json(text, f"text messages on the audio socket are {expected}")
+    if not isinstance(message, dict) or not message or not set(message) <= set(CONTROLS):
+        raise InputError(f"text messages on the audio socket are {expected}, got {text[:80]!r}")
+    for name, value in message.items():
+        if not isinstance(value, bool):
+            raise InputError(f'"{name}" takes true or false (a JSON boolean), got {json.dumps(value)[:40]}')
+    if message.get("interrupt"):
+        live.interrupt()
     if message.get("flush"):
         live.flush()
     if message.get("end"):
         live.end()
 
 
-def _error_status(error: FlashHeadError) -> int:
-    return next((status for kind, status in STATUS_CODES if isinstance(error, kind)), 400)
-
-
-def _given_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
-    return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
-
-
-def _security(options: ServeOptions):
-    @web.middleware
-    async def middleware(request: web.Request, handler):
-        origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
-            raise web.HTTPForbidden(text=json.dumps({"error": f"requests from {origin} are refused: use the page this "
-                                                              f"server serves"}), content_type="application/json")
-        if options.token is None:
-            if not is_loopback(urlsplit(f"//{request.host}").hostname or ""):
-                raise web.HTTPForbidden(text=json.dumps({"error": f"this server answers only to localhost, not "
-                                                                  f"{request.host!r}: open http://127.0.0.1:<port>/ "
-                                                                  f"(or start it with a --token)"}),
-                                        content_type="application/json")
-        else:
-            given = _given_token(request)
-            if given is None or not hmac.compare_digest(given.encode(), options.token.encode()):
-                raise web.HTTPUnauthorized(text=json.dumps({
-                    "error": "missing or wrong token: open the URL `flashhead serve` printed (it ends in ?token=...), "
-                             "or send the header Authorization: Bearer <token>"}), content_type="application/json")
-        response = await handler(request)
-        if options.token is not None and request.query.get("token") and request.path == "/":
-            response.set_cookie(TOKEN_COOKIE, options.token, httponly=True, samesite="Strict")
-        return response
-
-    return middleware
-
-
-@web.middleware
-async def _errors(request: web.Request, handler):
-    """FlashHeadError -> JSON {"error"} with its status (400, 413, 429, 503); security headers on every answer."""
-    try:
-        response = await handler(request)
-    except FlashHeadError as e:
-        response = web.json_response({"error": str(e)}, status=_error_status(e), headers=NO_STORE)
-    except web.HTTPException as e:
-        e.headers.update(SECURITY_HEADERS)
-        raise
-    if not response.prepared:
-        response.headers.update(SECURITY_HEADERS)
-    return response
 
 
 def _static(path: Path, content_type: str):
@@ -517,10 +427,10 @@ def _static(path: Path, content_type: str):
 def create_app(pipeline, options: ServeOptions = ServeOptions()) -> web.Application:
     """The server's Application over a loaded Pipeline (its generation worker starts and stops with the app)."""
     server = _Server(pipeline, options)
-    app = web.Application(middlewares=[_errors, _security(options)], client_max_size=2 * options.max_upload_bytes)
+    app = web.Application(middlewares=[errors_middleware, security_middleware(options.token, options.public_origin)],
+                          client_max_size=2 * options.max_upload_bytes)
     app[SERVER] = server
-    app.on_startup.append(server.on_startup)
-    app.on_cleanup.append(server.on_cleanup)
+    app.cleanup_ctx.append(server.lifetime)
     router = app.router
     router.add_get("/", _static(STATIC / "index.html", "text/html; charset=utf-8"))
     for name, (path, content_type) in STATIC_FILES.items():
@@ -539,9 +449,10 @@ def create_app(pipeline, options: ServeOptions = ServeOptions()) -> web.Applicat
 
 def run(pipeline, options: ServeOptions, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Serve until interrupted (Ctrl-C); prints the page's URL (with the token, when there is one) to stderr."""
-    check_binding(host, options.token)
+    check_binding(host, options.token, options.public_origin)
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else "")
+    base = f"{options.public_origin}/" if options.public_origin else f"http://{shown}:{port}/"
+    url = base + (f"?token={options.token}" if options.token else "")
     print(f"flashhead serve: {pipeline.model.config.variant} model, up to {options.max_sessions} sessions; open {url}",
           file=sys.stderr, flush=True)
     try:

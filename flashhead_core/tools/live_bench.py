@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import AUDIO_SAMPLE_RATE, PRESETS, parse_size
+from ..live.client import StreamClient
 from ..pipeline import Pipeline, load_pipeline
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech
@@ -115,25 +116,17 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
                     return
 
     pushing, listening = asyncio.ensure_future(push()), asyncio.ensure_future(listen())
-    init_audio = await (await client.get(f"{created['stream']}/init/audio")).read()
+    stream = StreamClient(client, created["stream"])
+    init_audio = await stream.init("audio")
     arrivals, av_start, media_end, audio_end = [], [], [], 0.0
     n = 0
-    while True:
-        answer = await client.get(f"{created['stream']}/segments/{n}/video")
-        if answer.status == 204:
-            if answer.headers["X-FlashHead-Ended"] == "1":
-                break
-            continue
-        await answer.read()
+    async for segment in stream.segments():
         arrivals.append(time.perf_counter() - started)
-        video_start, end = float(answer.headers["X-FlashHead-Start"]), float(answer.headers["X-FlashHead-Media-End"])
-        audio = await client.get(f"{created['stream']}/segments/{n}/audio")
-        audio_bytes, audio_start = await audio.read(), float(audio.headers["X-FlashHead-Start"])
-        if audio_bytes:
-            audio_end = audio_start + _duration(init_audio, audio_bytes)
-        if end > (media_end[-1] if media_end else 0):  # a segment with frames (the last one may hold audio only)
-            av_start.append((video_start - audio_start) * 1000)
-            media_end.append(end)
+        if segment.audio:
+            audio_end = segment.audio_start + _duration(init_audio, segment.audio)
+        if segment.media_end > (media_end[-1] if media_end else 0):  # with frames (the last may hold audio only)
+            av_start.append((segment.video_start - segment.audio_start) * 1000)
+            media_end.append(segment.media_end)
         n += 1
     await pushing
     await listening
