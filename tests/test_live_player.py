@@ -130,3 +130,23 @@ def judged_samples(samples: list[dict], window: float = 0.75) -> tuple[list[dict
         elif all(b["ct"] > a["ct"] and a["ahead"] >= 0.3 for a, b in zip(span, span[1:])):
             flowing.append(s)
     return dry, flowing
+
+
+def test_a_cancel_in_comfyui_labels_the_player_with_the_chunk_it_stopped_at():
+    """ComfyUI turns the core's GenerationCancelled into its own interrupt exception, which has no text: the reason
+    the stream ends with (what the player shows after "stopped:") is the cancel's own sentence, not a class name."""
+    from flashhead_core.generation.sampler import GenerationCancelled
+    from flashhead_core.media.video_io import stop_reason
+
+    class InterruptProcessingException(Exception):  # as comfy.model_management's: raised bare
+        pass
+
+    try:
+        try:
+            raise GenerationCancelled("generation cancelled at chunk 3")
+        except GenerationCancelled:
+            raise InterruptProcessingException()
+    except InterruptProcessingException as interrupt:
+        assert stop_reason(interrupt) == "generation cancelled at chunk 3"
+    assert stop_reason(InterruptProcessingException()) == "InterruptProcessingException"
+    assert stop_reason(OSError("disk full\nmore")) == "disk full"

@@ -186,8 +186,13 @@ class VideoWriter:
 
 
 def stop_reason(error: BaseException) -> str:
-    """Why a video stopped, in one line (for the live tee)."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """Why a video stopped, in one line (for the live tee): the error's first line; for an error without text, that
+    of the error it replaced (ComfyUI's interrupt, raised while handling a GenerationCancelled, carries none: the
+    cancel says at which chunk), else the error's type."""
+    cause = error
+    while cause is not None and not str(cause).strip():
+        cause = cause.__cause__ or cause.__context__
+    return str(cause).strip().splitlines()[0] if cause is not None else type(error).__name__
 
 
 def tag_bt709(codec: av.codec.context.CodecContext) -> None:
