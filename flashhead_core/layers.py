@@ -11,6 +11,12 @@ for them.
 
 A Linear with a `scale_weight` buffer (a scaled fp8 checkpoint's per-layer scale, None unless loaded) computes with
 weight.to(input dtype) * scale_weight.to(input dtype), as ComfyUI's scaled fp8 layers do.
+
+fp8 compute (opt-in, `use_fp8_compute(model, "row" | "tensor" | None)`): a Linear given an `fp8_weight` (e4m3fn
+[out, in]) and its `fp8_scale` (float32: [out] per row, or [] per tensor) multiplies in fp8: each call quantises its
+input to e4m3fn with a scale per token ("row") or one for the whole input ("tensor"), absmax / 448, and computes
+(x8 * sx) @ (w8 * sw)^T + bias. On CUDA that is one `torch._scaled_mm` (fp8 matrix units, sm89 and newer; bf16
+out); elsewhere the same numbers are emulated in float32 (`fp8_linear`), so the CPU measures its error.
 """
 
 from __future__ import annotations
@@ -27,16 +33,74 @@ def cast_to(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     return tensor.to(device=like.device, dtype=like.dtype)
 
 
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+FP8_GRANULARITIES = ("row", "tensor")
+
+
 class Linear(nn.Linear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_buffer("scale_weight", None)
+        self.register_buffer("fp8_weight", None)
+        self.register_buffer("fp8_scale", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_weight is not None:
+            return fp8_linear(x, self.fp8_weight, self.fp8_scale, cast_to(self.bias, x))
         weight = cast_to(self.weight, x)
         if self.scale_weight is not None:
             weight = weight * cast_to(self.scale_weight, x)
         return F.linear(x, weight, cast_to(self.bias, x))
+
+
+def quantize_fp8(x: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (x8 [M, K] float8_e4m3fn, scale float32: [M, 1] per row or [] per tensor), x ~ x8 * scale."""
+    amax = x.abs().amax(dim=-1, keepdim=True) if rowwise else x.abs().amax()
+    scale = amax.float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] (quantised per token when weight_scale is per row [N], else per tensor) times the e4m3fn weight
+    [N, K] with weight_scale -> [..., N] in x's dtype. CUDA: torch._scaled_mm (bf16 out); elsewhere float32
+    emulation of the same products."""
+    rowwise = weight_scale.dim() == 1
+    x8, x_scale = quantize_fp8(x.reshape(-1, x.shape[-1]), rowwise)
+    w_scale = weight_scale.view(1, -1) if rowwise else weight_scale
+    if x.is_cuda:
+        out = torch._scaled_mm(x8, weight.t(), scale_a=x_scale, scale_b=w_scale,
+                               bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    else:
+        out = (x8.float() * x_scale) @ (weight.float().t() * w_scale)
+        if bias is not None:
+            out = out + bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def use_fp8_compute(module: nn.Module, granularity: str | None, names: list[str] | None = None) -> int:
+    """Turn fp8 compute on ("row": a scale per output row and per token; "tensor": one each) or off (None) for this
+    module's `Linear`s (`names`: only those, e.g. checkpoint.fp8_weight_names(model) for the DiT blocks' Linears).
+    The fp8 copy is made from the layer's current weight (times scale_weight); the weight itself stays for when fp8
+    compute is off again. Returns how many layers changed."""
+    if granularity is not None and granularity not in FP8_GRANULARITIES:
+        raise ValueError(f"fp8 compute granularity must be one of {', '.join(FP8_GRANULARITIES)} or None, got "
+                         f"{granularity!r}")
+    chosen = None if names is None else {name.removesuffix(".weight") for name in names}
+    count = 0
+    for name, layer in module.named_modules():
+        if not isinstance(layer, Linear) or (chosen is not None and name not in chosen):
+            continue
+        if granularity is None:
+            layer.fp8_weight = layer.fp8_scale = None
+        else:
+            weight = layer.weight.float()
+            if layer.scale_weight is not None:
+                weight = weight * layer.scale_weight.float()
+            layer.fp8_weight, scale = quantize_fp8(weight, granularity == "row")
+            layer.fp8_scale = scale.reshape(-1) if granularity == "row" else scale
+        count += 1
+    return count
 
 
 class Conv3d(nn.Conv3d):
