@@ -1,8 +1,10 @@
 """The pack's V3 registration: ComfyUI calls `comfy_entrypoint()` (the root __init__ exposes it) and registers every
-node of `FlashHeadExtension.get_node_list()` under its schema's node_id."""
+node of `FlashHeadExtension.get_node_list()` under its schema's node_id. Each node's user errors reach ComfyUI's error
+panel by their class name and sentence (`_errors.plain_errors`)."""
 
 from __future__ import annotations
 
+from ._errors import plain_errors
 from ._io import ComfyExtension, io
 from .audio import FlashHeadAudioEncode
 from .batch import FlashHeadAudioBatch, FlashHeadBatchSampler
@@ -13,7 +15,7 @@ from .sampler import FlashHeadSampler, FlashHeadVAEDecode
 from .timeline import FlashHeadIdentityTimeline
 from .video import FlashHeadTalkingVideo
 
-NODES: list[type[io.ComfyNode]] = [
+NODES: list[type[io.ComfyNode]] = [plain_errors(node) for node in (
     FlashHeadModelLoader,
     FlashHeadVAELoader,
     FlashHeadAudioEncoderLoader,
@@ -27,7 +29,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlashHeadAudioBatch,
     FlashHeadFaceCrop,
     FlashHeadPasteBack,
-]
+)]
 
 
 class FlashHeadExtension(ComfyExtension):

@@ -2,8 +2,9 @@
 (flashhead_core/live), through routes on ComfyUI's own server. web/flashhead.js shows the player in the node.
 
 Routes (registered at import on PromptServer.instance.routes; ComfyUI serves each as /x and /api/x):
-    GET /flashhead/live                 the running streams [{id, node, display_node, prompt_id, workflow}]: a tab
-                                        opened mid-run joins the one of its own workflow
+    GET /flashhead/live?workflow=<id>   the running streams of that workflow [{id, node, display_node, prompt_id,
+                                        workflow}]: a tab opened mid-run joins the one of its own workflow (no
+                                        workflow named: 400; nothing of other workflows is listed)
     GET /flashhead/live/{id}/...        the stream protocol (flashhead_core/live/http.py), for channels this server
                                         created for its own prompts only: any other id is 404
     GET /flashhead/player.js            flashhead_core/live/static/player.js (the one copy of the player)
@@ -14,6 +15,10 @@ blob:" added (`allow_blob_media`): the player's MediaSource needs it, nothing el
 Each Talking Video execution gets its own channel (`live_stream`); the prompt's client is told with the websocket
 event `flashhead.live` {node, display_node, prompt_id, stream}. The channel ends when the execution does, with the
 error on a cancel or a failure, so the player ends cleanly.
+
+The list answers only for the workflow a tab asks about, since that is all a tab needs; it is no access control.
+ComfyUI has no users: whoever reaches it can read GET /queue (the running prompts, with their workflow and its id)
+and /history, so stream ids are as private as this ComfyUI and not more (docs/live.md says so).
 
 This is the only module that imports ComfyUI's `server`, and only once ComfyUI's main.py has loaded it (it creates
 PromptServer.instance before importing custom nodes): importing server.py anywhere else would start initialising
@@ -50,16 +55,20 @@ def prompt_server():
     return getattr(PromptServer, "instance", None)
 
 
-def running_streams() -> list[dict]:
-    """The streams still being generated, oldest first: what GET /flashhead/live answers."""
+def running_streams(workflow: str) -> list[dict]:
+    """The streams of `workflow` (its id) still being generated, oldest first: what GET /flashhead/live answers."""
     return [{"id": info["id"], **{k: info["meta"].get(k) for k in ("node", "display_node", "prompt_id", "workflow")}}
-            for info in REGISTRY.list() if not info["ended"]]
+            for info in REGISTRY.list() if not info["ended"] and info["meta"].get("workflow") == workflow]
 
 
 def register_routes(routes: web.RouteTableDef) -> None:
     @routes.get(PREFIX)
     async def list_streams(request: web.Request) -> web.Response:
-        return web.json_response(running_streams(), headers=NO_STORE)
+        workflow = request.query.get("workflow", "")
+        if not workflow:
+            raise web.HTTPBadRequest(text="name the workflow whose running streams you want: ?workflow=<its id>",
+                                     headers=NO_STORE)
+        return web.json_response(running_streams(workflow), headers=NO_STORE)
 
     @routes.get(PLAYER_ROUTE)
     async def player(request: web.Request) -> web.FileResponse:

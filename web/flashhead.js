@@ -4,8 +4,11 @@
 // Live: the node's execution streams what it writes (nodes/live.py); the websocket event `flashhead.live` {node,
 // display_node, prompt_id, stream} reaches the tab that queued the prompt, which plays the stream in the node with
 // the LivePlayer (flashhead_core/live/static/player.js, served at /flashhead/player.js). A tab opened mid-run asks
-// GET /flashhead/live and joins the stream of its own workflow. When the node has executed, the live player gives
-// way to the finished MP4; after a cancel or an error it stays, stopped, with the reason, until the node runs again.
+// GET /flashhead/live?workflow=<id> and joins the stream of its own workflow. While the live player shows, the
+// node's per-step previews are not shown (the player is the preview); when the player has played all it has, its
+// label says that it waits for the model. When the node has executed, the live player gives way to the finished MP4,
+// which goes on from where the live one was (playing if it played); after a cancel or an error the live player
+// stays, stopped, with the reason, until the node runs again.
 //
 // The frontend keeps a node's progress previews (app.nodePreviewImages) until the node next runs and prefers them
 // over its output, so once the node has executed its previews are dropped; when it starts again its old output is
@@ -29,7 +32,8 @@ const dropWidgets = (node, names) => {
 };
 
 // A preview can still land after the node has executed (its image loads asynchronously, or a last preview message
-// is handled after "executed"): until the node runs again, preview (blob:) images are refused and the store entry
+// is handled after "executed"), and the previews of a run would show under its live player: while the live player
+// shows and once the node has executed (until it runs again), preview (blob:) images are refused and the store entry
 // that would bring them back is dropped, so the player stays alone.
 const isPreview = (imgs) => Array.isArray(imgs) && imgs.some((img) => String(img?.src ?? "").startsWith("blob:"));
 
@@ -46,16 +50,55 @@ const liveLabel = (status) => {
   if (status.error) return `stopped: ${status.error}`;
   if (status.ended) return "LIVE · all chunks received";
   if (status.segment < 0) return "LIVE · waiting for the first chunk";
+  if (status.waiting) return "LIVE · waiting for the model";
   return status.muted ? "LIVE · muted" : "LIVE";
 };
 
+const PREVIEW_WIDGETS = ["$$canvas-image-preview", "$$comfy_animation_preview"];
+const dropPreviews = (node) => {
+  delete app.nodePreviewImages?.[locator(node)];
+  node.imgs = undefined;
+  node.preview = undefined;
+  dropWidgets(node, PREVIEW_WIDGETS);
+};
+
+// The <video> of the node's finished MP4 (the frontend's own player: a DOM widget, or the node's DOM in Vue nodes).
+const finishedVideo = (node) => {
+  const widget = (node.widgets || []).find((w) => w.name === "video-preview");
+  const element = widget?.element;
+  return (element?.tagName === "VIDEO" ? element : element?.querySelector?.("video"))
+    || node.videoContainer?.querySelector?.("video")
+    || document.querySelector(`[data-node-id="${node.id}"] video`);
+};
+
+// Where the live player was when the node finished: the finished MP4 goes on from there, playing if it played.
+async function continueFinished(node, at) {
+  if (!at || at.time <= 0) return;
+  let video = null;
+  for (let tries = 0; tries < 100 && !video; tries++) {   // the frontend makes its player within a few frames
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    if (!node.flashHeadFinished) return;   // the node runs again
+    video = finishedVideo(node);
+  }
+  if (!video) return;
+  if (video.readyState < 1) await new Promise((resolve) => video.addEventListener("loadedmetadata", resolve,
+                                                                                   { once: true }));
+  video.currentTime = Math.min(at.time, Math.max(0, video.duration - 0.05));
+  if (!at.playing || at.time >= video.duration - 0.1) return;   // it had played it all: its last frame stays
+  video.muted = at.muted;
+  await video.play().catch(() => { video.muted = true; return video.play().catch(() => {}); });
+}
+
 const stopLive = (node) => {
   const live = node.flashHeadLive;
-  if (!live) return;
+  if (!live) return null;
+  const video = live.video;
+  const at = { time: video.currentTime, playing: !video.paused && live.status.playing, muted: video.muted };
   node.flashHeadLive = undefined;
   live.player?.stop();
   dropWidgets(node, [LIVE_WIDGET]);
   node.setSize?.(live.size);   // the size it had before: the finished video's player lays itself out as without it
+  return at;
 };
 
 // Play stream `stream` in the node (replacing any other stream it played).
@@ -75,6 +118,7 @@ async function startLive(node, stream) {
   container.append(video, label);
   const live = { stream, video, label, status: { segment: -1, ended: false, error: null }, player: null,
                  size: [...node.size] };
+  dropPreviews(node);   // the live player is this run's preview
   label.textContent = liveLabel(live.status);
   node.flashHeadLive = live;
   const widget = node.addDOMWidget(LIVE_WIDGET, "video", container, { hideOnZoom: false, serialize: false });
@@ -108,10 +152,13 @@ const liveNode = (id) => {
 // very workflow (the workflow id the prompt was queued with, as saved in it; an API prompt without one is not joined).
 async function joinRunningStreams() {
   try {
-    const response = await api.fetchApi("/flashhead/live", { cache: "no-store" });
+    const workflow = app.graph?.id;
+    if (!workflow) return;
+    const response = await api.fetchApi(`/flashhead/live?workflow=${encodeURIComponent(workflow)}`,
+                                        { cache: "no-store" });
     if (!response.ok) return;
     for (const stream of await response.json()) {
-      const node = stream.workflow && stream.workflow === app.graph?.id && liveNode(stream.display_node);
+      const node = stream.workflow === app.graph?.id && liveNode(stream.display_node);
       if (node && !node.flashHeadLive) startLive(node, stream.id);
     }
   } catch (error) {
@@ -129,7 +176,7 @@ app.registerExtension({
       enumerable: true,
       get: () => imgs,
       set(value) {
-        if (node.flashHeadFinished && isPreview(value)) {
+        if ((node.flashHeadFinished || node.flashHeadLive) && isPreview(value)) {
           delete app.nodePreviewImages?.[locator(node)];
           return;
         }
@@ -142,13 +189,11 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function () {
       onExecuted?.apply(this, arguments);
-      stopLive(this);   // the finished MP4 takes the live player's place
+      const at = stopLive(this);   // the finished MP4 takes the live player's place, from where it was
       this.flashHeadFinished = true;
-      delete app.nodePreviewImages?.[locator(this)];
-      this.imgs = undefined;
-      this.preview = undefined;
-      dropWidgets(this, ["$$canvas-image-preview", "$$comfy_animation_preview"]);
+      dropPreviews(this);
       this.setDirtyCanvas?.(true, true);
+      continueFinished(this, at);
     };
   },
   setup() {

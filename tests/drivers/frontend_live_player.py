@@ -44,13 +44,16 @@ LIVE = """(nodeId) => {
 
 FIND_NODE = f"() => (app.graph._nodes || app.graph.nodes).find(n => n.type === '{NODE_TYPE}')?.id ?? null"
 DONE = "() => ({events: window.__fh.events, done: window.__fh.done})"
-# What the routes give a page: the running streams, and 404 for an id this ComfyUI did not create.
+# What the routes give a page: the running streams of its workflow (none of another one, 400 without one), and 404
+# for an id this ComfyUI did not create.
 ROUTES = """async (stream) => {
   const url = (path) => window.comfyAPI?.api?.api?.apiURL?.(path) ?? '/api' + path;
-  const listed = await (await fetch(url('/flashhead/live'))).json();
+  const listed = await (await fetch(url(`/flashhead/live?workflow=${encodeURIComponent(app.graph.id)}`))).json();
+  const other = await (await fetch(url('/flashhead/live?workflow=another-workflow'))).json();
+  const unnamed = await fetch(url('/flashhead/live'));
   const forged = await fetch(url('/flashhead/live/' + 'A'.repeat(22)));
   const bad = await fetch(url(`/flashhead/live/${stream}/segments/-1/video`));
-  return {listed, forged: forged.status, bad_index: bad.status};
+  return {listed, other, unnamed: unnamed.status, forged: forged.status, bad_index: bad.status};
 }"""
 INTERRUPT = "async () => { await fetch(window.comfyAPI?.api?.api?.apiURL?.('/interrupt') ?? '/api/interrupt'," \
             " {method: 'POST'}); }"
