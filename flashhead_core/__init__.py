@@ -11,7 +11,7 @@ from .checkpoint import load_dit
 from .errors import FlashHeadError
 from .pipeline import Pipeline, load_pipeline, write_talking_video
 from .generation.session import StreamingSession
-from .generation.chunks import stream_talking_head
+from .generation.run import stream_talking_head
 from .vae import load_vae
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -36,11 +36,12 @@ from .errors import CheckpointError, FaceError
 from .media.face import FaceCrop
 from .model import FlashHeadDiT
 from .release import AUDIO_DIR
+from .generation.chunks import chunk_count, video_frame_count
+from .generation.continuation import check_continuation
+from .generation.run import speech_run
 from .generation.sampler import SamplerConfig
 from .generation.session import StreamingSession, available_memory, check_memory
-from .generation.continuation import check_continuation, continuation_run, once_mode_state, resume
-from .generation.chunks import chunk_count, stream_talking_head, video_frame_count
-from .generation.timeline import Timeline, TimelineError, add_timeline_identities, first_new_frame, switch_plan, timeline_frames
+from .generation.timeline import Timeline, portrait_schedule
 from .vae import NEEDED_VAE, VideoVAE, check_vae_matches_model, load_vae
 from .media.video_io import AudioStream, VideoWriter, aac_can_store
 
@@ -103,89 +104,119 @@ def _speech_and_soundtrack(audio, mode: str) -> tuple[np.ndarray | Iterable[np.n
     return samples, len(samples), _muxable_audio(channels, rate, samples)
 
 
-def write_talking_video(pipeline: Pipeline, image, audio, out: str | Path, *, height: int = 512, width: int = 512,
+class FullFrame:
+    """The video's frames are the model's (no face crop)."""
+
+    summary = None
+
+    def model_portraits(self, portraits):
+        return portraits
+
+    def video_size(self, width: int, height: int) -> tuple[int, int]:
+        return width, height
+
+    def video_frames(self, frames: torch.Tensor) -> Iterable[torch.Tensor]:
+        return (frames,)
+
+
+class PastedBack:
+    """The face crop as a frame adapter: the model is given the crop's square, and each of its frames is pasted back
+    into the full portrait for the video (`face.FaceCrop`)."""
+
+    def __init__(self, crop: FaceCrop):
+        self.crop = crop
+        self.summary = crop.summary()
+
+    def model_portraits(self, portraits) -> torch.Tensor:
+        if isinstance(portraits, Timeline):
+            raise FaceError("a face crop needs one portrait, not a timeline: give one image, or disconnect the face "
+                            "crop")
+        self.crop.check_portrait(portraits)
+        return self.crop.reference()
+
+    def video_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.crop.video_size
+
+    def video_frames(self, frames: torch.Tensor) -> Iterable[np.ndarray]:
+        return self.crop.video_frames(frames)
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    """What `write_talking_video` made. face_crop: where the face was (with a face crop); timeline: where each
+    portrait takes over (with a timeline)."""
+
+    out: str
+    frames: int
+    chunks: int
+    seconds: float
+    fps: float
+    variant: str
+    size: str
+    face_crop: dict | None = None
+    timeline: list[dict] | None = None
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def write_talking_video(pipeline: Pipeline, portraits, audio, out: str | Path, *, height: int = 512, width: int = 512,
                         seed: int = 0, mode: str = "stream", color_correction: float = 1.0,
-                        context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+                        context_seconds: float = DEFAULT_CONTEXT_SECONDS, continue_from=None,
+                        face_crop: FaceCrop | None = None, live=None, free_memory: int | None = None,
                         on_chunk: Callable[[int, int, float], None] | None = None,
                         on_frames: Callable[[torch.Tensor, int, int], None] | None = None,
                         on_step: Callable[[int, int, int], None] | None = None,
-                        should_cancel: Callable[[], bool] | None = None, free_memory: int | None = None,
-                        continue_from=None, on_state: Callable[[object], None] | None = None,
-                        face_crop: FaceCrop | None = None, live=None) -> dict:
-    """Generate and write the MP4 incrementally; returns a summary dict.
+                        on_state: Callable[[object], None] | None = None,
+                        should_cancel: Callable[[], bool] | None = None) -> VideoSummary:
+    """Generate and write the MP4 incrementally; returns a VideoSummary.
 
-    image: anything `image.load_image` takes, or a `timeline.Timeline` of several portraits with their start times
-    (the summary then lists where each takes over, under 'timeline'); audio: anything `audio.load_audio` takes (a file, a ComfyUI AUDIO
-    dict {"waveform": [1, C, T], "sample_rate"}, an array with sample_rate). Hooks: on_chunk(frames written, frames
-    total, seconds elapsed) and on_frames(the chunk's new frames [n, H, W, 3] float 0..1 CPU, frames written, frames
-    total) after each chunk; on_step(chunk, step, chunks in all) before each denoising step; should_cancel() is
-    polled inside every long stage. free_memory: bytes free for the run on the VAE's device (default: measured), checked against
+    portraits: one image (anything `image.load_image` takes) or a `timeline.Timeline` of several with their start
+    times (the summary then lists where each takes over); audio: anything `audio.load_audio` takes (a file, a ComfyUI
+    AUDIO dict {"waveform": [1, C, T], "sample_rate"}, an array with sample_rate). continue_from: a
+    `continuation.ContinuationState` to continue (stream mode, one portrait; checked before anything runs; the seed
+    is then unused). face_crop: a `face.FaceCrop` made on the portrait (checked by size): the model is given its
+    square and every frame is pasted back into the full portrait, so the MP4 has the portrait's size (made even: an
+    odd size loses its last row or column). live: a `live.LiveSink` that streams the video as it is written (the
+    MP4's frames and audio, chunk by chunk; it ends with the run's error when the run fails or is cancelled).
+    free_memory: bytes free for the run on the VAE's device (default: measured), checked against
     `session.memory_estimate` before anything runs. The MP4 appears only when complete: on error or cancellation
-    nothing is left behind. continue_from: a `state.ContinuationState` to continue (stream mode; checked before
-    anything runs; the seed is then unused); on_state(state) receives the state the run ends in (flashhead_core/state.py).
-    face_crop: a `face.FaceCrop` made on `image` (checked by size): the model is given its square and every frame is
-    pasted back into the full portrait, so the MP4 has the portrait's size (made even: an odd size loses its last
-    row or column); on_frames still gets the model's frames (height x width).
-    live: a `live.LiveSink` that streams the video as it is written (the MP4's frames and audio, chunk by chunk, to
-    a live channel; flashhead_core/live/); it ends with the run's error when the run fails or is cancelled.
+    nothing is left behind.
+    Hooks: on_step(chunk, step, chunks in all) before each denoising step; on_frames(the chunk's new frames
+    [n, H, W, 3] float 0..1 CPU (the model's, without the paste-back), frames written, frames total) and
+    on_chunk(frames written, frames total, seconds elapsed) after each chunk; on_state(state) receives the
+    continuation state the run ends in; should_cancel() is polled inside every long stage.
     """
-    # The cheap checks first (size, memory, seed, model/VAE pair), then the audio, checked in full (the model hears
-    # the 16 kHz mono mixdown, the MP4 keeps the original when AAC can), then the reference image and its VAE encode.
+    # The cheap checks first (size, memory, seed, model/VAE pair, portrait against the face crop, the state), then
+    # the audio, checked in full (the model hears the 16 kHz mono mixdown, the MP4 keeps the original when AAC can),
+    # then the portraits' VAE encodes.
     check_memory(height, width, available_memory(pipeline.vae.device) if free_memory is None else free_memory)
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
                                device=pipeline.device)
-    timeline = image if isinstance(image, Timeline) else None
-    if timeline is not None and (continue_from is not None or on_state is not None):
-        raise TimelineError("a timeline run cannot continue a state or end in one yet: give one portrait, or "
-                            "disconnect the state")
-    if face_crop is not None:
-        if timeline is not None:
-            raise FaceError("a face crop needs one portrait, not a timeline: give one image, or disconnect the face "
-                            "crop")
-        face_crop.check_portrait(image)
-        image = face_crop.reference()
+    frame = FullFrame() if face_crop is None else PastedBack(face_crop)
+    portraits = frame.model_portraits(portraits)
     if continue_from is not None:
         check_continuation(continue_from, session, mode, context_seconds)
     speech, num_samples, soundtrack = _speech_and_soundtrack(audio, mode)
-    total, run = video_frame_count(num_samples), None
-    plan = switch_plan(timeline, total, mode, session.config.new_frames) if timeline is not None else None
-    if continue_from is not None or on_state is not None:
-        run = continuation_run(session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples,
-                               continue_from, image)
-        total = run.total_frames
+    schedule, takeovers = portrait_schedule(portraits, video_frame_count(num_samples), mode, session.config.new_frames)
+    run = speech_run(session, pipeline.audio_encoder, speech, mode=mode, context_seconds=context_seconds,
+                     num_samples=num_samples, portraits=schedule, state=continue_from, keep_state=on_state is not None)
     if on_step is not None:
-        chunks = chunk_count(total, mode, session.config.new_frames)
+        chunks = chunk_count(run.total_frames, mode, session.config.new_frames)
         session.progress = lambda chunk, step: on_step(chunk, step, chunks)
-    if timeline is not None:
-        add_timeline_identities(session, timeline)
-        run = timeline_frames(session, pipeline.audio_encoder, speech, timeline, mode, context_seconds, num_samples,
-                              plan)
-    elif continue_from is None:
-        session.add_identity("reference", image)
-    else:
-        resume(session, continue_from, image, context_seconds)
     start = time.perf_counter()
-    video_width, video_height = (width, height) if face_crop is None else face_crop.video_size
-    with VideoWriter(out, video_width, video_height, fps=FPS, audio=soundtrack, live=live) as writer:
-        for frames in run if run is not None else stream_talking_head(
-                session, pipeline.audio_encoder, speech, mode, context_seconds, num_samples):
-            for part in (frames,) if face_crop is None else face_crop.video_frames(frames):
+    with VideoWriter(out, *frame.video_size(width, height), fps=FPS, audio=soundtrack, live=live) as writer:
+        for frames in run:
+            for part in frame.video_frames(frames):
                 writer.write(part)
             if on_frames is not None:
-                on_frames(frames, writer.frames_written, total)
+                on_frames(frames, writer.frames_written, run.total_frames)
             if on_chunk is not None:
-                on_chunk(writer.frames_written, total, time.perf_counter() - start)
+                on_chunk(writer.frames_written, run.total_frames, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     if on_state is not None:
-        on_state(run.state if run.state is not None else once_mode_state(session, total))
-    summary = {"out": str(out), "frames": total, "chunks": session.chunk_index, "seconds": round(seconds, 2),
-               "fps": round(total / seconds, 2), "variant": pipeline.model.config.variant, "size": f"{width}x{height}"}
-    if face_crop is not None:
-        summary["face_crop"] = face_crop.summary()
-    if timeline is not None:
-        new_frames = session.config.new_frames
-        summary["timeline"] = [{"portrait": timeline.entries[i].label, "start": timeline.entries[i].start,
-                                "chunk": chunk, "frame": first_new_frame(chunk, mode, new_frames)}
-                               for chunk, i in sorted(plan.items())]
-    return summary
+        on_state(run.state)
+    return VideoSummary(str(out), run.total_frames, session.chunk_index, round(seconds, 2),
+                        round(run.total_frames / seconds, 2), pipeline.model.config.variant, f"{width}x{height}",
+                        frame.summary, takeovers)

@@ -24,7 +24,8 @@ from ..flashhead_core.media.frames import video_to_images
 from ..flashhead_core.media.image import check_size
 from ..flashhead_core.generation.sampler import GenerationCancelled, SamplerConfig
 from ..flashhead_core.generation.session import StreamingSession, check_memory, decode_chunk, memory_estimate
-from ..flashhead_core.generation.chunks import chunk_count, new_images, stream_frames
+from ..flashhead_core.generation.chunks import chunk_count, new_images
+from ..flashhead_core.generation.run import ChunkRun
 from ..flashhead_core.vae import check_vae_matches_model
 from . import _host
 from ._inputs import check_numbers
@@ -129,7 +130,7 @@ class FlashHeadSampler(io.ComfyNode):
         def run():
             session.add_identity("reference", image)  # reads the IMAGE; prepares its own resized copy
             done = 0
-            for frames in stream_frames(session, audio_embeds.windows, audio_embeds.mode, total):
+            for frames in ChunkRun(session, iter(audio_embeds.windows), mode=audio_embeds.mode, total_frames=total):
                 out[done:done + len(frames)] = frames
                 done += len(frames)
                 # Raw (un-normalised) in float32, so FlashHead VAE Decode's normalise gives back the decoded values.

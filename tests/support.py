@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from flashhead_core.generation.session import StreamingSession
-from flashhead_core.generation.chunks import stream_talking_head
+from flashhead_core.generation.run import stream_talking_head
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # on the grid of both variants (multiples of 32 and 16) and small enough for two CPU cores

@@ -9,11 +9,11 @@ import torch
 from support import SIZE
 
 from flashhead_core.audio import load_audio
-from flashhead_core.generation.batch import BatchedSession, batch_talking_heads, check_pairs, stack_tracks
+from flashhead_core.generation.batch import batch_talking_heads, check_pairs, check_sessions, stack_tracks
 from flashhead_core.errors import AudioInputError, BatchError, InputError
 from flashhead_core.pipeline import load_pipeline
 from flashhead_core.generation.session import StreamingSession
-from flashhead_core.generation.chunks import stream_talking_head
+from flashhead_core.generation.run import stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
 
@@ -86,7 +86,7 @@ def test_unequal_counts_are_refused_before_any_work(pipeline, faces):
     lite_session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE)
     other = StreamingSession(pipeline.model, pipeline.vae, height=2 * SIZE, width=2 * SIZE)
     with pytest.raises(BatchError, match="one size"):
-        BatchedSession([lite_session, other])
+        check_sessions([lite_session, other])
 
 
 def test_stacked_tracks_are_what_the_model_hears_padded_with_silence_to_the_longest():

@@ -14,7 +14,8 @@ from flashhead_core.config import SAMPLES_PER_FRAME
 from flashhead_core.errors import ContinuationError, FlashHeadError
 from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.generation.session import StreamingSession
-from flashhead_core.generation.continuation import ContinuableRun, ContinuationState, resume
+from flashhead_core.generation.continuation import ContinuationState, check_state
+from flashhead_core.generation.run import speech_run, stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
 from flashhead_core.media.video_io import read_video_info
@@ -40,22 +41,21 @@ def session(pipeline, seed=5, size=SIZE):
 def first_run(pipeline, face, samples, seed=5):
     s = session(pipeline, seed)
     s.add_identity("face", face)
-    run = ContinuableRun(s, pipeline.audio_encoder, samples, context_seconds=CONTEXT)
+    run = speech_run(s, pipeline.audio_encoder, samples, context_seconds=CONTEXT, keep_state=True)
     return torch.cat(list(run)), run.state
 
 
 def continued(pipeline, state, samples, image=None):
     s = session(pipeline, seed=999)  # the seed is not used: the state carries the generators
-    resume(s, state, image, context_seconds=CONTEXT)
-    run = ContinuableRun(s, pipeline.audio_encoder, samples, state=state, context_seconds=CONTEXT, resumed=True)
+    portraits = None if image is None else {0: ("portrait", image)}
+    run = speech_run(s, pipeline.audio_encoder, samples, context_seconds=CONTEXT, state=state, portraits=portraits,
+                     keep_state=True)
     return torch.cat(list(run)), run.state
 
 
 def long_run(pipeline, face, samples, seed=5):
     s = session(pipeline, seed)
     s.add_identity("face", face)
-    from flashhead_core.generation.chunks import stream_talking_head
-
     return torch.cat(list(stream_talking_head(s, pipeline.audio_encoder, samples, "stream", CONTEXT)))
 
 
@@ -118,11 +118,11 @@ def test_refusals_come_before_any_chunk(pipeline, face, tmp_path):
     step = pipeline.model.config.new_frames * SAMPLES_PER_FRAME
     _, state = first_run(pipeline, face, synthetic_speech(step / 16000))
     with pytest.raises(ContinuationError, match="size 64x64 but this run has size 96x96"):
-        resume(session(pipeline, size=96), state)
+        check_state(state, session(pipeline, size=96))
     with pytest.raises(ContinuationError, match="context_seconds 2 but this run has context_seconds 8"):
-        resume(session(pipeline), state, context_seconds=8.0)
+        check_state(state, session(pipeline), context_seconds=8.0)
     with pytest.raises(ContinuationError, match="continuation state"):
-        resume(session(pipeline), "not a state")
+        check_state("not a state", session(pipeline))
     # once mode: the pipeline's state refuses to continue, naming stream mode
     states = []
     write_talking_video(pipeline, face, wav(tmp_path, synthetic_speech(0.5)), tmp_path / "a.mp4", height=SIZE, width=SIZE,
@@ -157,6 +157,19 @@ def test_pipeline_halves_write_the_long_video(pipeline, face, tmp_path):
     assert isinstance(states[0], ContinuationState)
     b = write_talking_video(pipeline, face, wav(tmp_path, speech[step:], "b.wav"), tmp_path / "b.mp4", height=SIZE, width=SIZE,
                             context_seconds=CONTEXT, continue_from=states[0], on_state=states.append)
-    assert a["frames"] + b["frames"] == round(len(speech) / SAMPLES_PER_FRAME)
-    assert read_video_info(tmp_path / "b.mp4").frames == b["frames"]
-    assert states[1].frames_emitted == a["frames"] + b["frames"]
+    assert a.frames + b.frames == round(len(speech) / SAMPLES_PER_FRAME)
+    assert read_video_info(tmp_path / "b.mp4").frames == b.frames
+    assert states[1].frames_emitted == a.frames + b.frames
+
+
+def test_a_state_from_another_checkpoint_of_the_same_variant_and_size_is_refused(pipeline, face, tmp_path):
+    """Same variant, size, dtype and context, other weights (a fine-tune, another download): refused before any
+    chunk, naming the model file as the fix; the state's own checkpoint, loaded again, continues."""
+    step = pipeline.model.config.new_frames * SAMPLES_PER_FRAME
+    _, state = first_run(pipeline, face, synthetic_speech(step / 16000))
+    variant = pipeline.model.config.variant
+    other = load_pipeline(write_tiny_checkpoint(tmp_path / "other", variant, seed=11), variant=variant)
+    with pytest.raises(ContinuationError, match="other model weights.*model file of the first part"):
+        continued(other, state, synthetic_speech(0.5))
+    assert other.model.config == pipeline.model.config
+    continued(pipeline, state, synthetic_speech(0.5))

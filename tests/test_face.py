@@ -238,7 +238,7 @@ def test_write_talking_video_on_a_large_portrait_writes_the_full_frame(checkpoin
     summary = write_talking_video(pipeline, portrait, track(synthetic_speech(seconds)), tmp_path / "face.mp4",
                                   height=SIZE, width=SIZE, face_crop=crop,
                                   on_frames=lambda frames, *_: generated.append(frames))
-    assert summary["face_crop"]["video_size"] == "1920x1080" and summary["size"] == f"{SIZE}x{SIZE}"
+    assert summary.face_crop["video_size"] == "1920x1080" and summary.size == f"{SIZE}x{SIZE}"
     video = decoded(tmp_path / "face.mp4")
     assert video.shape == (25, 1080, 1920, 3)
     generated = torch.cat(generated)

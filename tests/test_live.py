@@ -25,6 +25,8 @@ from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, w
 from flashhead_core.media.video_io import VideoWriter, read_video_info
 
 SIZE, FPS, RATE = 64, 25, 16000
+INIT = {"video_mime": "video/mp4", "audio_mime": "audio/mp4", "init_video": b"iv", "init_audio": b"ia", "width": SIZE,
+        "height": SIZE, "fps": FPS}
 CHUNK_FRAMES = 24  # a Lite chunk: 0.96 s, 15360 samples at 16 kHz (not a whole number of 1024-sample AAC frames)
 AAC_FRAME = 1024
 
@@ -284,7 +286,7 @@ def test_routes_answer_errors_as_specified(monkeypatch):
     monkeypatch.setattr(live_http, "INIT_WAIT_SECONDS", 0.05)
     registry = LiveRegistry(keep=2)
     channel = registry.create()
-    channel.publish_init("video/mp4", "audio/mp4", b"iv", b"ia", SIZE, SIZE, FPS)
+    channel.open(INIT)
     for index in range(4):
         channel.publish(fake_segment(index))
 
@@ -334,7 +336,7 @@ def test_the_media_policy_adds_blob_media_to_a_strict_policy_only():
 def test_the_check_refuses_without_telling_which_ids_exist():
     registry = LiveRegistry()
     mine, foreign = registry.create(owner="a"), registry.create(owner="b")
-    mine.publish_init("video/mp4", "audio/mp4", b"iv", b"ia", SIZE, SIZE, FPS)
+    mine.open(INIT)
 
     def check(request, channel):
         if request.headers.get("Authorization") != "Bearer t":
@@ -432,9 +434,9 @@ def test_write_talking_video_streams_the_run_and_a_cancel_ends_it(lite, tmp_path
     summary = write_talking_video(pipeline, image, speech, tmp_path / "live.mp4", height=SIZE, width=SIZE,
                                   live=LiveSink(channel))
     frames = read_video_info(tmp_path / "live.mp4").frames
-    assert sum(s.frames for s in channel._segments) == summary["frames"] == frames
+    assert sum(s.frames for s in channel._segments) == summary.frames == frames
     assert channel.info()["ended"] and channel.info()["error"] is None
-    assert channel.info()["media_end"] == summary["frames"] / FPS
+    assert channel.info()["media_end"] == summary.frames / FPS
     cancelled, chunks = LiveChannel(), []
     with pytest.raises(GenerationCancelled):
         write_talking_video(pipeline, image, speech, tmp_path / "cancel.mp4", height=SIZE, width=SIZE,

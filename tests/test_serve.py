@@ -29,13 +29,16 @@ from support import SIZE, generated_frames
 
 from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
 from flashhead_core.live import LiveRegistry
+from flashhead_core.live.client import StreamClient
 from flashhead_core.serve.live_session import LiveSession
 from flashhead_core.serve.server import SERVER, ServeOptions, create_app
 from flashhead_core.pipeline import load_pipeline
 from flashhead_core.generation.session import StreamingSession
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech, write_wav
-from flashhead_core.generation.timeline import Timeline, add_timeline_identities, timeline_frames
+from flashhead_core.generation.run import speech_run
+from flashhead_core.generation.timeline import Timeline, portrait_schedule
+from flashhead_core.media.frames import images_to_uint8
 from flashhead_core.tools.cli import main as cli_main
 
 SECONDS = 2.2  # three Lite chunks (0.96 s each), the last one partial: 55 frames
@@ -89,26 +92,14 @@ async def create(client, *portraits, expect: int = 201, **kwargs) -> dict:
 
 async def read_stream(client, stream: str) -> dict:
     """Every segment of a stream until it ends: the track bytes (init + segments), starts and media ends."""
-    tracks = {"video": [], "audio": []}
-    for track in tracks:
-        answer = await client.get(f"{stream}/init/{track}")
-        assert answer.status == 200
-        tracks[track].append(await answer.read())
-    starts, ends, n = {"video": [], "audio": []}, [], 0
-    while True:
-        answer = await client.get(f"{stream}/segments/{n}/video")
-        if answer.status == 204:
-            if answer.headers["X-FlashHead-Ended"] == "1":
-                break
-            continue
-        assert answer.status == 200, await answer.text()
-        tracks["video"].append(await answer.read())
-        starts["video"].append(float(answer.headers["X-FlashHead-Start"]))
-        ends.append(float(answer.headers["X-FlashHead-Media-End"]))
-        audio = await client.get(f"{stream}/segments/{n}/audio")
-        tracks["audio"].append(await audio.read())
-        starts["audio"].append(float(audio.headers["X-FlashHead-Start"]))
-        n += 1
+    reader = StreamClient(client, stream)
+    tracks = {track: [await reader.init(track)] for track in ("video", "audio")}
+    starts, ends = {"video": [], "audio": []}, []
+    async for segment in reader.segments():
+        for track in tracks:
+            tracks[track].append(getattr(segment, track))
+            starts[track].append(getattr(segment, f"{track}_start"))
+        ends.append(segment.media_end)
     return {"segments": tracks, "starts": starts, "media_end": ends}
 
 
@@ -131,12 +122,22 @@ def frames_of(stream: dict) -> int:
 # --- the live session (no HTTP) ------------------------------------------------------------------------------------
 
 class Recorder:
-    """Wraps a LiveSession's encoder: records what each encode() receives."""
+    """A sink beside the channel's (`LiveSession(..., sinks=[recorder])`): records what each write() receives."""
 
-    def __init__(self, live: LiveSession):
-        self.calls, encode = [], live.encoder.encode
-        live.encoder.encode = lambda frames, audio: (self.calls.append((frames.clone(), audio.copy())),
-                                                     encode(frames, audio))[1]
+    def __init__(self):
+        self.calls, self.closed, self.interrupts = [], [], 0
+
+    def start(self, width, height, fps, sample_rate, channels):
+        self.geometry = (width, height, fps, sample_rate, channels)
+
+    def write(self, frames, audio):
+        self.calls.append((torch.from_numpy(frames.copy()), audio.copy()))
+
+    def interrupt(self):
+        self.interrupts += 1
+
+    def close(self, error=None):
+        self.closed.append(error)
 
 
 def run_live(live: LiveSession, pieces, switch_at: dict | None = None) -> None:
@@ -155,12 +156,14 @@ def run_live(live: LiveSession, pieces, switch_at: dict | None = None) -> None:
 def test_live_session_frames_and_audio_are_those_of_an_offline_run(pipeline, assets):
     samples = assets["samples"]
     channel = LiveRegistry().create(session="test")
-    live = LiveSession(pipeline, channel, height=SIZE, width=SIZE, seed=3)
+    recorder = Recorder()
+    live = LiveSession(pipeline, channel, height=SIZE, width=SIZE, seed=3, sinks=[recorder])
     live.add_identity("face", assets["face"])
-    recorder = Recorder(live)
     run_live(live, np.array_split(samples, 37))  # pieces of about 62 ms, not aligned with anything
     frames = torch.cat([frames for frames, _ in recorder.calls])
-    assert torch.equal(frames, generated_frames(pipeline, assets["face"], samples, seed=3))
+    expected = generated_frames(pipeline, assets["face"], samples, seed=3)
+    assert torch.equal(frames, torch.from_numpy(images_to_uint8(expected)))
+    assert recorder.geometry == (SIZE, SIZE, FPS, AUDIO_SAMPLE_RATE, 1) and recorder.closed == [None]
     assert frames.shape[0] == round(SECONDS * FPS)
     # Each segment carries exactly the speech its frames were made from: one slice per chunk, the last one unpadded.
     step = pipeline.model.config.new_frames * SAMPLES_PER_FRAME
@@ -175,19 +178,19 @@ def test_live_session_frames_and_audio_are_those_of_an_offline_run(pipeline, ass
 
 def test_live_identity_switch_takes_effect_at_the_next_chunk_as_a_timeline_cut(pipeline, assets):
     samples = assets["samples"]
-    live = LiveSession(pipeline, LiveRegistry().create(), height=SIZE, width=SIZE)
+    recorder = Recorder()
+    live = LiveSession(pipeline, LiveRegistry().create(), height=SIZE, width=SIZE, sinks=[recorder])
     live.add_identity("face", assets["face"])
     live.add_identity("blue", assets["blue"])
-    recorder = Recorder(live)
     run_live(live, np.array_split(samples, 10), switch_at={1: "blue"})
     frames = torch.cat([frames for frames, _ in recorder.calls])
     # The same cut made by the identity timeline at the start of chunk 1 (0.96 s): equal frame for frame.
     session = StreamingSession(pipeline.model, pipeline.vae, height=SIZE, width=SIZE)
     cut = pipeline.model.config.new_frames / FPS
-    timeline = Timeline.of([(assets["face"], 0.0), (assets["blue"], cut)])
-    add_timeline_identities(session, timeline)
-    expected = torch.cat(list(timeline_frames(session, pipeline.audio_encoder, samples, timeline, "stream")))
-    assert torch.equal(frames, expected)
+    schedule, _ = portrait_schedule(Timeline.of([(assets["face"], 0.0), (assets["blue"], cut)]),
+                                    round(SECONDS * FPS), "stream", pipeline.model.config.new_frames)
+    expected = torch.cat(list(speech_run(session, pipeline.audio_encoder, samples, portraits=schedule)))
+    assert torch.equal(frames, torch.from_numpy(images_to_uint8(expected)))
     assert live.status()["identity"] == "blue"
 
 
@@ -294,7 +297,6 @@ def test_identities_added_and_switched_status_and_delete(pipeline, assets):
         deleted = await client.delete(f"/api/sessions/{sid}")
         after = await client.get(f"/api/sessions/{sid}/status")
         stream_after = await client.get(created["stream"])
-        await socket.send_bytes(b"\0\0" * 160)  # speech into a deleted session: refused, the socket closes
         messages = [json.loads(m.data) async for m in socket if m.type == WSMsgType.TEXT]
         return (await added.json(), await switched.json(), unknown.status, await unknown.json(), status,
                 deleted.status, after.status, stream_after.status, len(server.sessions), server.worker.sessions,
@@ -302,7 +304,7 @@ def test_identities_added_and_switched_status_and_delete(pipeline, assets):
 
     (added, switched, unknown, unknown_body, status, deleted, after, stream_after, left, working, last,
      closed) = serve(pipeline, scenario)
-    assert last["type"] == "error" and "this session was closed" in last["error"] and closed
+    assert last == {"type": "error", "error": "this session was deleted"} and closed  # its open socket is told
     assert added == {"identities": ["face", "blue"], "added": ["blue"]} and switched == {"identity": "blue"}
     assert unknown == 400 and "unknown identity 'nobody'" in unknown_body["error"]
     assert status["identity"] == "blue" and status["state"] == "waiting" and status["received_s"] == 0
@@ -344,13 +346,13 @@ def test_bad_uploads_are_refused_with_a_message(pipeline, assets, tmp_path):
         "text as portrait": (400, "'notes.txt' is not an image this server takes"),
         "image as audio": (400, "'blue.png' is not an audio file this server takes"),
         "playlist as audio": (400, "'list.m3u8' is not an audio file this server takes"),
-        "too many pixels": (413, "8000x7000 pixels, more than the 50 MP"),
+        "too many pixels": (413, "8000x7000 pixels, more than the 16.8 MP"),
         "too many bytes": (413, "'big.png' is larger than this server's 256 KB limit"),
         "no portrait": (400, "no portrait: send at least one image"),
         "not multipart": (400, "send multipart/form-data"),
         "unknown field": (400, "unknown form field 'path'"),
         "size too large": (400, f"at most {SIZE}x{SIZE} on this server, got {SIZE * 2}x{SIZE}"),
-        "too many portraits": (400, "9 portraits: a session takes at most 8"),
+        "too many portraits": (400, "the field 'portrait' takes at most 8 files"),
     }
     for name, (status, phrase) in expected.items():
         assert answers[name][0] == status and phrase in answers[name][1], (name, answers[name])
@@ -446,13 +448,15 @@ def test_a_token_guards_every_route_and_localhost_refuses_other_hosts(pipeline, 
     assert status == 403 and "answers only to localhost" in error
 
 
-def test_serve_beyond_localhost_without_a_token_refuses_to_start(capsys):
+def test_serve_beyond_localhost_without_a_token_refuses_to_start(capsys, monkeypatch):
+    monkeypatch.delenv("FLASHHEAD_TOKEN", raising=False)
     assert cli_main(["serve", "--tiny", "--host", "0.0.0.0"]) == 1
     error = capsys.readouterr().err
     assert "binding to 0.0.0.0 makes the server reachable from other machines, so it needs a token" in error
-    assert "--token" in error and "Traceback" not in error
-    assert cli_main(["serve", "--tiny", "--host", "0.0.0.0", "--token", "short"]) == 1
-    assert "--token must be at least 12 characters" in capsys.readouterr().err
+    assert "FLASHHEAD_TOKEN" in error and "--token-file" in error and "Traceback" not in error
+    monkeypatch.setenv("FLASHHEAD_TOKEN", "short")
+    assert cli_main(["serve", "--tiny", "--host", "0.0.0.0"]) == 1
+    assert "the token must be at least 12 characters" in capsys.readouterr().err
 
 
 def test_bench_live_measures_the_stream_from_its_client(capsys):

@@ -11,7 +11,8 @@ import torch
 
 from flashhead_core.pipeline import load_pipeline, write_talking_video
 from flashhead_core.generation.session import StreamingSession
-from flashhead_core.generation.chunks import audio_chunks, new_images, stream_talking_head
+from flashhead_core.generation.chunks import audio_chunks, new_images
+from flashhead_core.generation.run import stream_talking_head
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_speech
 from flashhead_core.generation.timeline import (
@@ -105,7 +106,7 @@ def test_each_segment_equals_that_portrait_alone(pipeline, tmp_path):
     summary = write_talking_video(pipeline, Timeline.of([(a, 0), (b, cut)]), track(samples), tmp_path / "t.mp4",
                                    height=SIZE, width=SIZE, on_frames=lambda f, *_: frames.append(f))
     frames = torch.cat(frames)
-    assert summary["timeline"] == [{"portrait": "portrait 1", "start": 0, "chunk": 0, "frame": 0},
+    assert summary.timeline == [{"portrait": "portrait 1", "start": 0, "chunk": 0, "frame": 0},
                                    {"portrait": "portrait 2", "start": cut, "chunk": 1, "frame": new}]
     assert frames.shape[0] == round(len(samples) * 25 / 16000) and (tmp_path / "t.mp4").is_file()
     torch.testing.assert_close(frames[:new], alone(pipeline, a, samples)[:new], rtol=0, atol=0)

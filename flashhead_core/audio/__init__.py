@@ -6,12 +6,12 @@
     context_cache.py   the 'stream' mode: the Temporal Audio Context Cache (8 s of context per chunk)
 """
 
-from .context_cache import DEFAULT_CONTEXT_SECONDS, AudioContextCache, stream_chunks, stream_slices
+from .context_cache import DEFAULT_CONTEXT_SECONDS, AudioContextCache, SpeechWindows, stream_chunks, stream_slices
 from .decode import (AudioFile, decode_pieces, load_audio, mono_16k_pieces, probe_audio_file, read_audio,
                      to_mono_16k)
 from .wav2vec2 import Wav2Vec2FrameEncoder, load_wav2vec2
 from .windows import frame_windows, once_mode_chunks, pad_for_once_mode
 
-__all__ = ["DEFAULT_CONTEXT_SECONDS", "AudioContextCache", "AudioFile", "Wav2Vec2FrameEncoder", "decode_pieces",
+__all__ = ["DEFAULT_CONTEXT_SECONDS", "AudioContextCache", "AudioFile", "SpeechWindows", "Wav2Vec2FrameEncoder", "decode_pieces",
            "frame_windows", "load_audio", "load_wav2vec2", "mono_16k_pieces", "once_mode_chunks", "pad_for_once_mode",
            "probe_audio_file", "read_audio", "stream_chunks", "stream_slices", "to_mono_16k"]

@@ -6,6 +6,7 @@ include the leading zeros) and takes the windows of its last 33 frames:
 
     cache = AudioContextCache(encoder)
     windows = cache.push(slice_samples)                # [1, 33, 5, 12, hidden]
+    windows = SpeechWindows(cache, speech, new_frames)  # an iterator: one chunk's windows per slice of `speech`
     for windows in stream_chunks(encoder, samples, new_frames): ...   # a whole track ([N] or pieces), a chunk per slice
 
 Memory and cost per chunk are constant, whatever the length of the track.
@@ -20,7 +21,7 @@ import torch
 
 from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, SAMPLES_PER_FRAME
 from ..errors import InputError
-from ..media.sample_reader import SampleReader
+from ..media.sample_reader import SampleQueue, SampleReader
 from .wav2vec2 import Wav2Vec2FrameEncoder
 from .windows import frame_windows
 
@@ -71,10 +72,35 @@ def stream_slices(samples: np.ndarray | Iterable[np.ndarray], new_frames: int) -
         yield np.pad(piece, (0, step - len(piece)))
 
 
+class SpeechWindows:
+    """Stream mode's chunk windows [1, 33, 5, 12, 768] from speech: each chunk reads the next slice of
+    new_frames x 640 samples (a partial one at the end, zero-padded for the model) and pushes it through the Temporal
+    Audio Context Cache. `speech` is a SampleReader (a whole track, pulled) or a SampleQueue (pushed, live)."""
+
+    def __init__(self, cache: AudioContextCache, speech: SampleQueue, new_frames: int):
+        self.cache, self.speech = cache, speech
+        self.slice_samples = new_frames * SAMPLES_PER_FRAME
+        self.last_slice = np.zeros(0, np.float32)  # the real samples of the latest slice: the audio of its frames
+
+    def __iter__(self) -> "SpeechWindows":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        piece = np.asarray(self.speech.read(self.slice_samples), dtype=np.float32)
+        if not len(piece):
+            raise StopIteration
+        self.last_slice = piece
+        return self.cache.push(np.pad(piece, (0, self.slice_samples - len(piece))))
+
+    @property
+    def partial(self) -> bool:
+        """The latest slice was cut short by the end of the speech."""
+        return len(self.last_slice) < self.slice_samples
+
+
 def stream_chunks(encoder: Wav2Vec2FrameEncoder, samples: np.ndarray | Iterable[np.ndarray], new_frames: int,
-                  context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> Iterator[torch.Tensor]:
+                  context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> SpeechWindows:
     """A whole track (an array [N] or pieces [t], as `stream_slices` takes) in stream mode: one [1, 33, 5, 12, H]
     window tensor per slice of `stream_slices`; each chunk's last new_frames frames are its slice's audio."""
-    cache = AudioContextCache(encoder, context_seconds)
-    for piece in stream_slices(samples, new_frames):
-        yield cache.push(piece)
+    pieces = [samples] if isinstance(samples, np.ndarray) else samples
+    return SpeechWindows(AudioContextCache(encoder, context_seconds), SampleReader(pieces), new_frames)

@@ -1,7 +1,5 @@
-"""From speech to frames, chunk by chunk: the audio mode's chunk windows, the session over them, and trimming.
-
-    for frames in stream_talking_head(session, encoder, samples, mode="stream"):   # [n, H, W, 3] float 0..1, CPU
-        writer.write(frames)
+"""The geometry of chunks: which decoded frames are new, how many chunks and frames a track makes, and the audio
+modes' chunk windows of a whole track. The loop that uses them is `run.py`.
 
 A chunk decodes 33 frames; the first `motion_frames` of each repeat the end of the previous chunk and are dropped
 (except in chunk 0 of once mode), and the last chunk is trimmed so the video has exactly round(seconds * 25)
@@ -19,7 +17,6 @@ from ..audio import DEFAULT_CONTEXT_SECONDS, Wav2Vec2FrameEncoder, once_mode_chu
 from ..config import AUDIO_SAMPLE_RATE, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
 from ..errors import AudioInputError, CheckpointError, InputError
 from ..media.frames import video_to_images
-from .session import StreamingSession
 
 
 def frames_to_keep(chunk_index: int, mode: str, motion_frames: int) -> slice:
@@ -36,28 +33,13 @@ def chunk_count(total_frames: int, mode: str, new_frames: int) -> int:
     return 1 + max(0, -(-(total_frames - first) // new_frames))
 
 
-def new_images(frames: torch.Tensor, chunk_index: int, mode: str, motion_frames: int, remaining: int) -> torch.Tensor:
+def new_images(frames: torch.Tensor, chunk_index: int, mode: str, motion_frames: int, remaining: int,
+               skip: int = 0) -> torch.Tensor:
     """A chunk's decoded frames [1, 3, 33, H, W] in [-1, 1] -> its new frames as images [n, H, W, 3] float32 in 0..1
-    on the CPU: motion frames dropped (`frames_to_keep`), at most `remaining` (the end of the audio)."""
-    kept = frames[:, :, frames_to_keep(chunk_index, mode, motion_frames)]
+    on the CPU: motion frames dropped (`frames_to_keep`), then `skip` more (shown by a previous run), at most
+    `remaining` (the end of the audio)."""
+    kept = frames[:, :, frames_to_keep(chunk_index, mode, motion_frames).start + skip:]
     return video_to_images(kept[:, :, :max(0, remaining)])
-
-
-def stream_frames(session: StreamingSession, audio_chunks: Iterable[torch.Tensor], mode: str,
-                  total_frames: int) -> Iterator[torch.Tensor]:
-    """Run the session over the chunk windows and yield each chunk's new frames as [n, H, W, 3] float32 in 0..1 on
-    the CPU, stopping at exactly `total_frames` (the audio's duration; the padding is trimmed). No chunk is taken
-    from `audio_chunks` after the last one needed (in stream mode, taking one encodes its audio)."""
-    if total_frames <= 0:
-        return
-    emitted = 0
-    for index, windows in enumerate(audio_chunks):
-        images = new_images(session.generate_chunk(windows), index, mode, session.config.motion_frames,
-                            total_frames - emitted)
-        emitted += images.shape[0]
-        yield images
-        if emitted >= total_frames:
-            return
 
 
 AUDIO_MODES = ("stream", "once")
@@ -94,15 +76,3 @@ def check_encoder_fits(encoder: Wav2Vec2FrameEncoder, config) -> None:
         raise CheckpointError(f"the audio encoder gives {hidden}-wide features but the DiT's audio projection takes "
                          f"{config.audio_channels}: use the wav2vec2 that belongs to this checkpoint "
                          f"(facebook/wav2vec2-base-960h for the released models)")
-
-
-def stream_talking_head(session: StreamingSession, encoder: Wav2Vec2FrameEncoder,
-                        samples: np.ndarray | Iterable[np.ndarray], mode: str = "stream",
-                        context_seconds: float = DEFAULT_CONTEXT_SECONDS, num_samples: int | None = None
-                        ) -> Iterator[torch.Tensor]:
-    """Speech [N] float32 at 16 kHz -> the video's frames, chunk by chunk, as [n, H, W, 3] float32 0..1 on the CPU;
-    round(N / 16000 * 25) frames in all. In stream mode the speech may come as pieces [t] (e.g. a file decoded as a
-    stream), with their total N given as num_samples."""
-    check_encoder_fits(encoder, session.config)
-    chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
-    return stream_frames(session, chunks, mode, video_frame_count(len(samples) if num_samples is None else num_samples))

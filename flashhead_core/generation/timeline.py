@@ -2,8 +2,8 @@
 
     timeline = parse_timeline("anna.png@0,ben.png@4.5")            # the CLI's --timeline
     timeline = Timeline.of([(anna_image, 0.0), (ben_image, 4.5)])    # any inputs `image.load_image` takes
-    for frames in timeline_frames(session, encoder, speech, timeline, mode="stream"):
-        ...
+    schedule, takeovers = portrait_schedule(timeline, total_frames, "stream", new_frames)   # {chunk: (name, image)}
+    run = speech_run(session, encoder, speech, portraits=schedule)                      # generation/run.py
 
 Switch policy: a clean cut at a chunk boundary. Before the chunk that switches, the session's identity changes
 (`StreamingSession.use_identity`): the new portrait's reference latent and colour reference drive the chunk, and the
@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
-import torch
-
-from ..audio import DEFAULT_CONTEXT_SECONDS
 from ..config import CHUNK_FRAMES, FPS
 from ..errors import InputError
-from .chunks import audio_chunks, check_encoder_fits, stream_frames, video_frame_count
 
 
 class TimelineError(InputError):
@@ -139,32 +134,14 @@ def identity_name(index: int) -> str:
     return f"timeline-{index}"
 
 
-def add_timeline_identities(session, timeline: Timeline) -> None:
-    """Encode every portrait once, in order (the first becomes active), before anything is generated."""
-    for index, entry in enumerate(timeline.entries):
-        session.add_identity(identity_name(index), entry.image)
-    session.use_identity(identity_name(0))
-
-
-def switching_chunks(session, chunks: Iterable[torch.Tensor], plan: dict[int, int]) -> Iterator[torch.Tensor]:
-    """The chunk windows, switching the session's identity right before each planned chunk is generated (the
-    session takes a chunk's windows just before generating it)."""
-    for index, windows in enumerate(chunks):
-        if index in plan and index > 0:
-            session.use_identity(identity_name(plan[index]))
-        yield windows
-
-
-def timeline_frames(session, encoder, samples: np.ndarray | Iterable[np.ndarray], timeline: Timeline,
-                    mode: str = "stream", context_seconds: float = DEFAULT_CONTEXT_SECONDS,
-                    num_samples: int | None = None, plan: dict[int, int] | None = None) -> Iterator[torch.Tensor]:
-    """`streaming.stream_talking_head` with the identity timeline: the video's frames [n, H, W, 3] float 0..1 (CPU),
-    chunk by chunk. The timeline is checked (and every portrait encoded) before the first chunk; pass `plan` (from
-    `switch_plan`) when it was checked and the portraits added already."""
-    check_encoder_fits(encoder, session.config)
-    total = video_frame_count(len(samples) if num_samples is None else num_samples)
-    if plan is None:
-        plan = switch_plan(timeline, total, mode, session.config.new_frames)
-        add_timeline_identities(session, timeline)
-    chunks = audio_chunks(encoder, samples, mode, session.config.new_frames, context_seconds)
-    return stream_frames(session, switching_chunks(session, chunks, plan), mode, total)
+def portrait_schedule(portraits, total_frames: int, mode: str, new_frames: int
+                      ) -> tuple[dict[int, tuple[str, object]], list[dict] | None]:
+    """The run's portraits, one image or a Timeline, as an identity schedule {chunk: (identity name, image)} (a
+    timeline is checked against the video's `total_frames` first), and for a timeline where each portrait takes over
+    ([{portrait, start, chunk, frame}], for the run's summary; None for one image)."""
+    if not isinstance(portraits, Timeline):
+        return {0: ("reference", portraits)}, None
+    plan = switch_plan(portraits, total_frames, mode, new_frames)
+    takeovers = [{"portrait": portraits.entries[i].label, "start": portraits.entries[i].start, "chunk": chunk,
+                  "frame": first_new_frame(chunk, mode, new_frames)} for chunk, i in sorted(plan.items())]
+    return {chunk: (identity_name(i), portraits.entries[i].image) for chunk, i in plan.items()}, takeovers

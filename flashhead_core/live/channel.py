@@ -3,7 +3,7 @@ them. Thread-safe: generation publishes from worker threads, readers wait on an 
 
     registry = LiveRegistry()
     channel = registry.create(prompt_id="...", node="7")     # channel.id: unguessable
-    channel.publish_init(**encoder.info)                       # mimes, init segments, size, fps
+    channel.open(encoder.info)                                 # mimes, init segments, size, fps
     channel.publish(segment)                                   # a LiveSegment; the oldest beyond `keep` is dropped
     channel.finish(error=None)                                 # readers waiting past the end get None
     segment = await channel.segment(n, timeout=10)             # from a reader's event loop
@@ -49,19 +49,16 @@ class LiveChannel:
 
     # --- the producer (any thread)
 
-    def publish_init(self, video_mime: str, audio_mime: str, init_video: bytes, init_audio: bytes, width: int,
-                     height: int, fps: int) -> None:
-        """The stream's codecs, init segments and geometry; before the first segment."""
+    def open(self, encoder_info: dict) -> None:
+        """The stream's codecs, init segments and geometry (`LiveEncoder.info`: video_mime, audio_mime, init_video,
+        init_audio, width, height, fps); before the first segment."""
+        info = encoder_info
         with self._lock:
-            self._init = {"video_mime": video_mime, "audio_mime": audio_mime, "init_video": bytes(init_video),
-                          "init_audio": bytes(init_audio), "width": int(width), "height": int(height),
-                          "fps": int(fps)}
+            self._init = {"video_mime": info["video_mime"], "audio_mime": info["audio_mime"],
+                          "init_video": bytes(info["init_video"]), "init_audio": bytes(info["init_audio"]),
+                          "width": int(info["width"]), "height": int(info["height"]), "fps": int(info["fps"])}
             waiters = self._take_waiters()
         _wake(waiters)
-
-    def open(self, encoder_info: dict) -> None:
-        """publish_init from a dict: `LiveEncoder.info`."""
-        self.publish_init(**encoder_info)
 
     def publish(self, segment: LiveSegment) -> None:
         """Append the next segment (its index must be the one info()['next'] announces); wakes waiting readers."""

@@ -52,6 +52,11 @@ class LiveSink:
         else:  # kept past this call: a copy (the writer's caller may reuse its buffers)
             self._pending[-1] = (np.array(frames), None if audio is None else np.array(audio))
 
+    def interrupt(self) -> None:
+        """Barge-in: the writes gathered for the next segment are dropped (segments already published stay: a
+        player holding them plays them; the timeline goes on without a gap)."""
+        self._pending = []
+
     def close(self, error: str | None = None) -> None:
         """End the stream: flush the encoders into a last segment (on success), then finish the channel with `error`
         (why it stopped early: cancelled, failed). Idempotent."""

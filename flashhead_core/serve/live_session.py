@@ -1,25 +1,36 @@
-"""A live talking head: speech arrives in pieces while it is spoken, the stream's segments leave one per chunk.
+"""A live talking head: speech arrives in pieces while it is spoken, each chunk leaves through the stream's sinks.
 
-    live = LiveSession(pipeline, channel, height=512, width=512, seed=0)
+    live = LiveSession(pipeline, channel, height=512, width=512, seed=0, idle=True)
     live.add_identity("anna", image)          # the first one added is active
     live.feed_pcm16(data, rate=24000)         # any thread, any piece size: s16le mono PCM (or feed(float32 [t], rate))
     live.use_identity("ben")                  # takes effect at the next chunk (a clean cut)
-    while live.ready():                       # the generation worker's side (live/scheduler.py)
-        live.step()                           # one chunk: model, encoder, channel.publish
+    live.interrupt()                          # barge-in: queued speech dropped, the next speech starts at the next chunk
+    while live.ready():                       # the generation worker's side (serve/scheduler.py)
+        live.step()                           # one chunk of the push-mode ChunkRun, written to every sink
     live.end()                                # end of speech: the last chunk is padded, the video trimmed
 
-The speech is resampled to 16 kHz mono (soxr, streaming) and cut into slices of new_frames x 640 samples; each slice
-is one chunk in stream mode: the Temporal Audio Context Cache takes it (`AudioContextCache.push`), the session
-generates the chunk, its new frames (motion frames dropped) are encoded with exactly that slice's samples, so the
-segment's audio is the speech its frames were made from (the frames of slice k cover [k x S, (k + 1) x S) samples,
-S = new_frames x 640). At the end the last slice is padded with silence for the model, and the video is trimmed to
-round(seconds x 25) frames (the last segment keeps its real samples only). `flush()` pads the speech so far with
-silence to the next chunk (a text-to-speech program between utterances: its last words need not wait for more).
+The speech is resampled to 16 kHz mono (soxr, streaming) into a SampleQueue; the session's `generation.run.ChunkRun`
+(push mode) cuts it into slices of new_frames x 640 samples, one chunk each, in stream mode. Each chunk's new frames
+go to the sinks (`live.LiveSink`: the MSE stream on the channel; others, e.g. WebRTC, with the same interface) with
+exactly that slice's samples, so the audio of a segment is the speech its frames were made from. At the end the last
+slice is padded with silence for the model, and the video is trimmed to round(seconds x 25) frames. `flush()` pads
+the speech so far with silence to the next chunk (a text-to-speech program between utterances).
 
-Figures (`status()`): received_s (speech in), generated_s (video out), behind_s = received - generated (what the
-stream lags behind the speech; at least the speech waiting for a whole chunk), rtf (generation seconds per second of
-video over the last 8 chunks; above 1 the session falls behind), first_frame_latency_s (first audio in -> first
-segment published).
+Idle (`idle=True`): while no whole slice of speech is queued and the video is less than IDLE_LEAD_SECONDS ahead of
+the wall clock, the next chunk is made from what is queued padded with the idle track (silence by default, or any
+`idle_audio(samples) -> float32 [samples]`), so the avatar keeps moving, generated, at real time and no faster; speech
+that arrives takes over at the next chunk boundary. Silence is what the model renders as listening: a closed mouth
+with the head's natural motion (docs/live.md#idle).
+
+Barge-in (`interrupt()`): the queued speech is dropped (it is not part of the video: the timeline counts only the
+speech that was generated), the sinks drop what they hold but have not played, and the session keeps its identity,
+motion latents and noise generator, so the next speech continues the same face from the next chunk boundary. The
+Temporal Audio Context Cache is kept as it is: it holds exactly the audio of the chunks already shown, which is what
+the listener heard, so the next chunk's context is the conversation as it happened.
+
+Figures (`status()`): received_s (speech in, idle padding included), generated_s (video out), behind_s = received -
+generated, rtf (generation seconds per second of video over the last 8 chunks; above 1 the session falls behind),
+first_frame_latency_s (first audio in -> first chunk written to the sinks).
 """
 
 from __future__ import annotations
@@ -27,20 +38,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Callable, Sequence
 
 import numpy as np
 
-from ..audio import AudioContextCache
 from ..audio.decode import RESAMPLE_QUALITY
-from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
+from ..config import AUDIO_SAMPLE_RATE, FPS
 from ..errors import AudioInputError, InputError, SpeechBacklogError
+from ..generation.run import speech_run
 from ..generation.sampler import GenerationCancelled
 from ..generation.session import StreamingSession
-from ..generation.chunks import check_encoder_fits, new_images
-from ..live.fragments import LiveEncoder
+from ..live.sink import LiveSink
+from ..media.frames import images_to_uint8
+from ..media.sample_reader import SampleQueue
 
 RTF_CHUNKS = 8  # the real-time factor: generation seconds over video seconds of the last RTF_CHUNKS chunks
 MIN_RATE, MAX_RATE = 8000, 192000  # PCM rates a live session takes
+IDLE_LEAD_SECONDS = 1.0  # idle chunks are made while the video is less than this far ahead of the wall clock
 
 
 def check_rate(rate) -> int:
@@ -51,40 +65,44 @@ def check_rate(rate) -> int:
     return rate
 
 
-class LiveSession:
-    """One live stream: its StreamingSession (identities, motion, noise), audio context, encoder and channel.
+def silence(samples: int) -> np.ndarray:
+    """The default idle track: [samples] float32 zeros."""
+    return np.zeros(samples, np.float32)
 
-    feed/flush/end/use_identity/status may be called from any thread; step() from one thread at a time (the
-    generation worker). max_backlog_seconds: speech that may wait for generation; a push beyond it is refused
-    (SpeechBacklogError) instead of growing memory without bound."""
+
+class LiveSession:
+    """One live stream: its StreamingSession (identities, motion, noise) driven by a push-mode ChunkRun, and its
+    sinks (the channel's LiveSink first).
+
+    feed/flush/end/interrupt/use_identity/status may be called from any thread; step() from one thread at a time
+    (the generation worker). max_backlog_seconds: speech that may wait for generation; a push beyond it is refused
+    (SpeechBacklogError) instead of growing memory without bound. clock: seconds, monotonic (tests pass their own)."""
 
     def __init__(self, pipeline, channel, *, height: int, width: int, seed: int = 0, context_seconds: float = 8.0,
-                 max_backlog_seconds: float = 600.0):
-        check_encoder_fits(pipeline.audio_encoder, pipeline.model.config)
+                 max_backlog_seconds: float = 600.0, sinks: Sequence = (), idle: bool = False,
+                 idle_audio: Callable[[int], np.ndarray] = silence, clock: Callable[[], float] = time.monotonic):
         self._cancel = threading.Event()  # close(): the running step stops at its next check
         self.session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                         device=pipeline.device, should_cancel=self._cancel.is_set)
-        self.cache = AudioContextCache(pipeline.audio_encoder, context_seconds)
+        self._speech = SampleQueue()  # 16 kHz samples not yet in a chunk
+        self.run = speech_run(self.session, pipeline.audio_encoder, self._speech, context_seconds=context_seconds)
         self.channel = channel
-        self.encoder: LiveEncoder | None = LiveEncoder(width, height, fps=FPS, sample_rate=AUDIO_SAMPLE_RATE)
-        channel.publish_init(**self.encoder.info)
-        config = pipeline.model.config
-        self.new_frames, self.motion_frames = config.new_frames, config.motion_frames
-        self.slice_samples = self.new_frames * SAMPLES_PER_FRAME
+        self.sinks = [LiveSink(channel), *sinks]
+        for sink in self.sinks:
+            sink.start(width, height, FPS, AUDIO_SAMPLE_RATE, 1)
+        self.slice_samples = self.run.windows.slice_samples
         self.max_backlog = round(max_backlog_seconds * AUDIO_SAMPLE_RATE)
+        self.idle, self.idle_audio, self.clock = idle, idle_audio, clock
         self._lock = threading.Lock()  # guards everything below that feed() and step() share
         self._step_lock = threading.Lock()  # held through a step; close() waits for it
-        self._pending: deque[np.ndarray] = deque()  # 16 kHz samples not yet in a chunk
-        self._pending_samples = 0
-        self._received = 0  # 16 kHz samples in (silence added by flush() included)
-        self._emitted = 0  # frames published
+        self._received = 0  # 16 kHz samples in the video's timeline (padding added by flush()/idle included)
         self._resampler = None
         self._rate = AUDIO_SAMPLE_RATE
         self._odd_byte = b""  # a PCM byte left over from a piece of odd length
-        self._wanted: str | None = None  # identity to switch to at the next chunk
         self._ended = self._done = False
         self.error: str | None = None
         self._first_audio: float | None = None
+        self._started: float | None = None  # clock() when the first chunk was written: the stream's time 0
         self.first_frame_latency: float | None = None
         self._compute: deque[tuple[float, float]] = deque(maxlen=RTF_CHUNKS)  # (generation s, video s) per chunk
 
@@ -116,9 +134,9 @@ class LiveSession:
                 self._resampler = soxr.ResampleStream(rate, AUDIO_SAMPLE_RATE, 1, dtype="float32",
                                                       quality=RESAMPLE_QUALITY)
             resampled = samples if self._resampler is None else self._resampler.resample_chunk(samples)
-            if self._pending_samples + len(resampled) > self.max_backlog:
+            if self._speech.queued + len(resampled) > self.max_backlog:
                 raise SpeechBacklogError(
-                    f"{(self._pending_samples + len(resampled)) / AUDIO_SAMPLE_RATE:.0f} s of speech would wait "
+                    f"{(self._speech.queued + len(resampled)) / AUDIO_SAMPLE_RATE:.0f} s of speech would wait "
                     f"for generation, more than this session's {self.max_backlog / AUDIO_SAMPLE_RATE:.0f} s "
                     f"backlog: push it no faster than it is generated (watch behind_s in the status)")
             if len(samples) and self._first_audio is None:
@@ -133,11 +151,24 @@ class LiveSession:
             self._append(np.zeros(-self._received % self.slice_samples, np.float32))
 
     def end(self) -> None:
-        """The speech is over: what is pending becomes the last chunk. Ending twice is harmless."""
+        """The speech is over: what is queued becomes the last chunk. Ending twice is harmless."""
         with self._lock:
             if not self._ended:
                 self._append(self._flush_resampler())
                 self._ended = True
+
+    def interrupt(self) -> float:
+        """Barge-in: drop the queued speech (and the resampler's tail) and what the sinks hold unplayed; the session
+        goes on (identity, motion, noise, audio context) and the next speech starts at the next chunk boundary.
+        Returns the seconds of speech dropped."""
+        with self._lock:
+            self._check_open()
+            self._resampler = None
+            dropped = self._speech.clear()
+            self._received -= dropped
+        for sink in self.sinks:
+            sink.interrupt()
+        return dropped / AUDIO_SAMPLE_RATE
 
     def _check_open(self) -> None:
         if self._cancel.is_set():
@@ -154,23 +185,8 @@ class LiveSession:
         return tail
 
     def _append(self, samples: np.ndarray) -> None:
-        if len(samples):
-            self._pending.append(samples)
-            self._pending_samples += len(samples)
-            self._received += len(samples)
-
-    def _take(self, count: int) -> np.ndarray:
-        """Up to `count` pending samples, oldest first, [<= count] float32."""
-        parts = []
-        while count and self._pending:
-            head = self._pending.popleft()
-            if len(head) > count:
-                self._pending.appendleft(head[count:])
-                head = head[:count]
-            parts.append(head)
-            count -= len(head)
-        self._pending_samples -= sum(map(len, parts))
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self._speech.append(samples)
+        self._received += len(samples)
 
     # --- identities -----------------------------------------------------------------------------------------------
 
@@ -182,7 +198,7 @@ class LiveSession:
     def identity(self) -> str | None:
         """The identity the next chunk uses."""
         with self._lock:
-            return self._wanted or self.session.active
+            return self.run.requested_identity or self.session.active
 
     def add_identity(self, name: str, image) -> None:
         """Prepare a portrait (a VAE encode: run it where the model runs); the first one becomes active."""
@@ -192,34 +208,40 @@ class LiveSession:
 
     def use_identity(self, name: str) -> None:
         """Switch to a prepared identity at the next chunk."""
-        if name not in self.session.identities:
-            raise InputError(f"unknown identity {name!r}; this session has: {', '.join(self.identities) or 'none'}")
         with self._lock:
-            self._wanted = name
+            self.run.use_identity(name)
 
     # --- generation -----------------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """A chunk can be generated now: a whole slice is pending, or the speech ended with something left."""
+        """A chunk can be generated now: a whole slice is queued, the speech ended with something left, or idle
+        mode wants the next chunk."""
         with self._lock:
             if self._done or self._cancel.is_set() or self.error is not None:
                 return False
-            return self._pending_samples >= self.slice_samples or self._ended
+            return self._speech.queued >= self.slice_samples or self._ended or self._idle_due()
+
+    def _idle_due(self) -> bool:
+        """Idle mode, and the video is less than IDLE_LEAD_SECONDS ahead of the wall clock (under the lock)."""
+        if not self.idle or not self.session.identities:
+            return False
+        ahead = self.run.frames_emitted / FPS - (0.0 if self._started is None else self.clock() - self._started)
+        return ahead < IDLE_LEAD_SECONDS
 
     def step(self) -> None:
-        """Generate, encode and publish the next chunk (or, after the end, finish the stream)."""
+        """Generate the next chunk and write it to the sinks (after the end: finish the stream)."""
         with self._step_lock:
             if self._cancel.is_set() or self._done:
                 return
             with self._lock:
-                piece = self._take(self.slice_samples)
-                last = self._ended and self._pending_samples == 0
-                switch, self._wanted = self._wanted, None
-                total = round(self._received * FPS / AUDIO_SAMPLE_RATE) if last else None
-            frames = self.new_frames if total is None else total - self._emitted
+                if self._speech.queued < self.slice_samples and not self._ended and self._idle_due():
+                    shortfall = self.slice_samples - self._speech.queued
+                    self._append(np.asarray(self.idle_audio(shortfall), np.float32).reshape(-1)[:shortfall])
+                last = self._ended and self._speech.queued <= self.slice_samples
+                if last:
+                    self.run.end(self._received)
             try:
-                if frames > 0:
-                    self._generate(piece, switch, frames)
+                self._generate()
             except GenerationCancelled:
                 if self._cancel.is_set():  # close() is waiting for this step
                     return
@@ -227,60 +249,60 @@ class LiveSession:
             if last:
                 self._finish()
 
-    def _generate(self, piece: np.ndarray, switch: str | None, frames: int) -> None:
+    def _generate(self) -> None:
         start = time.perf_counter()
-        if switch is not None:
-            self.session.use_identity(switch)
-        windows = self.cache.push(np.pad(piece, (0, self.slice_samples - len(piece))))
-        chunk = self.session.generate_chunk(windows)
-        images = new_images(chunk, self.session.chunk_index - 1, "stream", self.motion_frames, frames)
-        segment = self.encoder.encode(images, piece[:, None])
-        self._compute.append((time.perf_counter() - start, len(images) / FPS))
-        self._emitted += len(images)
-        self.channel.publish(segment)
+        images = self.run.step()
+        if images is None:
+            return
+        audio = self.run.windows.last_slice[:, None]  # the slice's real samples (the last one: all of them)
+        frames = images_to_uint8(images)
+        for sink in self.sinks:
+            sink.write(frames, audio)
+        with self._lock:
+            self._compute.append((time.perf_counter() - start, len(images) / FPS))
+            if self._started is None:
+                self._started = self.clock()
         if self.first_frame_latency is None and self._first_audio is not None:
             self.first_frame_latency = time.perf_counter() - self._first_audio
 
     def _finish(self) -> None:
-        last = self.encoder.finish()
-        if last is not None:
-            self.channel.publish(last)
-        self.encoder = None
+        for sink in self.sinks:
+            sink.close()
         self._done = True
-        self.channel.finish()
 
     def fail(self, error: str) -> None:
         """Generation failed: the stream ends with `error`, nothing more is generated."""
         self.error = error
-        self.encoder = None
-        self.channel.finish(error=error)
+        for sink in self.sinks:
+            sink.close(error)
 
     def close(self) -> None:
-        """Stop (a running step is cancelled at its next denoising step) and release the encoder. Blocks until the
-        step has stopped: call it off the event loop."""
+        """Stop (a running step is cancelled at its next denoising step) and release the sinks' encoders. Blocks
+        until the step has stopped: call it off the event loop."""
         self._cancel.set()
         with self._step_lock:
-            if not self._done and self.error is None:
-                self.channel.finish(error="session closed")
-            self.encoder = None
+            for sink in self.sinks:
+                sink.close("session closed")
             self._done = True
 
     # --- figures --------------------------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        """The session's figures (see the module docstring) and state: waiting (for a chunk of speech),
-        generating, ended (all generated), failed (with error), closed."""
+        """The session's figures (see the module docstring) and state: waiting (for a chunk of speech), idle
+        (making idle chunks), generating, ended (all generated), failed (with error), closed."""
         with self._lock:
             received = self._received / AUDIO_SAMPLE_RATE
-            generated = self._emitted / FPS
-            ready = self._pending_samples >= self.slice_samples or (self._ended and not self._done)
+            generated = self.run.frames_emitted / FPS
+            speech = self._speech.queued >= self.slice_samples or (self._ended and not self._done)
             state = ("failed" if self.error is not None else "closed" if self._cancel.is_set() else
-                     "ended" if self._done else "generating" if ready else "waiting")
+                     "ended" if self._done else "generating" if speech else "idle" if self._idle_due() else
+                     "waiting")
             rtf = sum(c for c, _ in self._compute) / sum(v for _, v in self._compute) if self._compute else None
             return {"state": state, "received_s": round(received, 3), "generated_s": round(generated, 3),
                     "behind_s": round(max(0.0, received - generated), 3) if not self._done else 0.0,
                     "rtf": None if rtf is None else round(rtf, 3), "chunks": self.session.chunk_index,
                     "first_frame_latency_s": None if self.first_frame_latency is None else
                     round(self.first_frame_latency, 3),
-                    "speech_ended": self._ended, "identity": self._wanted or self.session.active,
+                    "speech_ended": self._ended, "idle": self.idle,
+                    "identity": self.run.requested_identity or self.session.active,
                     "identities": list(self.session.identities), "error": self.error}

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from ..errors import FlashHeadError
 
 log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05  # how often readiness is checked without a wake(): idle chunks are due by the clock
 
 
 class GenerationWorker:
@@ -101,7 +102,7 @@ class GenerationWorker:
             with self._cv:
                 call = session = None
                 while not self._stopping and not self._calls and (session := self._next_ready()) is None:
-                    self._cv.wait()
+                    self._cv.wait(POLL_SECONDS)  # an idle session becomes ready with time, not a call
                 if self._stopping:
                     return
                 if self._calls:

@@ -322,7 +322,7 @@ def bench_stream(args: argparse.Namespace) -> dict:
         speech = write_wav(tmp / "speech.wav", synthetic_speech(args.seconds))
         summary = write_talking_video(pipeline, image, speech, tmp / "out.mp4", height=height, width=width,
                                       mode=args.mode)
-    return {**summary, "audio_seconds": args.seconds, "peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1),
+    return {**summary.as_dict(), "audio_seconds": args.seconds, "peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1),
             "note": "tiny random-weight model"}
 
 

@@ -76,8 +76,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                       seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
                                       context_seconds=args.context_seconds, on_chunk=on_chunk,
                                       face_crop=_face_crop(args))
-    print(json.dumps(summary))
-    print(f"video written to {Path(summary['out']).resolve()}", file=sys.stderr)
+    print(json.dumps(summary.as_dict()))
+    print(f"video written to {Path(summary.out).resolve()}", file=sys.stderr)
     return 0
 
 
@@ -113,16 +113,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
 
-    check_binding(args.host, args.token)  # before loading anything
+    from ..errors import check_range
+    from ..serve.security import TOKEN_ENV, read_token
+
+    if args.token is not None:
+        raise InputError(f"a token on the command line can be read by every user of this machine (ps): give it as "
+                         f"{TOKEN_ENV}=... in the environment, or in a file named by --token-file")
+    token = read_token(os.environ, args.token_file)
+    check_binding(args.host, token, args.public_origin)  # before loading anything
     if (args.checkpoint is None) == (not args.tiny):
         raise InputError("give the model as --checkpoint DIR, or --tiny for a tiny random-weight model to try the "
                          "server with (it shows coloured noise, not a face)")
-    device = torch.device(args.device)
+    check_range(args.max_upload_mb, "--max-upload-mb", 0.01, 4096, "megabytes of one upload")
+    check_range(args.port, "--port", 0, 65535)
     height, width = args.size or ((64, 64) if args.tiny else (512, 512))
     options = ServeOptions(width=width, height=height, max_sessions=args.max_sessions,
                            max_upload_bytes=int(args.max_upload_mb * 2**20), idle_timeout=args.idle_timeout,
-                           token=args.token)
+                           token=token, public_origin=args.public_origin)
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="flashhead-serve-") as tiny:
         variant = args.variant if not args.tiny else "lite" if args.variant == "auto" else args.variant
         checkpoint = write_tiny_checkpoint(tiny, variant) if args.tiny else args.checkpoint
@@ -203,10 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="the released checkpoint root (or --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny random-weight model, to try the server (no download)")
     p.add_argument("--variant", choices=["auto", "lite", "pro"], default="auto")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback, --token is required)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback, a token is required)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--token", default=None, help="a secret every request must carry (?token= or Authorization: "
-                                                 "Bearer); required with a --host beyond loopback")
+    p.add_argument("--token-file", default=None, metavar="FILE", help=(
+        "a file whose first line is the secret every request must carry (?token= or Authorization: Bearer); or set "
+        "FLASHHEAD_TOKEN. Required with a --host beyond loopback or a --public-origin"))
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with the reason (ps shows it)
+    p.add_argument("--public-origin", default=None, metavar="URL", help=(
+        "behind a TLS proxy: the page's origin as the browser shows it, e.g. https://avatar.example.com (requests "
+        "from it are the server's own; docs/live.md#running-it-safely)"))
     p.add_argument("--max-sessions", type=int, default=4, help="live sessions at once (more get a 'busy' answer)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="WIDTHxHEIGHT: a session's default and largest size (default 512x512; 64x64 with --tiny)")

@@ -50,7 +50,7 @@ def run_demo(args: argparse.Namespace) -> int:
         out = workdir / f"demo_{variant}.mp4"
         summary = write_talking_video(pipeline, image, speech, out, height=height, width=width, seed=0)
         info = read_video_info(out)
-        print(json.dumps({**summary, "video_frames": info.frames, "audio_seconds": info.audio_duration}), flush=True)
+        print(json.dumps({**summary.as_dict(), "video_frames": info.frames, "audio_seconds": info.audio_duration}), flush=True)
         videos.append(out)
     print(f"portrait: {workdir / 'portrait.png'}\nspeech:   {workdir / 'speech.wav'}")
     for out in videos:

@@ -23,7 +23,8 @@ from flashhead_core.audio.context_cache import AudioContextCache
 from flashhead_core.audio.windows import frame_windows, once_mode_chunks
 from flashhead_core.config import AUDIO_SAMPLE_RATE, AUDIO_WINDOW, CHUNK_FRAMES, FPS, SAMPLES_PER_FRAME
 from flashhead_core.errors import AudioInputError
-from flashhead_core.generation.chunks import AUDIO_MODES, audio_chunks, frames_to_keep, stream_frames, video_frame_count
+from flashhead_core.generation.chunks import AUDIO_MODES, audio_chunks, frames_to_keep, video_frame_count
+from flashhead_core.generation.run import ChunkRun
 
 PIXEL_SCALE = 2.0**16  # frame numbers travel as pixel values number / 2**16: exact in float32 below 2**15 frames
 # no per-example deadline: the machine is shared
@@ -87,7 +88,7 @@ def test_every_frame_comes_once_from_its_own_audio(num_samples, new_frames, cont
     total = video_frame_count(num_samples)
     encoder, session = FrameNumberEncoder(), EchoSession(new_frames)
     chunks = audio_chunks(encoder, numbered_track(num_samples), mode, new_frames, context_frames / FPS)
-    frames = list(stream_frames(session, chunks, mode, total))
+    frames = list(ChunkRun(session, iter(chunks), mode=mode, total_frames=total))
 
     assert total == expected and sum(len(f) for f in frames) == total
     assert frame_numbers(frames) == list(range(1, total + 1))  # each frame once, in order, from its own audio
