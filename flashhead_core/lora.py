@@ -8,16 +8,21 @@ Key formats (one file may mix them; every prefix below is optional):
   `diffusion_model.`, `model.diffusion_model.`, `transformer.`, `base_model.model.`, `unet.`;
 - kohya: `lora_unet_<module with _ for .>.lora_down.weight` + `.lora_up.weight` + `.alpha`; also `.lora.down/up`;
 - full deltas: `<module>.diff` (weight) and `<module>.diff_b` (bias), as ComfyUI's LoRA extractor writes them;
-- module names are the released Wan ones (`blocks.0.self_attn.q`, `blocks.0.ffn.0`, ...) or diffusers'
-  WanTransformer3DModel ones (`blocks.0.attn1.to_q`, `attn2`, `to_out.0`, `ffn.net.0.proj`, `ffn.net.2`).
+- module names are the released Wan ones (`blocks.0.self_attn.q`, `blocks.0.ffn.0`, `head.head`, ...) or diffusers'
+  WanTransformer3DModel ones (`blocks.0.attn1.to_q`, `attn2`, `to_out.0`, `norm2` (Wan's norm3), `ffn.net.0.proj`,
+  `ffn.net.2`, `proj_out`, `condition_embedder.time_embedder.linear_1`, `condition_embedder.time_proj`), in kohya
+  form too (`lora_unet_blocks_0_attn1_to_q`).
 
 Scale: strength * alpha / rank (alpha missing: alpha = rank, i.e. 1). ΔW = scale * up @ down.
 
 Policy on keys that match nothing: an error naming them, except the modules Wan-2.1 LoRAs routinely carry that the
-FlashHead DiT does not have or never runs (the text encoder `lora_te*`, `text_embedding`, `img_emb`, the I2V
-`k_img`/`v_img`/`norm_k_img`, `audio_emb`): those are skipped and listed in `LoRA.skipped` (the CLI and the nodes warn
-with them). A LoRA with nothing left to apply, or with a tensor whose shape does not fit its module (another model:
-Wan 14B is 5120 wide), is an error before anything runs.
+FlashHead DiT does not have or never runs, in any of the namings above: the text encoder (`lora_te*`,
+`text_encoder*`), the text and image embedders (`text_embedding`, `img_emb`; diffusers'
+`condition_embedder.text_embedder`, `condition_embedder.image_embedder`), the I2V image keys of cross-attention
+(`k_img`, `v_img`, `norm_k_img`; diffusers' `add_k_proj`, `add_v_proj`, `norm_added_k`) and `audio_emb`: those are
+skipped and listed in `LoRA.skipped` (the CLI and the nodes warn with them). A LoRA with nothing left to apply, or
+with a tensor whose shape does not fit its module (another model: Wan 14B is 5120 wide), is an error before anything
+runs; `apply_loras` checks every LoRA before it changes the model, so a refused LoRA leaves the model as it was.
 
 Merge or on the fly: a float weight (fp32/bf16/fp16) is merged, W + ΔW computed in float32 and stored back in the
 weight's dtype (no cost per step; what ComfyUI does for a fully loaded model). A weight stored in fp8 is not merged:
@@ -28,7 +33,6 @@ A scaled fp8 Linear (scale_weight) is handled on the fly too.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +43,6 @@ from torch import nn
 
 from .errors import FlashHeadError, check_range
 
-log = logging.getLogger(__name__)
-
 
 class LoRAError(FlashHeadError):
     """A LoRA file that cannot be applied to this DiT (unreadable, for another model, or nothing in it matches)."""
@@ -48,14 +50,22 @@ class LoRAError(FlashHeadError):
 
 PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "unet.", "model.")
 KOHYA_PREFIX = "lora_unet_"
-# Modules that Wan-2.1 LoRAs carry and the FlashHead DiT lacks or never runs: skipped (listed), not an error.
-SKIPPABLE = re.compile(r"(^lora_te\d*_|^text_encoder|(^|\.)text_embedding|(^|\.)img_emb|(^|[._])k_img|(^|[._])v_img|"
-                       r"norm_k_img|(^|\.)audio_emb)")
-# diffusers WanTransformer3DModel module names -> the released Wan names.
-DIFFUSERS_NAMES = [(re.compile(r"\.attn1\."), ".self_attn."), (re.compile(r"\.attn2\."), ".cross_attn."),
-                   (re.compile(r"\.to_q$"), ".q"), (re.compile(r"\.to_k$"), ".k"), (re.compile(r"\.to_v$"), ".v"),
-                   (re.compile(r"\.to_out\.0$"), ".o"), (re.compile(r"\.ffn\.net\.0\.proj$"), ".ffn.0"),
-                   (re.compile(r"\.ffn\.net\.2$"), ".ffn.2")]
+TEXT_ENCODER = re.compile(r"^(lora_te\d*_|text_encoder)")
+# Modules that Wan-2.1 LoRAs carry and the FlashHead DiT lacks or never runs, in Wan and diffusers names with "_" for
+# "." (every naming is compared in that form): skipped (listed), not an error.
+SKIPPABLE = re.compile(r"^(text_embedding|img_emb|audio_emb|condition_embedder_(text|image)_embedder)(_|$)|"
+                       r"_(k_img|v_img|norm_k_img|add_k_proj|add_v_proj|norm_added_k)$")
+# diffusers WanTransformer3DModel names -> the released Wan names ("_" for "."), as diffusers' convert_wan_to_diffusers
+# renames them: whole names outside the blocks, and names inside `blocks_<i>_` (diffusers' norm2 is Wan's norm3).
+DIFFUSERS_TOP = {"condition_embedder_time_embedder_linear_1": "time_embedding_0",
+                 "condition_embedder_time_embedder_linear_2": "time_embedding_2",
+                 "condition_embedder_time_proj": "time_projection_1", "proj_out": "head_head"}
+DIFFUSERS_BLOCK = {f"{attn}_{theirs}": f"{ours_attn}_{ours}"
+                   for attn, ours_attn in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+                   for theirs, ours in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out_0", "o"),
+                                        ("norm_q", "norm_q"), ("norm_k", "norm_k"))}
+DIFFUSERS_BLOCK |= {"norm2": "norm3", "ffn_net_0_proj": "ffn_0", "ffn_net_2": "ffn_2"}
+BLOCK = re.compile(r"(blocks_\d+_)(.+)")
 # suffix -> (role, where the module name ends)
 SUFFIXES = [
     (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
@@ -101,22 +111,16 @@ def _split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
-def _module_name(stem: str, modules: dict[str, nn.Module], kohya: dict[str, str]) -> str | None:
-    """A file's key stem -> the DiT module it names, or None."""
-    if stem.startswith(KOHYA_PREFIX):
-        return kohya.get(stem[len(KOHYA_PREFIX):])
-    name = stem
-    for prefix in PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    if name in modules:
-        return name
-    for pattern, replacement in DIFFUSERS_NAMES:
-        name = pattern.sub(replacement, name)
-    if name in modules:
-        return name
-    return kohya.get(name.replace(".", "_"))  # kohya names without the lora_unet_ prefix
+def _flat_name(stem: str) -> str:
+    """A file's key stem -> its module name with "_" for "." and without the prefix, in Wan names where diffusers
+    named it: 'transformer.blocks.0.attn1.to_q' and 'lora_unet_blocks_0_self_attn_q' -> 'blocks_0_self_attn_q'."""
+    name = stem[len(KOHYA_PREFIX):] if stem.startswith(KOHYA_PREFIX) else \
+        next((stem[len(p):] for p in PREFIXES if stem.startswith(p)), stem)
+    flat = name.replace(".", "_")
+    block = BLOCK.fullmatch(flat)
+    if block and block[2] in DIFFUSERS_BLOCK:
+        return block[1] + DIFFUSERS_BLOCK[block[2]]
+    return DIFFUSERS_TOP.get(flat, flat)
 
 
 def lora_targets(model: nn.Module) -> dict[str, nn.Module]:
@@ -131,15 +135,16 @@ def parse_lora(state_dict: dict[str, torch.Tensor], model: nn.Module, *, name: s
     the formats and the policy on unmatched keys."""
     check_range(strength, f"the strength of {name}", -100.0, 100.0, "1 is the LoRA as trained, 0 switches it off")
     modules = lora_targets(model)
-    kohya = {m.replace(".", "_"): m for m in modules}
+    by_flat_name = {m.replace(".", "_"): m for m in modules}
     patches: dict[str, LoRAPatch] = {}
     stems: dict[str, str] = {}
     unmatched, skipped = [], []
     for key, tensor in state_dict.items():
         split = _split_key(key)
-        module = _module_name(split[0], modules, kohya) if split else None
+        flat = _flat_name(split[0] if split else key)
+        module = by_flat_name.get(flat) if split else None
         if module is None:
-            (skipped if SKIPPABLE.search(key) else unmatched).append(key)
+            (skipped if TEXT_ENCODER.match(key) or SKIPPABLE.search(flat) else unmatched).append(key)
             continue
         stem, role = split
         patch = patches.setdefault(module, LoRAPatch())
@@ -151,9 +156,10 @@ def parse_lora(state_dict: dict[str, torch.Tensor], model: nn.Module, *, name: s
     if unmatched:
         shown = ", ".join(unmatched[:8]) + (f" and {len(unmatched) - 8} more" if len(unmatched) > 8 else "")
         raise LoRAError(f"{name}: {len(unmatched)} of its {len(state_dict)} keys match no layer of the FlashHead DiT "
-                        f"({shown}). It is not a LoRA for a Wan-2.1 1.3B-layout DiT (or uses a key format not "
-                        f"read here: PEFT lora_A/lora_B, kohya lora_down/lora_up + alpha, diff/diff_b): use a LoRA "
-                        f"trained for FlashHead or Wan 2.1 1.3B")
+                        f"({shown}), in the Wan, diffusers or kohya names of its modules. Either it is a LoRA for "
+                        f"another kind of model (SD, SDXL, Flux, ...), or it stores its tensors under suffixes not "
+                        f"read here (read: PEFT lora_A/lora_B, kohya lora_down/lora_up + alpha, diff/diff_b): use a "
+                        f"LoRA trained for FlashHead or Wan 2.1 1.3B")
     for module, patch in patches.items():
         _check_patch(name, module, patch, modules[module], stems[module])
     patches = {m: p for m, p in patches.items() if p.down is not None or p.diff is not None or p.diff_b is not None}
@@ -249,11 +255,32 @@ class _OnTheFly:
         return output
 
 
+def _stored_in_fp8(layer: nn.Module) -> bool:
+    """Whether a layer's weight is kept in fp8 (fp8 storage, or a scaled fp8 Linear): LoRAs run on the fly there."""
+    return _is_fp8(layer.weight) or getattr(layer, "scale_weight", None) is not None
+
+
+def _check_applicable(model_modules: dict[str, nn.Module], loras: list[LoRA]) -> None:
+    """What `apply_loras` would refuse, found before it changes anything."""
+    for lora in loras:
+        for module, patch in lora.patches.items():
+            layer = model_modules.get(module)
+            if layer is None:
+                raise LoRAError(f"{lora.name}: {module} is not a layer of this model: the LoRA was read against "
+                                f"another DiT; read it again with this one")
+            _check_patch(lora.name, module, patch, layer, lora.keys.get(module, module))
+            if patch.diff is not None and _stored_in_fp8(layer):
+                raise LoRAError(f"{lora.name}: {module} is stored in fp8 and the LoRA holds a full weight delta "
+                                f"(.diff) for it: load the model with weight_dtype default to apply it")
+
+
 def apply_loras(model: nn.Module, loras: list[LoRA]) -> dict[str, str]:
     """Apply the LoRAs to `model` in place (a model loaded for this run: the CLI, library users). Returns module ->
     'merged' or 'on the fly'. Float weights are merged; fp8-stored (or scaled fp8) Linear weights get a forward
-    hook (see the module docstring). A bias delta (diff_b) is always merged (biases are never fp8)."""
+    hook (see the module docstring). A bias delta (diff_b) is always merged (biases are never fp8). Every LoRA is
+    checked first: a LoRAError leaves the model as it was. The keys a LoRA skipped are the caller's to report."""
     modules = lora_targets(model)
+    _check_applicable(modules, loras)
     how: dict[str, str] = {}
     hooks: dict[str, _OnTheFly] = {}
     with torch.no_grad():
@@ -265,12 +292,7 @@ def apply_loras(model: nn.Module, loras: list[LoRA]) -> dict[str, str]:
                 if patch.down is None and patch.diff is None:
                     continue
                 weight = layer.weight
-                scaled = getattr(layer, "scale_weight", None) is not None
-                if _is_fp8(weight) or scaled:
-                    if patch.diff is not None:
-                        raise LoRAError(f"{lora.name}: {module} is stored in fp8 and the LoRA holds a full "
-                                        f"weight delta (.diff) for it: load the model with weight_dtype default "
-                                        f"to apply it")
+                if _stored_in_fp8(layer):
                     if module not in hooks:
                         hooks[module] = _OnTheFly()
                         layer.register_forward_hook(hooks[module])
@@ -281,9 +303,6 @@ def apply_loras(model: nn.Module, loras: list[LoRA]) -> dict[str, str]:
                     delta = weight_delta(patch, lora.strength).reshape(weight.shape)
                     weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
                     how.setdefault(module, "merged")
-            if lora.skipped:
-                log.warning("%s: skipped %d keys for modules the FlashHead DiT does not have: %s", lora.name,
-                            len(lora.skipped), ", ".join(lora.skipped[:8]))
     return how
 
 

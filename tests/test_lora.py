@@ -197,3 +197,118 @@ def test_cli_lora(tmp_path, capsys):
     save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 4)}, str(tmp_path / "sd.safetensors"))
     assert main(base + ["--out", str(tmp_path / "b.mp4"), "--lora", str(tmp_path / "sd.safetensors")]) == 1
     assert "match no layer" in capsys.readouterr().err and not (tmp_path / "b.mp4").exists()
+
+
+# --- every naming of the non-block modules; modules FlashHead lacks; a refused LoRA changes nothing ---------------
+
+def _low_rank(model, module: str, seed: int, rank: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up [out, r], down [r, in]) for one of the model's Linear layers."""
+    out_features, in_features = dict(model.named_modules())[module].weight.shape
+    g = torch.Generator().manual_seed(seed)
+    return 0.03 * torch.randn(out_features, rank, generator=g), 0.03 * torch.randn(rank, in_features, generator=g)
+
+
+# Wan name -> its diffusers WanTransformer3DModel name, outside the blocks and inside (norm2 there is Wan's norm3).
+NON_BLOCK = {"time_embedding.0": "condition_embedder.time_embedder.linear_1",
+             "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+             "time_projection.1": "condition_embedder.time_proj", "head.head": "proj_out"}
+
+
+def _kohya(key: str) -> str:
+    """'blocks.0.attn1.to_q.lora_down.weight' -> 'lora_unet_blocks_0_attn1_to_q.lora_down.weight'."""
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha", ".diff_b", ".diff"):
+        if key.endswith(suffix):
+            return "lora_unet_" + key[: -len(suffix)].replace(".", "_") + suffix
+    raise AssertionError(key)
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "kohya of diffusers"])
+def test_diffusers_names_outside_the_blocks_reach_the_same_layers(tiny_pro, naming):
+    """proj_out, the time embedder and time_proj in diffusers names (dotted, or kohya's lora_unet_ + '_') give the
+    model the same LoRA gives in Wan names; the cross-attention norm is norm2 in diffusers and norm3 in Wan."""
+    model = load_dit(tiny_pro)
+    pairs = {wan: _low_rank(model, wan, seed) for seed, wan in enumerate(NON_BLOCK)}
+    norm_delta = 0.2 * torch.randn(128, generator=torch.Generator().manual_seed(9))
+    wan_sd = {"diffusion_model.blocks.1.norm3.diff": norm_delta}
+    theirs = {"blocks.1.norm2.diff": norm_delta}
+    for wan, (up, down) in pairs.items():
+        wan_sd |= {f"diffusion_model.{wan}.lora_down.weight": down, f"diffusion_model.{wan}.lora_up.weight": up,
+                   f"diffusion_model.{wan}.alpha": torch.tensor(6.0)}
+        theirs |= {f"{NON_BLOCK[wan]}.lora_down.weight": down, f"{NON_BLOCK[wan]}.lora_up.weight": up,
+                   f"{NON_BLOCK[wan]}.alpha": torch.tensor(6.0)}
+    prefix = "transformer." if naming == "diffusers" else ""
+    theirs = {_kohya(k) if naming.startswith("kohya") else prefix + k: v for k, v in theirs.items()}
+    reference = parse_lora(wan_sd, model, name="wan", strength=0.9)
+    lora = parse_lora(theirs, model, name=naming, strength=0.9)
+    assert set(lora.patches) == set(reference.patches) == set(NON_BLOCK) | {"blocks.1.norm3"}
+    assert not lora.skipped
+    inputs = dit_inputs(model)
+    expected = dit_flow(_reference(tiny_pro, [reference]), inputs)
+    apply_loras(model, [lora])
+    torch.testing.assert_close(dit_flow(model, inputs), expected)
+
+
+def test_modules_flashhead_lacks_are_skipped_in_every_naming(tiny_pro):
+    """The text and image embedders and the I2V image keys of cross-attention, in diffusers and kohya names as well
+    as Wan's, are skipped and listed; the rest of the LoRA applies."""
+    model = load_dit(tiny_pro)
+    up, down = _low_rank(model, "blocks.1.self_attn.v", seed=4)
+    wanted = {"transformer.blocks.1.attn1.to_v.lora_A.weight": down, "transformer.blocks.1.attn1.to_v.lora_B.weight": up}
+    z = torch.zeros
+    lacked = {
+        # diffusers
+        "transformer.condition_embedder.text_embedder.linear_1.lora_A.weight": z(3, 4096),
+        "transformer.condition_embedder.text_embedder.linear_2.lora_B.weight": z(128, 3),
+        "transformer.condition_embedder.image_embedder.ff.net.0.proj.lora_A.weight": z(3, 1280),
+        "transformer.condition_embedder.image_embedder.norm2.diff": z(128),
+        "transformer.blocks.0.attn2.add_k_proj.lora_A.weight": z(3, 128),
+        "transformer.blocks.0.attn2.add_v_proj.lora_B.weight": z(128, 3),
+        "transformer.blocks.1.attn2.norm_added_k.diff": z(128),
+        # kohya, in Wan and in diffusers names
+        "lora_unet_text_embedding_0.lora_down.weight": z(3, 4096),
+        "lora_unet_text_embedding_0.alpha": torch.tensor(3.0),
+        "lora_unet_img_emb_proj_1.lora_up.weight": z(128, 3),
+        "lora_unet_blocks_1_cross_attn_k_img.lora_down.weight": z(3, 128),
+        "lora_unet_blocks_0_cross_attn_norm_k_img.diff": z(128),
+        "lora_unet_blocks_0_attn2_add_v_proj.lora_down.weight": z(3, 128),
+        "lora_unet_condition_embedder_image_embedder_ff_net_2.lora_up.weight": z(128, 3),
+        # the text encoder
+        "text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": z(3, 8),
+    }
+    lora = parse_lora(wanted | lacked, model, name="i2v")
+    assert set(lora.patches) == {"blocks.1.self_attn.v"}
+    assert sorted(lora.skipped) == sorted(lacked)
+
+
+def test_a_lora_names_its_foreign_keys_without_calling_itself_not_wan(tiny_pro):
+    model = load_dit(tiny_pro)
+    with pytest.raises(LoRAError, match=r"1 of its 3 keys.*lora_unet_input_blocks_1_proj_in") as refused:
+        parse_lora(lora_state_dict("kohya", {"blocks.0.ffn.0": _low_rank(model, "blocks.0.ffn.0", 1)}) |
+                   {"lora_unet_input_blocks_1_proj_in.lora_down.weight": torch.zeros(3, 8)}, model, name="mixed")
+    assert "not a LoRA for a Wan" not in str(refused.value)
+
+
+def test_a_refused_lora_leaves_the_model_as_it_was(tiny_pro):
+    """fp8-stored blocks: the first LoRA would hook two Linears and merge a bias delta, the second holds a full delta
+    (.diff) for an fp8 weight, which cannot be applied. apply_loras refuses before it changes anything: the same
+    tensors, no forward hook, the same output."""
+    model = load_dit(tiny_pro, weight_dtype=torch.float8_e5m2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = dit_inputs(model)
+    before = dit_flow(model, inputs)
+    first_sd = {"blocks.0.cross_attn.q.diff_b": torch.full((128,), 0.25)}
+    for module in ("blocks.0.self_attn.q", "blocks.1.ffn.2"):
+        up, down = _low_rank(model, module, seed=len(module))
+        first_sd |= {f"{module}.lora_A.weight": down, f"{module}.lora_B.weight": up}
+    first = parse_lora(first_sd, model, name="first")
+    second = parse_lora({"diffusion_model.blocks.1.self_attn.k.diff": torch.full((128, 128), 1e-3)}, model,
+                        name="second")
+    with pytest.raises(LoRAError, match="second: blocks.1.self_attn.k is stored in fp8.*weight_dtype default"):
+        apply_loras(model, [first, second])
+    after = model.state_dict()
+    assert all(torch.equal(after[k].view(torch.uint8), v.view(torch.uint8)) if v.dtype.itemsize == 1 else
+               torch.equal(after[k], v) for k, v in state.items())
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(dit_flow(model, inputs), before)
+    assert set(apply_loras(model, [first]).values()) == {"on the fly"}  # the first alone applies
+    assert not torch.equal(dit_flow(model, inputs), before)
