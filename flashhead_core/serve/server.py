@@ -52,7 +52,7 @@ from .scheduler import GenerationWorker
 from .security import (NO_STORE, check_binding, check_public_origin, errors_middleware, refusal,
                        security_middleware)
 from .uploads import read_portrait, read_speech
-from .webrtc import add_webrtc_routes
+from .webrtc import RtcSink, add_webrtc_routes
 
 DEFAULT_PORT = 8765
 STATIC = Path(__file__).parent / "static"  # the page; the player is the stream library's (live/static/player.js)
@@ -60,7 +60,7 @@ STATIC_FILES = {"player.js": (PLAYER_JS, "text/javascript"), "page.js": (STATIC 
                 "page.css": (STATIC / "page.css", "text/css")}
 STREAM_PREFIX = "/api/live"
 STATUS_INTERVAL = 0.5  # seconds between the status messages on an audio WebSocket
-SESSION_FIELDS = frozenset({"width", "height", "seed"})
+SESSION_FIELDS = frozenset({"width", "height", "seed", "idle"})
 CONTROLS = ("end", "flush", "interrupt")  # the audio socket's text messages: {"end": true}, ...
 SERVER = web.AppKey("flashhead_server", object)  # app[SERVER]: the server's state (sessions, worker, registry)
 
@@ -211,6 +211,8 @@ class _Server:
             raise UploadError("no portrait: send at least one image file in the 'portrait' field")
         width, height = self._size(form)
         seed = check_seed(_form_integer(form, "seed", 0))
+        if (idle := _form_integer(form, "idle", 0)) not in (0, 1):
+            raise InputError(f"idle must be 1 (keep moving between utterances) or 0, got {idle}")
         with self._slot():
             speech = None
             if form.get("audio"):
@@ -221,7 +223,8 @@ class _Server:
             channel = self.registry.create(session=sid)
             live = await asyncio.to_thread(
                 LiveSession, self.pipeline, channel, height=height, width=width, seed=seed,
-                context_seconds=self.options.context_seconds, max_backlog_seconds=self.options.max_speech_seconds)
+                context_seconds=self.options.context_seconds, max_backlog_seconds=self.options.max_speech_seconds,
+                sinks=[RtcSink()], idle=bool(idle))
             try:
                 await self._add_identities(live, images)
             except BaseException:

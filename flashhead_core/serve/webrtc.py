@@ -41,10 +41,15 @@ import time
 from collections import deque
 from fractions import Fraction
 
+import aioice.ice
+import av
 import numpy as np
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
-from ..errors import InputError, ServerBusy
+from ..errors import InputError, ServerBusy, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -154,34 +159,29 @@ class RtcSink:
                 pass
 
 
-def _tracks():
-    """The two track classes (aiortc imported on first use: the core runs without it)."""
-    from aiortc import MediaStreamTrack
-    from aiortc.mediastreams import MediaStreamError
+class _QueueTrack(MediaStreamTrack):
+    """A track whose frames its Playout puts in; the peer's sender calling recv() tells the playout it pulls."""
 
-    class QueueTrack(MediaStreamTrack):
-        """A track whose frames the Playout puts in; recv() starts the playout (the peer is connected)."""
+    def __init__(self, playout: "Playout"):
+        super().__init__()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.playout = playout
 
-        def __init__(self, playout: "Playout"):
-            super().__init__()
-            self.queue: asyncio.Queue = asyncio.Queue()
-            self.playout = playout
+    async def recv(self):
+        self.playout.begin(self)
+        frame = await self.queue.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
 
-        async def recv(self):
-            self.playout.begin(self)
-            frame = await self.queue.get()
-            if frame is None:
-                self.stop()
-                raise MediaStreamError
-            return frame
 
-    class VideoTrack(QueueTrack):
-        kind = "video"
+class _VideoTrack(_QueueTrack):
+    kind = "video"
 
-    class AudioTrack(QueueTrack):
-        kind = "audio"
 
-    return VideoTrack, AudioTrack
+class _AudioTrack(_QueueTrack):
+    kind = "audio"
 
 
 class Playout:
@@ -193,8 +193,7 @@ class Playout:
 
     def __init__(self, sink: RtcSink):
         self.sink = sink
-        video, audio = _tracks()
-        self.video, self.audio = video(self), audio(self)
+        self.video, self.audio = _VideoTrack(self), _AudioTrack(self)
         self.frames_sent = self.held_frames = 0
         self.started_at: float | None = None  # time.perf_counter() of the first tick
         self._task: asyncio.Task | None = None
@@ -235,8 +234,6 @@ class Playout:
             await asyncio.sleep(max(0.0, t0 + k / FPS - loop.time()))
 
     def _emit(self, k: int, unit: tuple[np.ndarray, np.ndarray] | None) -> None:
-        import av
-
         if unit is None:
             frame, audio = self._last, np.zeros(SAMPLES_PER_FRAME, np.float32)
             self.held_frames += 1
@@ -285,8 +282,6 @@ _loopback_lock = threading.Lock()
 def include_loopback_candidates() -> None:
     """Make aioice offer 127.0.0.1 among its host candidates (it leaves loopback out; a browser on this machine where
     only `lo` exists has nothing else). Idempotent; affects every aiortc peer of this process."""
-    import aioice.ice
-
     with _loopback_lock:
         original = aioice.ice.get_host_addresses
         if getattr(original, "with_loopback", False):
@@ -324,8 +319,6 @@ class RtcPeer:
     closed by the browser, does not connect within connect_timeout, or the stream ends and has played."""
 
     def __init__(self, sink: RtcSink, ice_servers: list[dict], on_close=None, connect_timeout: float = CONNECT_TIMEOUT):
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-
         include_loopback_candidates()
         self.sink, self.on_close = sink, on_close
         self.playout = Playout(sink)
@@ -344,8 +337,6 @@ class RtcPeer:
     @classmethod
     async def answer(cls, sink: RtcSink, offer_sdp: str, ice_servers: list[dict] = (), **options) -> "RtcPeer":
         """A peer answering `offer_sdp` (InputError when aiortc cannot take it; the peer is closed then)."""
-        from aiortc import RTCSessionDescription
-
         peer = cls(sink, list(ice_servers), **options)
         try:
             await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -419,32 +410,30 @@ def session_sink(live) -> RtcSink:
 
 class _RtcRoutes:
     """The WebRTC handlers over a `flashhead serve` server: at most one peer per session (on the session's RtcSink; a
-    new offer replaces the peer), at most max_sessions offers being answered at once (an offer flood gets 503), each
-    peer counted as a watcher of its session (`sockets`) while it lives: the idle reaper leaves a watched session
-    alone, and frees it once the peer is gone."""
+    new offer replaces the peer), one offer per session and at most max_sessions being answered at once (an offer
+    flood gets 503), each peer counted as a watcher of its session (`sockets`) while it lives: the idle reaper
+    leaves a watched session alone, and frees it once the peer is gone."""
 
     def __init__(self, server, ice_servers: list[dict]):
         self.server, self.ice_servers = server, ice_servers
         self.peers: dict[str, RtcPeer] = {}
-        self.negotiating = 0
+        self.negotiating: set[str] = set()  # the sessions whose offer is being answered
 
     async def config(self, request):
-        from aiohttp import web
-
         return web.json_response({"iceServers": self.ice_servers}, headers={"Cache-Control": "no-store"})
 
     async def offer(self, request):
-        from aiohttp import web
-
         served = self.server.session(request)
         limit = self.server.options.max_sessions
-        if self.negotiating >= limit:
-            raise ServerBusy(f"busy: {limit} WebRTC offers are being answered; send the offer again in a moment")
-        self.negotiating += 1
+        if len(self.negotiating) >= limit or served.id in self.negotiating:
+            raise ServerBusy("busy: an offer for this session (or as many offers as the server has sessions) is "
+                             "being answered; send the offer again in a moment")
+        self.negotiating.add(served.id)
         try:
             body = await request.content.read(MAX_OFFER_BYTES + 1)
             if len(body) > MAX_OFFER_BYTES:
-                raise InputError(f"the offer is larger than {MAX_OFFER_BYTES // 1024} KB: send a browser's offer")
+                raise UploadTooLarge(f"the offer is larger than {MAX_OFFER_BYTES // 1024} KB: send a browser's "
+                                     f"offer")
             sdp = check_offer(body)
             sink = session_sink(served.live)
             old = self.peers.pop(served.id, None)
@@ -455,7 +444,7 @@ class _RtcRoutes:
             peer.on_close = self._closed_by(served)
             self.peers[served.id] = peer
         finally:
-            self.negotiating -= 1
+            self.negotiating.discard(served.id)
         return web.json_response({"type": "answer", "sdp": peer.answer_sdp}, headers={"Cache-Control": "no-store"})
 
     def _closed_by(self, served):
@@ -468,16 +457,12 @@ class _RtcRoutes:
         return closed
 
     async def status(self, request):
-        from aiohttp import web
-
         served = self.server.session(request)
         peer = self.peers.get(served.id)
         body = peer.status() if peer is not None else {"state": "none"}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def hang_up(self, request):
-        from aiohttp import web
-
         served = self.server.session(request)
         peer = self.peers.get(served.id)
         if peer is not None:
@@ -485,8 +470,6 @@ class _RtcRoutes:
         return web.json_response({"closed": peer is not None}, headers={"Cache-Control": "no-store"})
 
     async def interrupt(self, request):
-        from aiohttp import web
-
         served = self.server.session(request)
         dropped = await asyncio.to_thread(served.live.interrupt)  # its sinks drop what they have not played
         return web.json_response({"interrupted": True, "dropped_speech_s": round(dropped, 3),

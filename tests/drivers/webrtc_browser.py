@@ -31,11 +31,12 @@ import browser_support  # noqa: E402  (this script's folder)
 from aiohttp import web  # noqa: E402
 
 from flashhead_core.config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME  # noqa: E402
-from flashhead_core.serve.webrtc import add_webrtc_routes  # noqa: E402
+from flashhead_core.serve.webrtc import RtcSink, add_webrtc_routes  # noqa: E402
 
 SIZE, CHUNK, FLASH_AT = 64, 24, 10
 
-PAGE = """<!doctype html><html><head><link rel="icon" href="data:,"></head><body><video id="v" playsinline autoplay></video><script type="module">
+PAGE = """<!doctype html><html><head><link rel="icon" href="data:,"></head><body>
+<video id="v" playsinline autoplay></video><script type="module">
 const probe = window.probe = {frames: [], blocks: [], clock: [], errors: []};
 const v = document.getElementById('v');
 const pc = new RTCPeerConnection({iceServers: []});
@@ -51,7 +52,8 @@ pc.ontrack = async (e) => {
   const context = probe.context = new AudioContext({sampleRate: 48000});
   const worklet = `registerProcessor('rms', class extends AudioWorkletProcessor {
     process(inputs) { const x = inputs[0][0];
-      if (x) { let s = 0; for (const a of x) s += a * a; this.port.postMessage([currentFrame, Math.sqrt(s / x.length)]); }
+      if (x) { let s = 0; for (const a of x) s += a * a;
+               this.port.postMessage([currentFrame, Math.sqrt(s / x.length)]); }
       return true; } });`;
   await context.audioWorklet.addModule(URL.createObjectURL(new Blob([worklet], {type: 'text/javascript'})));
   const node = new AudioWorkletNode(context, 'rms');
@@ -91,24 +93,20 @@ probe.stats = async () => { const out = {}; (await pc.getStats()).forEach((r) =>
 
 
 class FlashSession:
-    """The stand-in for a served session (what add_webrtc_routes uses: id, live, sockets, touch()); as `live` it
-    takes sinks and writes flash chunks to them in real time from a thread, as the generation worker would."""
+    """The stand-in for a served session (what add_webrtc_routes uses: id, live, sockets, touch()); as `live` it has
+    an RtcSink among its sinks and, from the first offer on, writes flash chunks to it in real time from a thread, as
+    the generation worker would."""
 
     def __init__(self, seconds: float):
         self.id, self.live, self.sockets, self.seconds = "s", self, 0, seconds
-        self.sinks, self.written = [], []
+        self.sinks = [RtcSink()]
+        self.sinks[0].start(SIZE, SIZE, FPS, AUDIO_SAMPLE_RATE, 1)
+        self.writer: threading.Thread | None = None
 
     def touch(self) -> None:
-        pass
-
-    def add_sink(self, sink) -> None:
-        sink.start(SIZE, SIZE, FPS, AUDIO_SAMPLE_RATE, 1)
-        self.sinks.append(sink)
-        threading.Thread(target=self._write, args=(sink,), daemon=True).start()
-
-    def remove_sink(self, sink) -> None:
-        if sink in self.sinks:
-            self.sinks.remove(sink)
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write, args=(self.sinks[0],), daemon=True)
+            self.writer.start()
 
     def _write(self, sink) -> None:
         tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLES_PER_FRAME) / AUDIO_SAMPLE_RATE)
@@ -128,6 +126,7 @@ class FlashServer:
         self.options = type("Options", (), {"max_sessions": 2})()
 
     def session(self, request):
+        self.served.touch()
         return self.served
 
 
