@@ -5,7 +5,9 @@ Accepted layouts:
 - a released model folder: `config.json` + `diffusion_pytorch_model.safetensors`, or shards listed by
   `diffusion_pytorch_model.safetensors.index.json`,
 - one `.safetensors` file (as ComfyUI users keep it in `models/diffusion_models/`): the config is inferred from
-  tensor shapes (docs/algorithm.md#config-from-tensor-shapes).
+  tensor shapes (docs/algorithm.md#config-from-tensor-shapes). Keys may carry ComfyUI's `model.diffusion_model.` or
+  `diffusion_model.` prefix (a file saved from ComfyUI); keys outside it (a VAE or text encoder saved alongside)
+  are not the DiT's and are not read.
 The model is built on the meta device and each tensor is read once, cast to the compute dtype and assigned, so
 peak memory is one copy of the weights in that dtype.
 
@@ -13,7 +15,11 @@ fp8 weight storage (docs/fp8.md): `weight_dtype=torch.float8_e4m3fn` or `float8_
 weights (the big matmuls, ~94% of the weights) in fp8; every other tensor stays in the compute dtype and the layers
 upcast per call. A ComfyUI scaled fp8 file (a `scaled_fp8` marker tensor whose dtype is the fp8 dtype, float32 meaning
 e4m3fn, and per-layer `<layer>.scale_weight`) is loaded as stored: each scaled Linear keeps its fp8 weight and a
-float32 `scale_weight` buffer, and computes with weight * scale_weight.
+float32 `scale_weight` buffer, and computes with weight * scale_weight. Such a file needs the scale-aware layers
+(`operations=flashhead_core.layers`); `is_scaled_fp8` tells a host before it picks its layers.
+
+The attention backend is chosen for the device the model computes on: `execution_device` when a host loads the
+weights on an offload device (CPU) and moves them to the GPU to run, else `device`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,38 @@ UNUSED_PREFIXES = ("text_embedding.", "audio_emb.")
 # weight_dtype choices, by the names ComfyUI's loaders use.
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 SCALED_FP8_KEY = "scaled_fp8"
+# Prefixes of a DiT's keys in files saved from ComfyUI (a full checkpoint, or its diffusion model alone).
+SAVED_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+
+class PrefixedSource:
+    """A weight source seen without a prefix: the keys under `prefix` with it removed (others are left out)."""
+
+    def __init__(self, source: SafetensorsSource | DictSource, prefix: str):
+        self.source, self.prefix = source, prefix
+        self.shapes = {k[len(prefix):]: shape for k, shape in source.shapes.items() if k.startswith(prefix)}
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.source.get(self.prefix + key)
+
+
+def dit_source(source: SafetensorsSource | DictSource) -> SafetensorsSource | DictSource | PrefixedSource:
+    """The DiT's tensors of a source by their released names: a ComfyUI-saved file's prefix removed."""
+    for prefix in SAVED_PREFIXES:
+        if f"{prefix}patch_embedding.weight" in source.shapes:
+            return PrefixedSource(source, prefix)
+    return source
+
+
+def is_scaled_fp8(checkpoint: str | Path | dict[str, torch.Tensor], variant: str = "auto") -> bool:
+    """Whether a DiT checkpoint (a path and variant as `load_dit` takes them, or a state dict) is a ComfyUI scaled
+    fp8 file: its Linears need the scale-aware `flashhead_core.layers` (ComfyUI's casting layers cannot carry the
+    scale). Reads the safetensors headers only."""
+    if isinstance(checkpoint, dict):
+        source = DictSource(checkpoint)
+    else:
+        source = SafetensorsSource(find_model_files(checkpoint, variant)[1])
+    return SCALED_FP8_KEY in dit_source(source).shapes
 
 
 def find_model_files(path: str | Path, variant: str = "auto") -> tuple[dict | None, list[Path]]:
@@ -135,16 +173,17 @@ def attach_fp8_scales(model: FlashHeadDiT, source: SafetensorsSource | DictSourc
     return dtypes
 
 
-def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu", attention: str = "auto", weight_dtype: torch.dtype | None = None,
-              operations=layers) -> FlashHeadDiT:
+def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource | PrefixedSource, *,
+              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", attention: str = "auto",
+              weight_dtype: torch.dtype | None = None, operations=layers,
+              execution_device: torch.device | str | None = None) -> FlashHeadDiT:
     """Construct the DiT on the meta device and assign the source's tensors (cast to `dtype`, the blocks' Linear
     weights to `weight_dtype` when given, a scaled fp8 file's scaled weights as stored) on `device`.
-    `operations`: see FlashHeadDiT."""
+    `attention` is resolved for `execution_device` (default `device`). `operations`: see FlashHeadDiT."""
     if weight_dtype not in WEIGHT_DTYPES.values():
         raise InputError(f"weight_dtype must be one of {', '.join(map(str, WEIGHT_DTYPES.values()))} "
                          f"({', '.join(WEIGHT_DTYPES)}), not {weight_dtype!r}")
-    backend = resolve_backend(attention, torch.device(device))
+    backend = resolve_backend(attention, torch.device(execution_device if execution_device is not None else device))
     with torch.device("meta"):
         model = FlashHeadDiT(config, backend, operations)
     dtypes = dict.fromkeys(fp8_weight_names(model), weight_dtype) if weight_dtype else {}
@@ -158,20 +197,25 @@ def build_dit(config: ModelConfig, source: SafetensorsSource | DictSource, *, dt
 
 def load_dit(path: str | Path, *, variant: str = "auto", dtype: torch.dtype = torch.float32,
              device: torch.device | str = "cpu", attention: str = "auto", num_heads: int | None = None,
-             weight_dtype: torch.dtype | None = None, operations=layers) -> FlashHeadDiT:
-    """Load a FlashHead DiT from a released root/folder or a single safetensors file.
+             weight_dtype: torch.dtype | None = None, operations=layers,
+             execution_device: torch.device | str | None = None) -> FlashHeadDiT:
+    """Load a FlashHead DiT from a released root/folder or a single safetensors file (ComfyUI's key prefixes
+    allowed) onto `device`.
 
     variant: "auto", "lite" or "pro" (a mismatch with the file is an error). num_heads: only for non-standard
     single files (default dim / 128, or config.json's value). dtype: the compute dtype. weight_dtype: None,
     torch.float8_e4m3fn or torch.float8_e5m2 (the blocks' Linear weights; see the module docstring).
-    operations: the layer namespace (FlashHeadDiT).
+    attention: "auto" or a backend name (attention.BACKENDS), chosen and checked for `execution_device`: where the
+    model will compute when that is not where it is loaded (a host that moves it to the GPU to run; default
+    `device`). operations: the layer namespace (FlashHeadDiT); a scaled fp8 file needs flashhead_core.layers
+    (`is_scaled_fp8`).
     """
     if variant not in ("auto", "lite", "pro"):
         raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
     config_json, files = find_model_files(path, variant)
-    source = SafetensorsSource(files)
+    source = dit_source(SafetensorsSource(files))
     config = config_from_shapes(source.shapes, config_json, num_heads)
     if variant != "auto" and variant != config.variant:
         raise CheckpointError(f"{path} is a FlashHead {config.variant} model, but {variant} was asked for")
     return build_dit(config, source, dtype=dtype, device=device, attention=attention, weight_dtype=weight_dtype,
-                     operations=operations)
+                     operations=operations, execution_device=execution_device)
