@@ -315,6 +315,12 @@ def check_interrupt() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def input_folder() -> Path:
+    """ComfyUI's input folder: what LoadImage and LoadAudio list."""
+    require_host()
+    return Path(folder_paths.get_input_directory())
+
+
 def output_file(filename_prefix: str, width: int, height: int, extension: str) -> tuple[Path, str, str]:
     """A new numbered file in ComfyUI's output folder -> (path, filename, subfolder), as SaveVideo names them."""
     folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(

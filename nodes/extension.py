@@ -8,6 +8,7 @@ from ._errors import plain_errors
 from ._io import ComfyExtension, io
 from .audio import FlashHeadAudioEncode
 from .batch import FlashHeadAudioBatch, FlashHeadBatchSampler
+from .examples import install_example_inputs
 from .face import FlashHeadFaceCrop, FlashHeadPasteBack
 from .loaders import FlashHeadAudioEncoderLoader, FlashHeadModelLoader, FlashHeadVAELoader
 from .lora import FlashHeadLoraLoader
@@ -38,4 +39,5 @@ class FlashHeadExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> FlashHeadExtension:
+    install_example_inputs()
     return FlashHeadExtension()
