@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import tracemalloc
 
 import av
@@ -199,3 +200,31 @@ def test_frame_conversions():
     assert np.array_equal(images_to_uint8(torch.from_numpy(pixels).float() / 255), pixels)
     with pytest.raises(ValueError, match="batch of 2"):
         video_to_images(video.expand(2, -1, -1, -1, -1))
+
+
+# --- reproducible bytes --------------------------------------------------------------------------------------------
+
+def _encode_noise(path) -> bytes:
+    """12 frames of noise, 128x256 (16 macroblock rows: room for several x264 slices), with a tone."""
+    frames = np.random.default_rng(7).integers(0, 256, (12, 256, 128, 3), dtype=np.uint8)
+    tone = (0.2 * np.sin(np.arange(16000) * 0.05)).astype(np.float32)
+    with VideoWriter(path, 128, 256, audio=(tone, 16000)) as writer:
+        writer.write(frames[:5])
+        writer.write(frames[5:])
+    return path.read_bytes()
+
+
+def test_the_same_frames_give_the_same_bytes_with_any_number_of_cpus(tmp_path):
+    """libx264 sizes its threads (and so its slices and references) by the CPUs the process may use; the writer
+    fixes the count, so one CPU and all of them write the same file (before: different H.264 packets)."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("one CPU here: the CPU count the encoder sees cannot be varied")
+    everywhere = _encode_noise(tmp_path / "all.mp4")
+    os.sched_setaffinity(0, {min(cpus)})  # this thread, and the encoder threads it starts
+    try:
+        on_one = _encode_noise(tmp_path / "one.mp4")
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert on_one == everywhere
+    assert _encode_noise(tmp_path / "again.mp4") == everywhere

@@ -35,6 +35,9 @@ def aac_can_store(sample_rate: float, channels: int) -> bool:
     return sample_rate in AAC_SAMPLE_RATES and channels in (1, 2)
 
 
+# libx264's output depends on its thread count (slices, and what frame threads may reference), which by default
+# follows the CPUs the process may use: a fixed count makes the same frames the same bytes with any CPU count.
+X264_THREADS = 4
 _BT709 = 1  # AVCOL_PRI/TRC/SPC_BT709: the tag matches the RGB -> YUV matrix we convert with
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 
@@ -42,7 +45,8 @@ _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 # --- writing -------------------------------------------------------------------------------------------------------
 
 class VideoWriter:
-    """Incremental H.264 (libx264, yuv420p, BT.709) MP4 with optional AAC audio; use it as a context manager.
+    """Incremental H.264 (libx264, yuv420p, BT.709) MP4 with optional AAC audio; use it as a context manager. The
+    same frames and audio give the same bytes however many CPUs encode them (X264_THREADS).
 
     The file is written as `.<name>.<random>.partial` in the target folder and renamed to `path` (replacing an
     existing file) only by a successful `close()`. An exception inside the `with` block (KeyboardInterrupt
@@ -83,6 +87,7 @@ class VideoWriter:
             self._video = self._container.add_stream("libx264", rate=self.fps)
             self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
             self._video.options = {"crf": str(crf)}
+            self._video.codec_context.thread_type, self._video.codec_context.thread_count = "FRAME", X264_THREADS
             tag_bt709(self._video.codec_context)
             self._reformatter = VideoReformatter()
             if self._audio is not None:
