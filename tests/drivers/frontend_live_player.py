@@ -6,10 +6,13 @@ tiny checkpoints and inputs placed), with a UI workflow whose speech lasts long 
 It opens the page headless, drops the workflow on it and queues it from the page (app.queuePrompt, as the Run button)
 twice, with a new seed each time (tests/drivers/frontend_video_player.py holds the page scripts both use):
 
-1. live: while the prompt runs, samples the Talking Video node's live <video> (its currentTime, the player's status);
-   once it plays, opens a second tab of the same browser (the workflow restored from the browser's storage, or
-   dropped on it where the frontend opens a blank one), which must join the running stream from GET /flashhead/live;
-   after the prompt, waits for the finished MP4 player.
+1. live: the page itself records, every 100 ms, the Talking Video node's live <video> (currentTime, seconds buffered
+   ahead, the player's status and label, whether a preview image shows) and, once the live player has left, the
+   finished MP4's <video> (currentTime, paused): recorded in the page, so a busy machine that slows this script
+   does not change what is judged. Once the first chunk has arrived it opens a second tab of the same browser (the
+   workflow restored from the browser's storage, or dropped on it where the frontend opens a blank one), which must
+   join the running stream from GET /flashhead/live?workflow=<id> (recorded the same way); after the prompt, waits
+   for the finished MP4 player.
 2. interrupt: once the live video plays, POST /interrupt; the prompt must end interrupted and the player must end
    with the reason, no page error.
 Screenshots: <prefix>_live.png (mid-run), <prefix>_finished.png, <prefix>_joined.png, <prefix>_interrupted.png.
@@ -40,6 +43,36 @@ LIVE = """(nodeId) => {
                            videoWidth: video.videoWidth, buffered_end: b && b.length ? b.end(b.length - 1) : 0,
                            src: video.src,
                            rect: (({x, y, width, height}) => ({x, y, width, height}))(video.getBoundingClientRect())}};
+}"""
+
+# Recorded in the page every 100 ms until stopped: the live player while there is one, then the finished video.
+RECORD = """(nodeId) => {
+  const rec = window.__fhRec = {samples: []};
+  const finished = (node) => {
+    const widget = (node.widgets || []).find(w => w.name === 'video-preview');
+    const el = widget?.element;
+    return (el?.tagName === 'VIDEO' ? el : el?.querySelector?.('video'))
+      || document.querySelector(`[data-node-id="${nodeId}"] video`);
+  };
+  rec.timer = setInterval(() => {
+    const node = app.graph.getNodeById(nodeId);
+    const live = node?.flashHeadLive, t = performance.now() / 1000;
+    const done = Object.keys(window.__fh?.done || {}).length;
+    if (live) {
+      const v = live.video, b = v.buffered;
+      let ahead = 0;
+      for (let i = 0; i < b.length; i++)
+        if (b.start(i) <= v.currentTime + 0.05 && v.currentTime < b.end(i)) ahead = b.end(i) - v.currentTime;
+      rec.samples.push({t, live: true, ct: v.currentTime, ahead, paused: v.paused, done,
+                        streamEnded: !!live.status?.ended, waiting: !!live.status?.waiting,
+                        segment: live.status?.segment ?? -1, label: live.label?.textContent || null,
+                        previews: (node.imgs || []).some(i => String(i?.src ?? '').startsWith('blob:'))});
+    } else {
+      const v = node && finished(node);
+      rec.samples.push({t, live: false, done, finished: v ? {ct: v.currentTime, paused: v.paused,
+                                                            src: v.currentSrc || v.src} : null});
+    }
+  }, 100);
 }"""
 
 FIND_NODE = f"() => (app.graph._nodes || app.graph.nodes).find(n => n.type === '{NODE_TYPE}')?.id ?? null"
@@ -85,25 +118,20 @@ def prompt_outcome(page, queued: dict) -> tuple[str | None, str | None]:
 def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
     queued = queue(page, args.seed)
     node_id = queued["node_id"]
-    report = {"samples": [], "joined": None}
+    page.evaluate(RECORD, node_id)
+    report = {"joined": None}
     t0 = time.monotonic()
     status, shot_taken, second = None, False, None
     while time.monotonic() - t0 < args.timeout:
         live = page.evaluate(LIVE, node_id)
         prompt_id, status = prompt_outcome(page, queued)
-        if live["video"]:
-            report["samples"].append({"t": round(time.monotonic() - t0, 2), "currentTime": live["video"]["currentTime"],
-                                      "segment": (live["status"] or {}).get("segment"), "prompt_done": bool(status)})
         if status:
             break
-        playing = live["video"] and live["video"]["currentTime"] > 1.0
-        if playing and not shot_taken:
-            page.mouse.move(900, 980)
-            page.screenshot(path=f"{args.screenshot_prefix}_live.png")
+        arrived = live["video"] and (live["status"] or {}).get("segment", -1) >= 0
+        if arrived and "routes" not in report:
             report["live_state"] = live
             report["routes"] = page.evaluate(ROUTES, live["stream"])
-            shot_taken = True
-        if playing and second is None:   # a second tab opened mid-run joins at the live edge
+        if arrived and second is None:   # a second tab opened mid-run joins at the live edge
             second = open_page(context, port, ms, console, "tab 2")
             restored = second.evaluate(FIND_NODE) is not None
             if not restored:   # a frontend that opens a new tab on a blank workflow (1.49): open it there, as a user
@@ -111,16 +139,15 @@ def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
                 second.wait_for_function(f"() => {FIND_NODE}() !== null", timeout=ms)
             second_node = second.evaluate(FIND_NODE)
             report["joined"] = {"node_found": second_node is not None, "restored": restored,
-                                "graph_id": second.evaluate("() => app.graph.id || null"), "samples": []}
-        if second is not None and report["joined"]["node_found"] and not status:
-            joined = second.evaluate(LIVE, second_node)
-            if joined["video"]:
-                _, done_now = prompt_outcome(page, queued)
-                report["joined"]["samples"].append({"currentTime": joined["video"]["currentTime"],
-                                                    "segment": (joined["status"] or {}).get("segment"),
-                                                    "stream": joined["stream"], "prompt_done": bool(done_now)})
-                if len(report["joined"]["samples"]) == 5:
-                    second.screenshot(path=f"{args.screenshot_prefix}_joined.png")
+                                "graph_id": second.evaluate("() => app.graph.id || null")}
+            if second_node is not None:
+                second.evaluate(RECORD, second_node)
+        if arrived and not shot_taken and live["video"]["currentTime"] > 1.0:
+            page.mouse.move(900, 980)
+            page.screenshot(path=f"{args.screenshot_prefix}_live.png")
+            if second is not None:
+                second.screenshot(path=f"{args.screenshot_prefix}_joined.png")
+            shot_taken = True
         page.wait_for_timeout(250)
     report.update(prompt_id=prompt_id, status=status, seconds=round(time.monotonic() - t0, 1))
     # the finished MP4 takes the live player's place
@@ -131,11 +158,15 @@ def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
             break
         page.wait_for_timeout(200)
     page.mouse.move(900, 980)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(2000)   # the finished video goes on from where the live one was: let it play a little
     report["finished_video"] = page.evaluate(STATE, node_id)["video"]
     report["live_after"] = page.evaluate(LIVE, node_id)
     page.screenshot(path=f"{args.screenshot_prefix}_finished.png")
+    report["samples"] = page.evaluate("() => { clearInterval(window.__fhRec.timer); return window.__fhRec.samples; }")
     if second is not None:
+        if report["joined"]["node_found"]:
+            report["joined"]["samples"] = second.evaluate(
+                "() => { clearInterval(window.__fhRec.timer); return window.__fhRec.samples; }")
         second.close()
     return report
 
