@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from ..flashhead_core.errors import FlashHeadError
+from ..flashhead_core import FlashHeadError
 
 _SHOWN: dict[type, type] = {}
 

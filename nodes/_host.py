@@ -182,6 +182,19 @@ def missing_option(kind: str, where: str) -> list[str]:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def devices(kind: str) -> tuple[torch.device, torch.device]:
+    """(where a model of `kind` computes, where ComfyUI keeps it between runs): "dit" like a diffusion model,
+    "vae" like a VAE, "audio" like a text encoder (ComfyUI's own choices, e.g. --cpu, --lowvram, --gpu-only)."""
+    return {"dit": lambda: (mm.get_torch_device(), mm.unet_offload_device()),
+            "vae": lambda: (mm.vae_device(), mm.vae_offload_device()),
+            "audio": lambda: (mm.get_torch_device(), mm.text_encoder_offload_device())}[kind]()
+
+
+def vae_dtype(device: torch.device) -> torch.dtype:
+    """The VAE's dtype on `device`: bf16 where ComfyUI allows it (as released), else float32."""
+    return mm.vae_dtype(device, allowed_dtypes=[torch.bfloat16])
+
+
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     """'auto' follows ComfyUI's judgement of the device: bf16 where it is fast (what the official run uses), then
     fp16, else fp32 (CPU)."""

@@ -5,7 +5,7 @@ reads the same in every host."""
 
 from __future__ import annotations
 
-from ..flashhead_core.errors import InputError, check_range
+from ..flashhead_core import check_range, InputError
 
 
 def check_numbers(node: type, **values) -> None:

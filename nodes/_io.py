@@ -1,4 +1,4 @@
-"""The V3 side of the nodes: the pinned node API (comfy_api.v0_0_2) and FlashHead's wire types on it.
+"""The V3 side of the nodes: the pinned node API (comfy_api.v0_0_2); FlashHead's wires on it are in _wires.py.
 
 The node modules import `io` and `ui` from here, so the pinned version is named once. This is ComfyUI's public,
 versioned node API (what the schemas are written in), not its internals: those (comfy.*, folder_paths) stay in
@@ -12,15 +12,7 @@ import inspect
 
 from comfy_api.v0_0_2 import ComfyExtension, InputImpl, io, ui  # noqa: F401  (re-exported for the node modules)
 
-from . import _wires
-
 CATEGORY = "FlashHead"
-
-# FlashHead's own wires (io.Custom): the type names are the V1 ones, so saved links still connect.
-Model = io.Custom(_wires.MODEL)
-Vae = io.Custom(_wires.VAE)
-AudioEncoder = io.Custom(_wires.AUDIO_ENCODER)
-AudioEmbeds = io.Custom(_wires.AUDIO_EMBEDS)
 
 _ADVANCED: dict[type, bool] = {}
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..flashhead_core.audio import load_audio
-from ..flashhead_core.config import AUDIO_SAMPLE_RATE
-from ..flashhead_core.generation.chunks import audio_chunks, check_encoder_fits, video_frame_count
+from ..flashhead_core import AUDIO_SAMPLE_RATE, audio_chunks, check_encoder_fits, load_audio, video_frame_count
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, AudioEmbeds, AudioEncoder, Model, advanced, io
-from ._wires import FlashHeadAudioEmbeds
+from ._io import CATEGORY, advanced, io
+from ._wires import AudioEmbeds, AudioEncoder, FlashHeadAudioEmbeds, Model
 
 MODES = ["stream", "once"]
 MODE_TOOLTIP = ("stream: the Temporal Audio Context Cache (the official default) - each chunk re-encodes the last "

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from ..flashhead_core.audio import load_audio
-from ..flashhead_core.generation.batch import batch_talking_heads, check_pairs, stack_tracks
-from ..flashhead_core.config import FPS
-from ..flashhead_core.generation.sampler import SamplerConfig
-from ..flashhead_core.generation.chunks import check_encoder_fits
+from ..flashhead_core import (FPS, batch_talking_heads, check_encoder_fits, check_pairs, load_audio, SamplerConfig,
+                              stack_tracks)
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, AudioEncoder, Model, Vae, io
+from ._io import CATEGORY, io
+from ._wires import AudioEncoder, Model, Vae
 from .audio import audio_mode_inputs
 from .sampler import cancelled_as_interrupt, generation_inputs, prepare_models
 

@@ -10,10 +10,7 @@ The state is immutable and on the CPU, so ComfyUI's cache can hand it to any lat
 
 from __future__ import annotations
 
-from ._io import io
-
-STATE = "FLASHHEAD_STATE"
-State = io.Custom(STATE)
+from ._wires import State
 
 STATE_INPUT_TOOLTIP = ("Optional: the state output of an earlier FlashHead Talking Video (stream mode, same model, "
                        "size and context). The video continues exactly where that one stopped: the two videos "

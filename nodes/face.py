@@ -11,14 +11,10 @@ is generated.
 
 from __future__ import annotations
 
-from ..flashhead_core.errors import FaceError
-from ..flashhead_core.media.face import DEFAULT_FEATHER, FaceCrop, box_from_bbox, box_from_mask
+from ..flashhead_core import DEFAULT_FEATHER, box_from_bbox, box_from_mask, FaceCrop, FaceError
 from ._inputs import check_numbers
 from ._io import CATEGORY, io
-
-FACE_CROP = "FLASHHEAD_FACE_CROP"
-FaceCropWire = io.Custom(FACE_CROP)
-Bbox = io.Custom("BBOX")  # the type name detector packs (Florence-2, SAM2, ...) give their box outputs
+from ._wires import Bbox, FaceCropWire
 BBOX_FORMATS = {"x1,y1,x2,y2": "xyxy", "x,y,w,h": "xywh"}
 
 

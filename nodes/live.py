@@ -33,9 +33,8 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from ..flashhead_core.live import LiveRegistry, LiveSink
-from ..flashhead_core.live.http import NO_STORE, PLAYER_JS, add_stream_routes, blob_media_policy
-from ..flashhead_core.media.video_io import stop_reason
+from ..flashhead_core import stop_reason
+from ..flashhead_core.live import NO_STORE, PLAYER_JS, LiveRegistry, LiveSink, add_stream_routes, blob_media_policy
 
 log = logging.getLogger(__name__)
 PREFIX = "/flashhead/live"

@@ -11,31 +11,23 @@ from __future__ import annotations
 
 import json
 
-import torch
-
-from ..flashhead_core import layers
-from ..flashhead_core.attention import BACKENDS, resolve_backend
-from ..flashhead_core.audio import load_wav2vec2
-from ..flashhead_core.checkpoint import SCALED_FP8_KEY, WEIGHT_DTYPES, load_dit
-from ..flashhead_core.vae import load_vae
-from ..flashhead_core.weights import SafetensorsSource
+from ..flashhead_core import (AUDIO_DIR, AUDIO_WEIGHT_FILES, BACKENDS, DIT_WEIGHT_FILES, MODEL_DIRS, RELEASE_NAME,
+                              VAE_DIRS, VAE_WAN_FILE, WEIGHT_DTYPES, is_scaled_fp8, load_dit, load_vae, load_wav2vec2)
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, AudioEncoder, Model, Vae, advanced, io
-from ._wires import FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE
+from ._io import CATEGORY, advanced, io
+from ._wires import AudioEncoder, FlashHeadAudioEncoder, FlashHeadModel, FlashHeadVAE, Model, Vae
 
-RELEASE = "SoulX-FlashHead-1_3B"
-MODEL_DIR_NAMES = {"Model_Lite", "Model_Pro"}
-VAE_DIR_NAMES = {"VAE_Wan", "VAE_LTX"}
-DIT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
-WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+MODEL_DIR_NAMES = set(MODEL_DIRS.values())
+VAE_DIR_NAMES = set(VAE_DIRS.values())
 
-WHERE_DIT = (f"models/flashhead/ (the released folder, e.g. models/flashhead/{RELEASE}/Model_Lite) or "
-             f"models/diffusion_models/ (a single .safetensors file)")
-WHERE_VAE = (f"models/flashhead/ (the released VAE_LTX/ or VAE_Wan/ folder, e.g. "
-             f"models/flashhead/{RELEASE}/VAE_LTX) or models/vae/ (a single file, e.g. wan_2.1_vae.safetensors)")
-WHERE_AUDIO = (f"models/flashhead/{RELEASE}/wav2vec2-base-960h/ or models/audio_encoders/ (the "
-               f"wav2vec2-base-960h folder, or its weights as one .safetensors file)")
+WHERE_DIT = (f"models/flashhead/ (the released folder, e.g. models/flashhead/{RELEASE_NAME}/{MODEL_DIRS['lite']}) "
+             f"or models/diffusion_models/ (a single .safetensors file)")
+WHERE_VAE = (f"models/flashhead/ (the released {VAE_DIRS['lite']}/ or {VAE_DIRS['pro']}/ folder, e.g. "
+             f"models/flashhead/{RELEASE_NAME}/{VAE_DIRS['lite']}) or models/vae/ (a single file, e.g. "
+             f"wan_2.1_vae.safetensors)")
+WHERE_AUDIO = (f"models/flashhead/{RELEASE_NAME}/{AUDIO_DIR}/ or models/audio_encoders/ (the {AUDIO_DIR} folder, or "
+               f"its weights as one .safetensors file)")
 
 
 def _config_class(folder: str, directory: str) -> str | None:
@@ -59,7 +51,7 @@ def dit_options() -> list[str]:
     checkpoint root that holds them is not listed (with variant 'auto' it would be ambiguous), though a workflow
     that names it with variant lite or pro still loads."""
     def is_dit_dir(directory: str, names: set[str]) -> bool:
-        if "config.json" not in names or not names.intersection(DIT_WEIGHTS):
+        if "config.json" not in names or not names.intersection(DIT_WEIGHT_FILES):
             return False
         if _basename(directory) in MODEL_DIR_NAMES:
             return True
@@ -77,10 +69,10 @@ def vae_options() -> list[str]:
     models/flashhead/, then single files in models/vae/."""
     def is_vae_dir(directory: str, names: set[str]) -> bool:
         name = _basename(directory)
-        if name == "VAE_Wan" or (name not in MODEL_DIR_NAMES and "Wan2.1_VAE.pth" in names):
+        if name == VAE_DIRS["pro"] or (name not in MODEL_DIR_NAMES and VAE_WAN_FILE.name in names):
             return any(n.endswith((".pth", ".safetensors")) for n in names)
-        if "config.json" in names and "diffusion_pytorch_model.safetensors" in names:
-            return name == "VAE_LTX" or (name not in MODEL_DIR_NAMES and _config_class(
+        if "config.json" in names and DIT_WEIGHT_FILES[0] in names:  # diffusers' weights file name
+            return name == VAE_DIRS["lite"] or (name not in MODEL_DIR_NAMES and _config_class(
                 _host.FLASHHEAD_FOLDER, directory) == "AutoencoderKLLTXVideo")
         return False
 
@@ -92,7 +84,7 @@ def vae_options() -> list[str]:
 
 def _is_wav2vec2_dir(folder: str):
     def match(directory: str, names: set[str]) -> bool:
-        if not names.intersection(WAV2VEC2_WEIGHTS):
+        if not names.intersection(AUDIO_WEIGHT_FILES):
             return False
         # ComfyUI's audio_encoders folder lists weight files only: look for config.json on disk.
         if "config.json" not in names and _host.full_path(folder, f"{directory}/config.json") is None:
@@ -131,14 +123,6 @@ def _validate(value: str, options: list[str], kind: str, where: str) -> bool | s
 
 
 # --- nodes ------------------------------------------------------------------------------------------------------------
-
-def model_file_is_scaled_fp8(path) -> bool:
-    """A ComfyUI scaled fp8 file (per-layer scale_weight): its Linears need flashhead_core.layers, which carry the
-    scale; ComfyUI's manual_cast layers do not. Reads the safetensors headers only."""
-    if not (path.is_file() and path.suffix == ".safetensors"):
-        return False  # released folders are never scaled fp8
-    return SCALED_FP8_KEY in SafetensorsSource([path]).shapes
-
 
 class FlashHeadModelLoader(io.ComfyNode):
     """Loads the FlashHead DiT (Lite or Pro, detected from the weights)."""
@@ -188,14 +172,13 @@ class FlashHeadModelLoader(io.ComfyNode):
         _host.require_host()
         check_numbers(cls, variant=variant, dtype=dtype, attention=attention, weight_dtype=weight_dtype)
         path = _host.resolve_option(model, "FlashHead model", WHERE_DIT)
-        load_device, offload_device = _host.mm.get_torch_device(), _host.mm.unet_offload_device()
-        # The backend is chosen for the device the model will run on, though the weights load on the offload device.
-        backend = resolve_backend(attention, load_device)
-        offloadable = not model_file_is_scaled_fp8(path)
+        load_device, offload_device = _host.devices("dit")
+        # A scaled fp8 file keeps the core's own layers (they carry its scales); ComfyUI's casting layers let it
+        # keep any other DiT partly offloaded.
+        offloadable = not is_scaled_fp8(path, variant)
         dit = load_dit(path, variant=variant, dtype=_host.compute_dtype(dtype, load_device), device=offload_device,
-                       attention="sdpa", weight_dtype=WEIGHT_DTYPES[weight_dtype],
-                       operations=_host.operations() if offloadable else layers)
-        dit.attention_backend = backend
+                       attention=attention, execution_device=load_device, weight_dtype=WEIGHT_DTYPES[weight_dtype],
+                       **({"operations": _host.operations()} if offloadable else {}))
         if compile:
             dit.compile_blocks()
         return io.NodeOutput(FlashHeadModel(_host.make_patcher(dit, load_device, offload_device), model,
@@ -230,11 +213,10 @@ class FlashHeadVAELoader(io.ComfyNode):
     def execute(cls, vae, tiled_decode) -> io.NodeOutput:
         _host.require_host()
         path = _host.resolve_option(vae, "FlashHead VAE", WHERE_VAE)
-        load_device, offload_device = _host.mm.vae_device(), _host.mm.vae_offload_device()
-        dtype = _host.mm.vae_dtype(load_device, allowed_dtypes=[torch.bfloat16])  # bf16 as released, else fp32
+        load_device, offload_device = _host.devices("vae")
         # ComfyUI's casting layers, so it may keep part of the VAE offloaded; it computes on the load device.
-        loaded = load_vae(path, device=offload_device, dtype=dtype, tiling=tiled_decode, operations=_host.operations())
-        loaded.execution_device = load_device
+        loaded = load_vae(path, device=offload_device, dtype=_host.vae_dtype(load_device), tiling=tiled_decode,
+                          operations=_host.operations(), execution_device=load_device)
         return io.NodeOutput(FlashHeadVAE(_host.make_patcher(loaded.model, load_device, offload_device), loaded, vae))
 
 
@@ -262,7 +244,7 @@ class FlashHeadAudioEncoderLoader(io.ComfyNode):
     def execute(cls, audio_encoder) -> io.NodeOutput:
         _host.require_host()
         path = _host.resolve_option(audio_encoder, "audio encoder", WHERE_AUDIO)
-        load_device, offload_device = _host.mm.get_torch_device(), _host.mm.text_encoder_offload_device()
+        load_device, offload_device = _host.devices("audio")
         encoder = load_wav2vec2(path, device=offload_device)  # float32 always (docs/algorithm.md#audio-features)
         return io.NodeOutput(FlashHeadAudioEncoder(_host.make_patcher(encoder.model, load_device, offload_device),
                                                    encoder, audio_encoder))

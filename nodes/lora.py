@@ -20,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from ..flashhead_core.lora import LoRAError, LoRALinear, low_rank_terms, read_lora
+from ..flashhead_core import LoRAError, LoRALinear, low_rank_terms, read_lora
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, Model, io
+from ._io import CATEGORY, io
+from ._wires import Model
 
 log = logging.getLogger(__name__)
 LORA_FOLDER = "loras"

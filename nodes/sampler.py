@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from ..flashhead_core.config import FPS
-from ..flashhead_core.media.frames import video_to_images
-from ..flashhead_core.media.image import check_size
-from ..flashhead_core.generation.sampler import GenerationCancelled, SamplerConfig
-from ..flashhead_core.generation.session import StreamingSession, check_memory, decode_chunk, memory_estimate
-from ..flashhead_core.generation.chunks import chunk_count, new_images
-from ..flashhead_core.generation.run import ChunkRun
-from ..flashhead_core.vae import check_vae_matches_model
+from ..flashhead_core import (FPS, InputError, check_memory, check_size, check_vae_matches_model, chunk_count, ChunkRun,
+                              decode_chunk, GenerationCancelled, memory_estimate, new_images, SamplerConfig,
+                              StreamingSession, video_to_images)
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, AudioEmbeds, Model, Vae, advanced, io
+from ._io import CATEGORY, advanced, io
+from ._wires import AudioEmbeds, Model, Vae
 
 # Trained at 512x512; 1024 is 4x the pixels and, by `session.memory_estimate`, about 4.6 GiB of working memory per
 # chunk (2048 would take 18.6 GiB); the pre-flight check refuses what does not fit.
@@ -114,7 +110,7 @@ class FlashHeadSampler(io.ComfyNode):
         check_numbers(cls, width=width, height=height, seed=seed, color_correction=color_correction)
         config = model.config
         if (audio_embeds.variant, audio_embeds.new_frames) != (config.variant, config.new_frames):
-            raise ValueError(f"these audio embeddings were made for a FlashHead {audio_embeds.variant} model, but the "
+            raise InputError(f"these audio embeddings were made for a FlashHead {audio_embeds.variant} model, but the "
                              f"sampler got a {config.variant} model: connect the same model to FlashHead Audio Encode "
                              f"and to the sampler")
         prepare_models(model, vae, width, height)
@@ -169,7 +165,7 @@ class FlashHeadVAEDecode(io.ComfyNode):
         samples, layout = latent["samples"], latent.get("flashhead")
         run_vae = vae.vae
         if samples.ndim != 5 or samples.shape[1] != run_vae.latent_channels:
-            raise ValueError(f"FlashHead VAE Decode needs video latents [chunks, {run_vae.latent_channels}, T, h, w] "
+            raise InputError(f"FlashHead VAE Decode needs video latents [chunks, {run_vae.latent_channels}, T, h, w] "
                              f"for this VAE, got {list(samples.shape)} (a Lite LATENT has 128 channels and needs the "
                              f"LTX VAE, a Pro LATENT 16 and the Wan2.1 VAE)")
         height, width = samples.shape[-2] * run_vae.stride[1], samples.shape[-1] * run_vae.stride[2]

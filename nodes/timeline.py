@@ -9,31 +9,11 @@ out of order or in one chunk are an error before anything is generated, nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..flashhead_core.generation.timeline import Timeline, TimelineError, parse_times
+from ..flashhead_core import parse_times, Timeline, TimelineError
 from ._io import CATEGORY, io
-
-TIMELINE = "FLASHHEAD_TIMELINE"
-TimelineWire = io.Custom(TIMELINE)
-
-
-@dataclass(frozen=True)
-class FlashHeadTimeline:
-    """Portraits (each a ComfyUI IMAGE [1, H, W, 3] float 0..1, CPU) and their start times in seconds."""
-    portraits: tuple[torch.Tensor, ...]
-    starts: tuple[float, ...]
-
-    def with_first(self, image) -> Timeline:
-        """The core Timeline: `image` from 0 s, then these portraits (or only these when the first starts at 0)."""
-        items = list(zip(self.portraits, self.starts))
-        labels = [f"timeline portrait {i + 1}" for i in range(len(items))]
-        if not items or self.starts[0] != 0:
-            items, labels = [(image, 0.0)] + items, ["the image input"] + labels
-        return Timeline.of(items, labels)
-
+from ._wires import FlashHeadTimeline, TimelineWire
 
 class FlashHeadIdentityTimeline(io.ComfyNode):
     """Portraits that take over at given times, for FlashHead Talking Video."""

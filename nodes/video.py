@@ -7,11 +7,11 @@ partial file and renamed only on success; an error or an interrupt leaves nothin
 
 from __future__ import annotations
 
-from ..flashhead_core.pipeline import Pipeline, write_talking_video
-from ..flashhead_core.generation.sampler import SamplerConfig
+from ..flashhead_core import Pipeline, SamplerConfig, write_talking_video
 from . import _host
 from ._inputs import check_numbers
-from ._io import CATEGORY, AudioEncoder, InputImpl, Model, Vae, io, ui
+from ._io import CATEGORY, InputImpl, io, ui
+from ._wires import AudioEncoder, Model, Vae
 from .audio import audio_mode_inputs
 from .continuation import state_input, state_output
 from .face import face_crop_input

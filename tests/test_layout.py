@@ -1,5 +1,7 @@
-"""The package layout holds: no import cycles, the runtime never imports the tooling or the test support, the
-generation loop knows no file format, the audio side never imports the DiT, and the test session imports one copy of
+"""The package layout holds: no import cycles; the runtime never imports the tooling or the test support; the
+generation loop knows no file format; the audio side never imports the DiT; the stream library never imports the
+serve app; the nodes and the CLI use the core's public API only; release names live in release.py; the nodes raise
+InputError, not plain ValueError, for what a user can fix; one chunk loop; and the test session imports one copy of
 the core (whatever the checkout folder is called)."""
 
 from __future__ import annotations
@@ -65,14 +67,113 @@ def test_runtime_never_imports_tooling_or_test_support():
     assert not {m: e for m, e in leaks.items() if e}
 
 
+def _path(module: str) -> Path:
+    folder = PACKAGE.parent / module.replace(".", "/")
+    return folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in a file: `import av`, `import av.video` and `from av import x`."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_import_scan_sees_both_forms(tmp_path):
+    (tmp_path / "a.py").write_text("from av import open as av_open\nimport soxr.x\nfrom . import sibling\n")
+    assert _third_party(tmp_path / "a.py") == {"av", "soxr"}
+
+
 def test_generation_loop_knows_no_file_format_and_audio_no_dit():
     graph = _imports()
-    for loop in ("flashhead_core.generation.session", "flashhead_core.generation.chunks", "flashhead_core.generation.sampler"):
-        assert "flashhead_core.media.video_io" not in _reachable(graph, loop) | {loop}
-        assert "import av" not in (PACKAGE.parent / f"{loop.replace('.', '/')}.py").read_text()
+    loop = [m for m in graph if m.startswith("flashhead_core.generation")]
+    assert "flashhead_core.generation.run" in loop
+    for module in loop:
+        assert "flashhead_core.media.video_io" not in _reachable(graph, module) | {module}, module
+        assert "av" not in _third_party(_path(module)), module
     for audio in [m for m in graph if m.startswith("flashhead_core.audio")]:
         reached = _reachable(graph, audio)
         assert not reached & {"flashhead_core.model", "flashhead_core.checkpoint", "flashhead_core.media.video_io"}, audio
+
+
+def test_the_stream_library_never_imports_the_serve_app_or_the_model():
+    graph = _imports()
+    for module in [m for m in graph if m.startswith("flashhead_core.live")]:
+        reached = _reachable(graph, module)
+        assert not {m for m in reached if m.startswith(("flashhead_core.serve", "flashhead_core.generation"))}, module
+        assert "flashhead_core.model" not in reached, module
+
+
+PUBLIC = {"flashhead_core", "flashhead_core.live"}  # the core's public API: the package root, the stream library
+
+
+def _core_imports_of(path: Path, package: str) -> set[str]:
+    """The flashhead_core modules a file outside the core (or the CLI inside it) imports, resolved from its own
+    relative imports (`from ..flashhead_core.x import` in the nodes, `from ..x import` in tools/cli.py)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            found.add(f"{base}.{node.module}" if node.module else base)
+    return {m.removeprefix("pack.") for m in found if m.removeprefix("pack.").startswith("flashhead_core")}
+
+
+def test_the_nodes_and_the_cli_use_the_public_api_only():
+    nodes = PACKAGE.parent / "nodes"
+    for path in nodes.glob("*.py"):
+        assert _core_imports_of(path, "pack.nodes") <= PUBLIC, path.name
+    cli = _core_imports_of(PACKAGE / "tools" / "cli.py", "flashhead_core.tools")
+    core = {m for m in cli if not m.startswith("flashhead_core.tools")}  # its sibling tools are tooling, not core
+    assert core <= PUBLIC | {"flashhead_core.serve", "flashhead_core.testing"}, core
+
+
+RELEASE_NAMES = ("SoulX-FlashHead-1_3B", "Model_Lite", "Model_Pro", "VAE_Wan", "VAE_LTX", "Wan2.1_VAE.pth",
+                 "wav2vec2-base-960h", "diffusion_pytorch_model.safetensors")
+
+
+def _code_strings(path: Path) -> list[str]:
+    """The string constants of a file's code (docstrings left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_release_names_come_from_release_py():
+    runtime = [p for p in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "nodes").glob("*.py")]
+               if not p.is_relative_to(PACKAGE / "testing") and not p.is_relative_to(PACKAGE / "tools")
+               and p != PACKAGE / "release.py"]
+    literals = {str(p.relative_to(PACKAGE.parent)): [s for s in _code_strings(p) if s in RELEASE_NAMES]
+                for p in runtime}
+    assert not {p: names for p, names in literals.items() if names}
+
+
+def test_the_nodes_raise_input_errors_for_what_a_user_can_fix():
+    for path in (PACKAGE.parent / "nodes").glob("*.py"):
+        raised = [node.exc.func.id for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                  and isinstance(node.exc.func, ast.Name)]
+        assert "ValueError" not in raised, path.name
+
+
+def test_one_chunk_loop():
+    """generate_chunk(s) is called by the loop (generation/run.py) and the session itself, nowhere else at runtime:
+    every variant (files, ComfyUI, live, continuation, timeline, batches) goes through ChunkRun."""
+    runtime = [p for p in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "nodes").glob("*.py")]
+               if not p.is_relative_to(PACKAGE / "testing") and not p.is_relative_to(PACKAGE / "tools")]
+    callers = set()
+    for path in runtime:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)) and \
+                    getattr(node.func, "attr", getattr(node.func, "id", None)) in ("generate_chunk", "generate_chunks"):
+                callers.add(str(path.relative_to(PACKAGE.parent)))
+    assert callers == {"flashhead_core/generation/run.py", "flashhead_core/generation/session.py"}
 
 
 def test_one_copy_of_the_core_is_imported():

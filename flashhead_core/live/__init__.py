@@ -7,11 +7,14 @@
     static/       player.js, the browser side (LivePlayer: two SourceBuffers, joins at the live edge)
 
 The stream library: ComfyUI's routes and `flashhead serve` (flashhead_core/serve/) use it; it imports neither.
-No ComfyUI import here; aiohttp only in http.py.
+This package's names are its public API (ComfyUI's routes import them). No ComfyUI import here; aiohttp only in
+http.py.
 """
 
 from .channel import LiveChannel, LiveRegistry
 from .fragments import LiveEncoder, LiveSegment
+from .http import NO_STORE, PLAYER_JS, add_stream_routes, blob_media_policy
 from .sink import LiveSink
 
-__all__ = ["LiveChannel", "LiveEncoder", "LiveRegistry", "LiveSegment", "LiveSink"]
+__all__ = ["NO_STORE", "PLAYER_JS", "LiveChannel", "LiveEncoder", "LiveRegistry", "LiveSegment", "LiveSink",
+           "add_stream_routes", "blob_media_policy"]

@@ -6,5 +6,11 @@
     uploads.py       what the app accepts as portrait and speech uploads
     static/          the page (index.html, page.js, page.css); the player comes from live/static/
 
-Nothing is imported here: `flashhead_core.live` must not load aiohttp's app or the model side.
+The names below are the app's public API (the `flashhead serve` command uses them). The stream library
+(`flashhead_core.live`) never imports this package.
 """
+
+from .security import TOKEN_ENV, check_binding, read_token
+from .server import DEFAULT_PORT, ServeOptions, create_app, run
+
+__all__ = ["DEFAULT_PORT", "TOKEN_ENV", "ServeOptions", "check_binding", "create_app", "read_token", "run"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -11,15 +12,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import parse_size
-from ..errors import FlashHeadError, InputError
-from ..media.face import DEFAULT_FEATHER, FaceCrop, parse_face_box
-from ..serve.server import DEFAULT_PORT, ServeOptions, check_binding
-from ..serve.server import run as serve
-from ..lora import apply_loras, parse_lora_option, read_lora
-from ..pipeline import load_pipeline, write_talking_video
+from .. import (DEFAULT_FEATHER, WEIGHT_DTYPES, FaceCrop, FlashHeadError, InputError, apply_loras, load_pipeline,
+                parse_face_box, parse_lora_option, parse_size, parse_timeline, read_lora, write_talking_video)
+from ..serve import DEFAULT_PORT, ServeOptions, check_binding
+from ..serve import run as serve
 from ..testing import write_tiny_checkpoint
-from ..generation.timeline import parse_timeline
 from . import bench
 from .demo import run_demo
 from .download import download
@@ -54,7 +51,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     pipeline = load_pipeline(args.checkpoint, variant=args.variant, device=device,
                              dtype=_compute_dtype(args.dtype, device), attention=args.attention,
-                             wav2vec2=args.wav2vec2)
+                             wav2vec2=args.wav2vec2, weight_dtype=WEIGHT_DTYPES[args.weight_dtype])
     if args.lora:  # every file is read and checked against the DiT before any is applied
         loras = [read_lora(path, pipeline.model, strength) for path, strength in map(parse_lora_option, args.lora)]
         apply_loras(pipeline.model, loras)
@@ -115,8 +112,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from ..errors import check_range
-    from ..serve.security import TOKEN_ENV, read_token
+    from .. import check_range
+    from ..serve import TOKEN_ENV, read_token
 
     if args.token is not None:
         raise InputError(f"a token on the command line can be read by every user of this machine (ps): give it as "
@@ -189,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU (wav2vec2 always float32)")
+    p.add_argument("--weight-dtype", choices=list(WEIGHT_DTYPES), default="default", help=(
+        "storage of the DiT blocks' Linear weights: default (the compute dtype), or fp8_e4m3fn / fp8_e5m2 (half the "
+        "memory of bf16, upcast per layer, slightly different frames; a --lora then runs on the fly: docs/fp8.md)"))
     p.add_argument("--attention", default="auto", help="auto, sdpa, flash_attn_3, flash_attn_2, sage")
     p.set_defaults(func=_cmd_generate)
 
@@ -240,6 +240,22 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# Options whose value may start with "-" (a face box reaching past the portrait's left or top edge): argparse takes
+# "--face-box -40,10,200,200" for an option without its value, so such a value is attached: "--face-box=-40,...".
+NEGATIVE_VALUE_OPTIONS = ("--face-box",)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (default sys.argv[1:]) as `main` reads it."""
+    attached: list[str] = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        if attached and attached[-1] in NEGATIVE_VALUE_OPTIONS and re.match(r"-[\d.]", arg):
+            attached[-1] = f"{attached[-1]}={arg}"
+        else:
+            attached.append(arg)
+    return build_parser().parse_args(attached)
+
+
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Bad input, a missing or foreign file or a full disk (FlashHeadError, with the problem and
     the fix in the message) print one line to stderr and exit 1; Ctrl-C exits 130. Anything else is a bug and keeps
     its traceback."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -37,19 +37,23 @@ NEEDED_VAE = {"pro": f"the Wan2.1 VAE ({VAE_WAN_FILE})", "lite": f"the LTX-Video
 
 
 def load_vae(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-             variant: str = "auto", tiling: bool = True, operations=None) -> VideoVAE:
+             variant: str = "auto", tiling: bool = True, operations=None,
+             execution_device: torch.device | str | None = None) -> VideoVAE:
     """Load the Wan2.1 or LTX-Video VAE from any accepted layout (module docstring). variant: "auto", "pro" (Wan)
     or "lite" (LTX); a file of the other kind is an error. tiling: the exact tiled decode above 512x512 (False:
     always decode whole frames). operations: None (diffusers' torch.nn layers, as built) or a namespace such as
     comfy.ops.manual_cast or flashhead_core.layers: the network's Conv/Linear/norm layers are re-classed onto it in
     place after loading (flashhead_core.layers.use_operations), so a host can keep weights offloaded and cast them
-    per layer."""
+    per layer. execution_device: where it computes when that is not where it is loaded (a host that moves it there
+    to run it; default: where its weights are)."""
     if variant not in ("auto", "lite", "pro"):
         raise CheckpointError(f"variant must be auto, lite or pro, not {variant!r}")
     file, config_json = find_vae_file(path, variant)
     source = _open(file)
-    return vae_from_state_dict(source, config_json=config_json, device=device, dtype=dtype, variant=variant,
-                               tiling=tiling, origin=str(file), operations=operations)
+    vae = vae_from_state_dict(source, config_json=config_json, device=device, dtype=dtype, variant=variant,
+                              tiling=tiling, origin=str(file), operations=operations)
+    vae.execution_device = execution_device
+    return vae
 
 
 def find_vae_file(path: str | Path, variant: str = "auto") -> tuple[Path, dict | None]:
