@@ -76,6 +76,11 @@ class LiveStreamError(FlashHeadError):
     """A live stream a client cannot read on: unknown or gone, a segment dropped before it was read, a refusal."""
 
 
+class ControlMessageError(InputError):
+    """A text message on a `flashhead serve` audio socket that is not a control message (refused; the socket stays
+    open)."""
+
+
 class ServerBusy(FlashHeadError):
     """`flashhead serve` already runs as many live sessions as it was configured to take."""
 

@@ -94,8 +94,8 @@ class LiveEncoder:
         # Opens both encoders and copies their parameters (extradata: SPS/PPS, AudioSpecificConfig) into the
         # streams, from where each chunk's muxer takes them; nothing is written to this container afterwards.
         self._templates.start_encoding()
-        # Closing the container frees the encoders and their threads (x264 keeps a few); without it they would wait
-        # for the cyclic garbage collector. Also when the encoder is dropped without close() (refcount, at once).
+        # Closing the container frees the encoders and their threads (x264 and swscale keep a few); without it they
+        # would wait for the cyclic garbage collector. Also when the encoder is dropped without close() (at once).
         self._close = weakref.finalize(self, self._templates.close)
         self.video_mime = f'video/mp4; codecs="avc1.{_avc_profile_level(self._video.codec_context.extradata)}"'
         self.audio_mime = AUDIO_MIME
@@ -147,7 +147,9 @@ class LiveEncoder:
     def close(self) -> None:
         """Free the encoders (their threads included) now; no encode() or finish() afterwards. Idempotent."""
         self._finished = True
-        self._close()
+        self._close()  # closes the container once (and drops the finalizer's reference to it)
+        # The last references to the codec contexts and the scaler (swscale runs threads of its own too).
+        self._templates = self._video = self._audio = self._reformatter = None
 
     def _check_open(self) -> None:
         if self._finished:

@@ -64,6 +64,8 @@ class LiveSink:
             return
         if error is None and self._encoder is not None:
             self._guarded(self._flush)
+        if self._encoder is not None:
+            self._encoder.close()  # its threads end now, not when the garbage collector finds the session
         self._pending = []
         self._closed = True
         self.channel.finish(error)

@@ -42,7 +42,8 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from ..config import FPS
-from ..errors import FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError, check_range
+from ..errors import (ControlMessageError, FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError,
+                      check_range)
 from ..generation.session import check_seed
 from ..live.channel import LiveChannel, LiveRegistry
 from ..live.http import PLAYER_JS, add_stream_routes
@@ -332,8 +333,8 @@ class _Server:
                     if message.type == WSMsgType.BINARY:
                         await self._feed(served, message.data, rate)
                     elif message.type == WSMsgType.TEXT:
-                        _control(served.live, message.data)
-                except SpeechBacklogError as e:  # this piece is dropped; the speaker may slow down and go on
+                        _control(served.live, _parse_control(message.data))
+                except (SpeechBacklogError, ControlMessageError) as e:  # this message is dropped; the client may go on
                     await socket.send_json({"type": "error", "error": str(e)})
                 except FlashHeadError as e:
                     await socket.send_json({"type": "error", "error": str(e)})
@@ -400,24 +401,30 @@ def _identity_name(filename: str, taken: set[str], index: int) -> str:
     return name
 
 
-def _control(live: LiveSession, text: str) -> None:
-    """A text message of the audio WebSocket: {"interrupt": true} (barge-in: the queued speech is dropped, the session
-    goes on), {"flush": true}, {"end": true}, or several at once (in that order); each value a JSON boolean."""
+def _parse_control(text: str) -> dict[str, bool]:
+    """A text message of the audio WebSocket -> {control: bool}: {"interrupt": true} (barge-in: the queued speech
+    is dropped, the session goes on), {"flush": true}, {"end": true}, or several at once; each a JSON boolean."""
     expected = " or ".join(f'{{"{name}": true}}' for name in CONTROLS)
-    message = parse_json(text, f"text messages on the audio socket are {expected}")
+    try:
+        message = parse_json(text, f"text messages on the audio socket are {expected}")
+    except InputError as e:
+        raise ControlMessageError(str(e)) from None
     if not isinstance(message, dict) or not message or not set(message) <= set(CONTROLS):
-        raise InputError(f"text messages on the audio socket are {expected}, got {text[:80]!r}")
+        raise ControlMessageError(f"text messages on the audio socket are {expected}, got {text[:80]!r}")
     for name, value in message.items():
         if not isinstance(value, bool):
-            raise InputError(f'"{name}" takes true or false (a JSON boolean), got {json.dumps(value)[:40]}')
-    if message.get("interrupt"):
+            raise ControlMessageError(f'"{name}" takes true or false (a JSON boolean), got {json.dumps(value)[:40]}')
+    return message
+
+
+def _control(live: LiveSession, control: dict[str, bool]) -> None:
+    """Apply a control message: interrupt, then flush, then end (each when true)."""
+    if control.get("interrupt"):
         live.interrupt()
-    if message.get("flush"):
+    if control.get("flush"):
         live.flush()
-    if message.get("end"):
+    if control.get("end"):
         live.end()
-
-
 
 
 def _static(path: Path, content_type: str):

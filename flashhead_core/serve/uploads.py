@@ -8,15 +8,17 @@ among them, are never reached), the pixel count is checked from the header befor
 MAX_PORTRAIT_PIXELS), the file is verified (checksums, truncation), decoded, and at once resized and cropped to the
 session's size (the official resize: the session then uses it as it is), so that a portrait holds a few hundred KB
 once read, whatever its file. Speech: FFmpeg may only use the audio demuxers in SPEECH_FORMATS (no playlist, concat
-or image demuxer, so no upload can make FFmpeg open another file or a URL), reads the bytes from memory (nothing goes to disk), and decodes
-them in one pass straight to 16 kHz mono (`audio.decode.read_mono_16k`): a file is refused from its header when that
-already declares more than the limit, else as soon as its decoded length passes it; memory is the 16 kHz result and
-one decoded piece, whatever the file's rate and channel count. Byte limits are the server's (it stops reading a body
-at its limit); every error names the upload and the fix.
+or image demuxer, so no upload can make FFmpeg open another file or a URL), reads the bytes from memory (nothing
+goes to disk) and decodes them in one pass straight to 16 kHz mono (`audio.decode.read_mono_16k`): a file is
+refused from its header when that already declares more than the limit, else as soon as its decoded length passes
+it; memory is the 16 kHz result and one decoded piece, whatever the file's rate and channel count. After each decode
+the freed heap goes back to the system. Byte limits are the server's (it stops reading a body at its limit); every
+error names the upload and the fix.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 
 import numpy as np
@@ -61,6 +63,8 @@ def read_portrait(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise UploadError(f"portrait {name!r} is damaged or truncated ({e}): export or download it again") from None
     pixels = resize_and_centercrop(image, *size)  # [1, 3, 1, H, W] uint8
+    del image
+    return_freed_memory()
     return Image.fromarray(pixels[0, :, 0].permute(1, 2, 0).numpy())
 
 
@@ -75,6 +79,20 @@ def read_speech(data: bytes, name: str, max_seconds: float) -> np.ndarray:
                              f"spoken over the session's audio WebSocket") from None
     except AudioInputError as e:
         raise UploadError(str(e)) from None
+    finally:
+        return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand the heap freed by a decode back to the system (glibc's malloc_trim; elsewhere nothing). Without it, the
+    buffers of a large image or of FFmpeg stay resident in the arena of the thread that decoded them: a server's
+    memory would stay at its highest point after the upload has gone."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
 
 
 def _check_demuxer(data: bytes, name: str) -> None:
