@@ -58,11 +58,13 @@ class Pipeline:
 
 def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, attention: str = "auto",
-                  wav2vec2: str | Path | None = None) -> Pipeline:
+                  wav2vec2: str | Path | None = None, weight_dtype: torch.dtype | None = None) -> Pipeline:
     """The DiT, its VAE and wav2vec2 from the released checkpoint root (wav2vec2 defaults to
-    `<checkpoint>/wav2vec2-base-960h`, where `flashhead download` puts it). wav2vec2 always runs in float32."""
+    `<checkpoint>/wav2vec2-base-960h`, where `flashhead download` puts it). wav2vec2 always runs in float32.
+    weight_dtype: the DiT's fp8 weight storage (`load_dit`)."""
     checkpoint = Path(checkpoint)
-    model = load_dit(checkpoint, variant=variant, dtype=dtype, device=device, attention=attention)
+    model = load_dit(checkpoint, variant=variant, dtype=dtype, device=device, attention=attention,
+                     weight_dtype=weight_dtype)
     found = model.config.variant
     try:
         vae = load_vae(checkpoint, device=device, dtype=dtype, variant=found)
