@@ -43,6 +43,8 @@ def test_cuda_graphs_only_on_cuda():
     assert not cuda_graphs_default("cpu") and cuda_graphs_default("cuda")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device.*cuda_graphs=False"):
         chunk_step("cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="static must be one of off, auto, compiled, cuda_graphs, got 'on'"):
+        SamplerConfig(static="on")
 
 
 @pytest.mark.slow
@@ -80,6 +82,6 @@ def test_static_step_one_graph_equals_eager():
     inputs = other.chunk_inputs(timesteps)
     seen = []
     with torch._dynamo.config.patch(error_on_recompile=True):
-        out = sample_chunk(model, *inputs, on_step=seen.append, static=True)
+        out = sample_chunk(model, *inputs, on_step=seen.append, static="auto")
     assert seen == [0, 1, 2, 3]
     torch.testing.assert_close(out, sample_chunk(model, *inputs), rtol=1e-5, atol=1e-5 * out.abs().max().item())

@@ -65,6 +65,8 @@ def test_fast_decode_vae(tmp_path):
 HOST_SCRIPT = """
 import math, sys, torch
 from safetensors.torch import load_file, save_file
+from comfy.cli_args import args
+args.cpu = True  # as main.py --cpu
 import comfy.sd, comfy.taesd.taehv
 out = sys.argv[1]
 g = torch.Generator().manual_seed(0)

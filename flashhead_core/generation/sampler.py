@@ -8,14 +8,14 @@
         z = (1 - sigma_{i+1}) * x0 + sigma_{i+1} * noise_i   (noise drawn at every step, also the last)
     z[:, :, :M] = motion latents
 
-The static chunk step (`SamplerConfig.static`, `sample_chunk(..., static=True)`): the same 4 steps (audio keys/values
-included) as one function of fixed-shape tensors, with no host synchronisation and no data-dependent Python control
+The static chunk step (`SamplerConfig(static="auto")`, `sample_chunk(..., static="auto")`): the same 4 steps (audio
+keys/values included) as one function of fixed-shape tensors, with no host synchronisation and no data-dependent Python control
 flow, compiled once with `torch.compile(fullgraph=True, dynamic=False)`: chunk 1 (M = 1) and later chunks (M = 2)
 differ only in the motion mask's values, so every chunk, identity switch and session of the same size reuses one
 graph. On CUDA the graph is also recorded as a CUDA graph and replayed (torch.compile's "reduce-overhead", i.e.
 CUDA-graph trees: they keep the static input buffers, the memory pool and the warm-up for us, and they capture the
 fused Inductor kernels; a hand-made torch.cuda.CUDAGraph would capture unfused eager kernels and need all of that by
-hand). Off on the CPU (nothing to replay there).
+hand). "auto": CUDA graphs on CUDA, not elsewhere; "compiled" / "cuda_graphs" force one (`flashhead bench gpu`).
 """
 
 from __future__ import annotations
@@ -38,19 +38,24 @@ def untimed(name: str) -> AbstractContextManager:
     return nullcontext()
 
 
+STATIC_MODES = ("off", "auto", "compiled", "cuda_graphs")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     steps: int = 4
     shift: float = 5.0
     num_timesteps: int = 1000
     color_correction: float = 1.0  # strength in [0, 1]; 0 = off
-    static: bool = False  # run each chunk's steps as one compiled static step (CUDA graphs on CUDA); see the module
+    static: str = "off"  # "off" (eager), or the compiled static step: "auto", "compiled", "cuda_graphs" (module doc)
 
     def __post_init__(self):
         if self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if not 0.0 <= self.color_correction <= 1.0:
             raise InputError(f"colour-correction strength must be in [0, 1], got {self.color_correction}")
+        if self.static not in STATIC_MODES:
+            raise InputError(f"static must be one of {', '.join(STATIC_MODES)}, got {self.static!r}")
 
 
 class GenerationCancelled(Exception):
@@ -81,7 +86,7 @@ def motion_inputs(motion_latents: list[torch.Tensor], frames: int) -> tuple[torc
 def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor, motion: torch.Tensor,
                  motion_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int = 1000,
                  on_step: Callable[[int], None] | None = None, stage: StageHook = untimed,
-                 static: bool = False) -> torch.Tensor:
+                 static: str = "off") -> torch.Tensor:
     """Denoise one chunk of N streams at once (N = 1 for a single stream; every row is computed as it would be alone).
 
     audio_tokens [N, T, n, dim]; ref_latent [N, C, T, h, w]; motion [N, C, T, h, w] and motion_mask [N, 1, T, 1, 1]
@@ -90,19 +95,19 @@ def sample_chunk(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: to
     before step i (progress, cancellation). stage wraps the audio keys/values and each step. Returns the denoised
     latents [N, C, T, h, w] with the motion latents written in.
 
-    static: run the steps as the compiled static step (`chunk_step`): on_step(i) then runs for every step before
-    they are launched (they run as one graph, so cancelling takes effect between chunks), and stage wraps them all
-    as "dit_steps".
+    static: "off" (eager), or a `STATIC_MODES` mode of the compiled static step (`chunk_step`): on_step(i) then runs
+    for every step before they are launched (they run as one graph, so cancelling takes effect between chunks), and
+    stage wraps them all as "dit_steps".
     """
-    if not static:
+    if static == "off":
         return _chunk_steps(model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps, num_timesteps,
                             on_step, stage)
     for i in range(len(timesteps) - 1):
         if on_step is not None:
             on_step(i)
     with stage("dit_steps"):
-        return chunk_step(motion.device)(model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps,
-                                         num_timesteps)
+        step = chunk_step(motion.device, None if static == "auto" else static == "cuda_graphs")
+        return step(model, audio_tokens, ref_latent, motion, motion_mask, noise, timesteps, num_timesteps)
 
 
 def _chunk_steps(model: FlashHeadDiT, audio_tokens: torch.Tensor, ref_latent: torch.Tensor, motion: torch.Tensor,
