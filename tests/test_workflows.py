@@ -81,12 +81,15 @@ def test_every_model_file_has_its_download_address_and_the_note_a_command_that_w
     models = {m["name"]: m for m in workflow["models"]}
     pro = any("Model_Pro" in n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "FlashHeadModelLoader")
     needed = [f"SoulX-FlashHead-1_3B/Model_{'Pro' if pro else 'Lite'}/diffusion_pytorch_model.safetensors",
-              "SoulX-FlashHead-1_3B/wav2vec2-base-960h/model.safetensors",
-              "SoulX-FlashHead-1_3B/VAE_Wan/Wan2.1_VAE.pth" if pro else
-              "SoulX-FlashHead-1_3B/VAE_LTX/diffusion_pytorch_model.safetensors"]
-    needed += [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "UpscaleModelLoader"]
+              "SoulX-FlashHead-1_3B/wav2vec2-base-960h/model.safetensors"]
+    needed += [] if pro else ["SoulX-FlashHead-1_3B/VAE_LTX/diffusion_pytorch_model.safetensors"]
     for name in needed:
         assert name in models and models[name]["url"].startswith("https://") and models[name]["directory"], name
         assert models[name]["url"].endswith(name.rpartition("/")[2]), models[name]
+    # frontend 1.27 offers only .safetensors / .sft downloads (any other entry is an alert that cannot be acted on):
+    # the .pth files (Pro's VAE, the upscaler) are named in the Note instead
+    assert all(m["name"].endswith((".safetensors", ".sft")) for m in workflow["models"]), workflow["models"]
     notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note")
     assert "-m flashhead_core download" in notes and "flashhead download" not in notes.replace("flashhead_core", "")
+    for upscaler in [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "UpscaleModelLoader"]:
+        assert upscaler in notes and "https://github.com/xinntao/Real-ESRGAN/releases" in notes
