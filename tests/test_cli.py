@@ -52,11 +52,11 @@ def test_fp8_weights_with_a_lora_and_one_warning_for_its_skipped_keys(inputs, tm
 
 def test_a_face_box_with_a_negative_corner_needs_no_equals_sign(inputs, tmp_path, capsys):
     """'--face-box -40,...' is the box's value, not an unknown option (argparse alone exits 2 with its usage)."""
-    # the run goes on to the next problem (here, no checkpoint), not to a usage message
+    # the box reaches the face crop, which says what is wrong with it (before any model loads), not argparse's usage
     argv = _generate(inputs, tmp_path / "a.mp4", "--face-box", "-40,10,50,50")
     argv[argv.index("--checkpoint") + 1] = str(tmp_path / "missing")
     assert cli.main(argv) == cli.EXIT_ERROR
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "the face box (x=-40, y=10, width=50, height=50) lies outside the 80x80 portrait" in capsys.readouterr().err
     args = cli.parse_args(_generate(inputs, tmp_path / "a.mp4", "--face-box", "-4,-2.5,60,60"))
     assert args.face_box == "-4,-2.5,60,60"
     assert cli.parse_args(_generate(inputs, tmp_path / "a.mp4", "--face-box=-4,0,60,60")).face_box == "-4,0,60,60"

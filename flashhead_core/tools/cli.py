@@ -48,6 +48,10 @@ def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
 
+    if (args.image is None) == (args.timeline is None):
+        raise InputError("give the portrait as --image FILE, or several as --timeline 'a.png@0,b.png@4.5' (not both)")
+    portraits = args.image if args.timeline is None else parse_timeline(args.timeline)
+    face_crop = _face_crop(args)  # the portraits and the face box are checked before the models load
     device = torch.device(args.device)
     pipeline = load_pipeline(args.checkpoint, variant=args.variant, device=device,
                              dtype=_compute_dtype(args.dtype, device), attention=args.attention,
@@ -59,8 +63,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             if lora.skipped:
                 print(f"flashhead: warning: {lora.name}: skipped {len(lora.skipped)} keys for modules the FlashHead "
                       f"DiT does not have: {', '.join(lora.skipped[:8])}", file=sys.stderr)
-    if (args.image is None) == (args.timeline is None):
-        raise InputError("give the portrait as --image FILE, or several as --timeline 'a.png@0,b.png@4.5' (not both)")
     height, width = args.size
     with tqdm(unit="frame", desc="generating") as bar:
         def on_chunk(done: int, total: int, seconds: float) -> None:
@@ -68,11 +70,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             bar.set_postfix(fps=f"{done / seconds:.1f}")
 
-        portraits = args.image if args.timeline is None else parse_timeline(args.timeline)
         summary = write_talking_video(pipeline, portraits, args.audio, args.out, height=height, width=width,
                                       seed=args.seed, mode=args.audio_mode, color_correction=args.color_correction,
                                       context_seconds=args.context_seconds, on_chunk=on_chunk,
-                                      face_crop=_face_crop(args))
+                                      face_crop=face_crop)
     print(json.dumps(summary.as_dict()))
     print(f"video written to {Path(summary.out).resolve()}", file=sys.stderr)
     return 0
