@@ -71,7 +71,7 @@ class FlashHeadTalkingVideo(io.ComfyNode):
                 color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
                 on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
                 free_memory=_host.free_memory(vae.vae.device), continue_from=state,
-                on_state=None if timeline is not None else states.append, face_crop=face_crop, live=live))
+                on_state=states.append, face_crop=face_crop, live=live))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
         video = InputImpl.VideoFromFile(str(path))
         return io.NodeOutput(video, states[0] if states else None, ui=ui.PreviewVideo([saved]))

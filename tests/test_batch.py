@@ -18,10 +18,15 @@ from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
 
 CONTEXT = 2.0
-# Not bit-exact: the batched matmuls round differently from batch-1 ones. Measured on the tiny models (float32, CPU,
-# 3 streams): DiT forward max |diff| 1.7e-6 (Lite) / 2.2e-6 (Pro); frames (0..1) after 2 chunks 3.8e-5 / 3.4e-5.
+# Not bit-exact: the matrix multiplications round differently with N rows than with one (the first difference is in
+# the audio projection's first Linear, 3e-8), and each chunk's motion latents carry the difference into the next,
+# where the random weights amplify it. Measured on the tiny models (CPU): DiT forward max |diff| 1.7e-6 (Lite) /
+# 2.2e-6 (Pro) in float32; frames (0..1) after 2 chunks 3.8e-5 / 3.4e-5; over 8 chunks see LONG_RUN_PSNR.
 FORWARD_TOLERANCE = 1e-5
 FRAME_TOLERANCE = 2e-4
+# Frame PSNR (dB, frames in 0..1) of a batched stream against its single run over 8 chunks, with the margin below
+# what was measured (2 streams, 64x64): float32 69-93 dB (Lite), bfloat16 24-26 dB (Lite).
+LONG_RUN_PSNR = {torch.float32: 55.0, torch.bfloat16: 15.0}
 
 
 @pytest.fixture(scope="module", params=["lite", "pro"])
@@ -104,3 +109,26 @@ def test_stacked_tracks_are_what_the_model_hears_padded_with_silence_to_the_long
         stack_tracks([])
     with pytest.raises(AudioInputError, match="batch of 2 tracks"):  # each input must be one track
         stack_tracks([{"waveform": torch.zeros(2, 1, 1600), "sample_rate": 16000}])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_over_eight_chunks_a_batched_stream_stays_within_the_stated_bound_of_its_single_run(pipeline, faces, dtype,
+                                                                                            tmp_path):
+    """The README's promise for batched streams: float32 within LONG_RUN_PSNR of the single run after 8 chunks, and
+    the first chunk within FRAME_TOLERANCE; bf16 only within LONG_RUN_PSNR[bf16] (a different, equally valid video)."""
+    variant = pipeline.model.config.variant
+    model = load_pipeline(write_tiny_checkpoint(tmp_path / variant, variant), variant=variant, dtype=dtype)
+    new = model.model.config.new_frames
+    tracks = [synthetic_speech(8 * new / 25, seed=s) for s in (4, 5)]
+    batched = batch_talking_heads(model.model, model.vae, model.audio_encoder, faces[:2], tracks, height=SIZE,
+                                  width=SIZE, seed=20, context_seconds=CONTEXT)
+    for i in range(2):
+        alone = single_stream(model, faces[i], tracks[i], 20 + i)
+        mse = ((batched[i] - alone) ** 2).mean().item()
+        psnr = 10 * np.log10(1 / mse) if mse else float("inf")
+        first_chunk = (batched[i][:new] - alone[:new]).abs().max().item()
+        print(f"{variant} {dtype} stream {i}: {psnr:.1f} dB over 8 chunks, first chunk max |diff| {first_chunk:.1e}")
+        assert psnr >= LONG_RUN_PSNR[dtype]
+        if dtype == torch.float32:
+            assert first_chunk <= FRAME_TOLERANCE

@@ -167,3 +167,23 @@ def test_cli_timeline(pipeline, tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "bad.mp4"), "--timeline", timeline,
                         "--image", str(tmp_path / "f1.png")]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_timeline_run_ends_in_a_state_that_continues_it(pipeline, tmp_path):
+    """The one chunk loop gives timelines the continuation of single portraits: a timeline run over the first two
+    chunks, continued with the portrait it ended on, equals the timeline run over all the speech."""
+    new = pipeline.model.config.new_frames
+    samples = synthetic_speech(3 * new * 640 / 16000, seed=5)
+    a, b = portrait(5), portrait(6)
+    timeline = Timeline.of([(a, 0), (b, new / 25)])
+    whole, first, second, states = [], [], [], []
+    write_talking_video(pipeline, timeline, track(samples), tmp_path / "whole.mp4", height=SIZE, width=SIZE,
+                        on_frames=lambda f, *_: whole.append(f))
+    write_talking_video(pipeline, timeline, track(samples[:2 * new * 640]), tmp_path / "a.mp4", height=SIZE,
+                        width=SIZE, on_frames=lambda f, *_: first.append(f), on_state=states.append)
+    write_talking_video(pipeline, b, track(samples[2 * new * 640:]), tmp_path / "b.mp4", height=SIZE, width=SIZE,
+                        continue_from=states[0], on_frames=lambda f, *_: second.append(f))
+    assert torch.equal(torch.cat(first + second), torch.cat(whole))
+    with pytest.raises(TimelineError, match="cannot continue a state"):
+        write_talking_video(pipeline, timeline, track(samples), tmp_path / "x.mp4", height=SIZE, width=SIZE,
+                            continue_from=states[0])
