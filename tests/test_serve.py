@@ -165,10 +165,12 @@ def test_live_session_frames_and_audio_are_those_of_an_offline_run(pipeline, ass
     assert torch.equal(frames, torch.from_numpy(images_to_uint8(expected)))
     assert recorder.geometry == (SIZE, SIZE, FPS, AUDIO_SAMPLE_RATE, 1) and recorder.closed == [None]
     assert frames.shape[0] == round(SECONDS * FPS)
-    # Each segment carries exactly the speech its frames were made from: one slice per chunk, the last one unpadded.
+    # Each chunk carries exactly the speech its frames were made from, 640 samples a frame: one slice per chunk, the
+    # last one's real samples cut or padded with silence to its trimmed frames.
     step = pipeline.model.config.new_frames * SAMPLES_PER_FRAME
-    assert [len(audio) for _, audio in recorder.calls] == [step, step, len(samples) - 2 * step]
-    assert np.array_equal(np.concatenate([audio[:, 0] for _, audio in recorder.calls]), samples)
+    assert [len(audio) for _, audio in recorder.calls] == [step, step, (frames.shape[0] * SAMPLES_PER_FRAME - 2 * step)]
+    heard = np.concatenate([audio[:, 0] for _, audio in recorder.calls])
+    assert np.array_equal(heard[:len(samples)], samples[:len(heard)]) and not heard[len(samples):].any()
     info = channel.info()
     assert info["ended"] and info["error"] is None and info["media_end"] == frames.shape[0] / FPS
     status = live.status()

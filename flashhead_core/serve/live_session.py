@@ -12,7 +12,8 @@
 The speech is resampled to 16 kHz mono (soxr, streaming) into a SampleQueue; the session's `generation.run.ChunkRun`
 (push mode) cuts it into slices of new_frames x 640 samples, one chunk each, in stream mode. Each chunk's new frames
 go to the sinks (`live.LiveSink`: the MSE stream on the channel; others, e.g. WebRTC, with the same interface) with
-exactly that slice's samples, so the audio of a segment is the speech its frames were made from. At the end the last
+exactly their samples, 640 a frame, so the audio of a segment is the speech its frames were made from (the last
+chunk's are cut or padded with silence to its trimmed frames: at most half a frame). At the end the last
 slice is padded with silence for the model, and the video is trimmed to round(seconds x 25) frames. `flush()` pads
 the speech so far with silence to the next chunk (a text-to-speech program between utterances).
 
@@ -43,7 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..audio.decode import RESAMPLE_QUALITY
-from ..config import AUDIO_SAMPLE_RATE, FPS
+from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
 from ..errors import AudioInputError, InputError, SpeechBacklogError
 from ..generation.run import speech_run
 from ..generation.sampler import GenerationCancelled
@@ -254,7 +255,11 @@ class LiveSession:
         images = self.run.step()
         if images is None:
             return
-        audio = self.run.windows.last_slice[:, None]  # the slice's real samples (the last one: all of them)
+        # Exactly the frames' samples, 640 each: the slice's (the last, trimmed chunk's real samples cut or padded with
+        # silence to its frames, at most half a frame either way).
+        audio = np.zeros((len(images) * SAMPLES_PER_FRAME, 1), np.float32)
+        real = self.run.windows.last_slice[:len(audio)]
+        audio[:len(real), 0] = real
         frames = images_to_uint8(images)
         for sink in self.sinks:
             sink.write(frames, audio)
