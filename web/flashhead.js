@@ -71,22 +71,29 @@ const finishedVideo = (node) => {
     || document.querySelector(`[data-node-id="${node.id}"] video`);
 };
 
-// Where the live player was when the node finished: the finished MP4 goes on from there, playing if it played.
+// Where the live player was when the node finished: the finished MP4 goes on from there, playing if it played. The
+// frontend makes its player within a few frames and may set its source more than once (each load starts at 0:00),
+// so for a few seconds every newly loaded source of the node's <video> is put at that position.
 async function continueFinished(node, at) {
   if (!at || at.time <= 0) return;
-  let video = null;
-  for (let tries = 0; tries < 100 && !video; tries++) {   // the frontend makes its player within a few frames
+  const placed = new WeakMap();   // <video> -> the source it was put at `at` for
+  for (let tries = 0; tries < 60 && node.flashHeadFinished; tries++) {
+    const video = finishedVideo(node);
+    const source = video?.currentSrc || video?.src;
+    if (video && !placed.has(video)) {
+      placed.set(video, null);
+      video.addEventListener("loadedmetadata", () => placed.set(video, null));   // loaded again: put it again
+    }
+    if (video && source && video.readyState >= 1 && placed.get(video) !== source) {
+      placed.set(video, source);
+      video.currentTime = Math.min(at.time, Math.max(0, video.duration - 0.05));
+      if (at.playing && at.time < video.duration - 0.1) {   // else it had played it all: its last frame stays
+        video.muted = at.muted;
+        video.play().catch(() => { video.muted = true; return video.play().catch(() => {}); });
+      }
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
-    if (!node.flashHeadFinished) return;   // the node runs again
-    video = finishedVideo(node);
   }
-  if (!video) return;
-  if (video.readyState < 1) await new Promise((resolve) => video.addEventListener("loadedmetadata", resolve,
-                                                                                   { once: true }));
-  video.currentTime = Math.min(at.time, Math.max(0, video.duration - 0.05));
-  if (!at.playing || at.time >= video.duration - 0.1) return;   // it had played it all: its last frame stays
-  video.muted = at.muted;
-  await video.play().catch(() => { video.muted = true; return video.play().catch(() => {}); });
 }
 
 const stopLive = (node) => {
