@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ..flashhead_core import stop_reason
 from ..flashhead_core.live import NO_STORE, PLAYER_JS, LiveRegistry, LiveSink, add_stream_routes, blob_media_policy
+from . import _host
 
 log = logging.getLogger(__name__)
 PREFIX = "/flashhead/live"
@@ -115,7 +116,17 @@ def live_stream(hidden):
     try:
         yield sink
     except BaseException as e:
-        sink.close(error=stop_reason(e))
+        sink.close(error=why_stopped(e, channel))
         raise
     finally:
         sink.close()
+
+
+def why_stopped(error: BaseException, channel) -> str:
+    """The reason the player shows after "stopped:": the error's sentence (`stop_reason`). ComfyUI's interrupt raised
+    from a progress update carries no text and no cancel behind it: then it says that the generation was cancelled,
+    at the chunk the stream had reached (as the core's own cancel does)."""
+    reason = stop_reason(error)
+    if _host.is_interrupt(error) and reason == type(error).__name__:
+        return f"generation cancelled at chunk {channel.info()['next']}"
+    return reason
