@@ -278,6 +278,7 @@ def generate_chunks(sessions: list[StreamingSession], windows: list[torch.Tensor
                 session.on_step(step)
 
         latents = sample_chunk(lead.model, audio_tokens, torch.cat([i.ref_latent for i in identities]), motion, mask,
-                               noise, lead.timesteps, lead.sampler.num_timesteps, on_step, lead.stage)
+                               noise, lead.timesteps, lead.sampler.num_timesteps, on_step, lead.stage,
+                               static=lead.sampler.static)
         return [session.finish_chunk(latents[row:row + 1], identity)
                 for row, (session, identity) in enumerate(zip(sessions, identities))]

@@ -27,6 +27,7 @@ from ..generation.chunks import frames_to_keep
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech, write_wav
 from ..testing.random import random_dit, random_ltx_vae, random_wan_vae, random_wav2vec2
+from .gpu_bench import bench_gpu, gpu_options
 from .live_bench import bench_live, live_options
 from .stage_timer import StageTimer
 
@@ -456,4 +457,5 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[argpars
     "chunk-memory": (bench_chunk_memory, _chunk_memory_options),
     "batch": (bench_batch, _batch_options),
     "live": (bench_live, live_options),
+    "gpu": (bench_gpu, gpu_options),
 }
