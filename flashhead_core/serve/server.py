@@ -61,6 +61,7 @@ STATIC_FILES = {"player.js": (PLAYER_JS, "text/javascript"), "page.js": (STATIC 
                 "page.css": (STATIC / "page.css", "text/css")}
 STREAM_PREFIX = "/api/live"
 STATUS_INTERVAL = 0.5  # seconds between the status messages on an audio WebSocket
+FEED_SLICE = 1 << 18  # bytes of PCM converted and resampled at a time (8 s at 16 kHz)
 SESSION_FIELDS = frozenset({"width", "height", "seed", "idle"})
 CONTROLS = ("end", "flush", "interrupt")  # the audio socket's text messages: {"end": true}, ...
 SERVER = web.AppKey("flashhead_server", object)  # app[SERVER]: the server's state (sessions, worker, registry)
@@ -303,7 +304,7 @@ class _Server:
     async def _feed(self, served: _Served, data: bytes, rate: int) -> None:
         """PCM into the session, converted and resampled off the event loop, pieces in the order they came."""
         async with served.feeding:
-            await asyncio.to_thread(served.live.feed_pcm16, data, rate)
+            await asyncio.to_thread(_feed_slices, served.live, data, rate)
         self.worker.wake()
 
     async def push_audio(self, request: web.Request) -> web.Response:
@@ -370,6 +371,13 @@ class _Server:
             raise InputError(f"a session's size may be at most {width_max}x{height_max} on this server, got "
                              f"{width}x{height}: ask for a smaller size (or start the server with a larger --size)")
         return width, height
+
+
+def _feed_slices(live: LiveSession, data: bytes, rate: int) -> None:
+    """s16le PCM into `live` FEED_SLICE bytes at a time: its float conversion and resampling hold a slice, not the
+    whole body (a 20 MB body would take 12 times that at once). Past the backlog, the rest is refused."""
+    for start in range(0, max(len(data), 1), FEED_SLICE):
+        live.feed_pcm16(data[start:start + FEED_SLICE], rate)
 
 
 def _form_integer(form: dict, name: str, default: int) -> int:

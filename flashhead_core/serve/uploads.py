@@ -4,8 +4,8 @@
     samples = read_speech(data, "hello.mp3", max_seconds=600)  # [N] float32, mono, 16 kHz
 
 Portraits: only PNG, JPEG, WebP, BMP and GIF are opened (Pillow's other plugins, EPS with its Ghostscript call
-among them, are never reached), the pixel count is checked from the header before decoding (at most
-MAX_PORTRAIT_PIXELS), the file is verified (checksums, truncation), decoded, and at once resized and cropped to the
+among them, are never reached), the size is checked from the header before decoding (at most
+MAX_PORTRAIT_PIXELS, at least MIN_SIDE per side), the file is verified (checksums, truncation), decoded, and at once resized and cropped to the
 session's size (the official resize: the session then uses it as it is), so that a portrait holds a few hundred KB
 once read, whatever its file. Speech: FFmpeg may only use the audio demuxers in SPEECH_FORMATS (no playlist, concat
 or image demuxer, so no upload can make FFmpeg open another file or a URL), reads the bytes from memory (nothing
@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..audio.decode import read_mono_16k
 from ..errors import AudioInputError, AudioTooLong, FlashHeadError, UploadError, UploadTooLarge
-from ..media.image import LARGE_IMAGE_PIXELS, load_image, resize_and_centercrop
+from ..media.image import LARGE_IMAGE_PIXELS, MIN_SIDE, load_image, resize_and_centercrop
 
 PORTRAIT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 # 16.8 MP (4096 x 4096; a 12 MP phone photo fits): up to here the official resize is exact (media/image.py). Its
@@ -45,6 +45,9 @@ def read_portrait(data: bytes, name: str, size: tuple[int, int]) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data), formats=PORTRAIT_FORMATS) as probe:
             width, height = probe.size
+            if min(width, height) < MIN_SIDE:
+                raise UploadError(f"portrait {name!r} is {width}x{height} pixels; a portrait needs at least "
+                                  f"{MIN_SIDE} pixels per side (ideally the video's size)")
             if width * height > MAX_PORTRAIT_PIXELS:
                 raise UploadTooLarge(f"portrait {name!r} is {width}x{height} pixels, more than the "
                                      f"{MAX_PORTRAIT_PIXELS / 1e6:.1f} MP this server decodes: downscale it (a "
