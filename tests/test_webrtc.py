@@ -13,6 +13,7 @@ thread or socket behind; repeated connect/vanish cycles leave RSS, threads and f
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import json
 import os
@@ -371,6 +372,70 @@ def test_bad_signalling_is_refused_and_leaves_nothing(pipeline, portrait):
     assert set(answers["flood"]) <= {200, 503} and 200 in answers["flood"], answers["flood"]
     assert sockets == 1  # one peer watches the session however many offers came
     assert threading.active_count() <= threads + 1, threading.enumerate()
+
+
+def _rss_mb() -> float:
+    """Resident memory in MB after glibc hands its free heap back (what is in use, not the allocator's peak)."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def _resources() -> dict:
+    gc.collect()
+    return {"rss_mb": round(_rss_mb(), 1), "threads": len(os.listdir("/proc/self/task")),
+            "fds": len(os.listdir("/proc/self/fd"))}
+
+
+CYCLES, WARMUP = 12, 3
+RSS_TOLERANCE_MB = 25.0
+
+
+@pytest.mark.slow
+def test_peers_that_vanish_or_never_connect_are_freed(pipeline, portrait, monkeypatch):
+    """Cycles of three ends, on one idle session: a peer that vanishes (its ICE transport stops without a word:
+    consent freshness, shortened here to 0.2 s x 3, finds it gone), a peer that never completes ICE (the answer is
+    never applied: closed after the connect timeout, 1 s here) and a peer that hangs up (DELETE). Each time the
+    session's watcher count returns to 0; after the warm-up, RSS, threads and file descriptors stay where they
+    were."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    monkeypatch.setattr(webrtc, "CONNECT_TIMEOUT", 1.0)
+
+    async def scenario(client, server):
+        sid = await new_session(client, portrait, idle=1)
+        served = server.sessions[sid]
+        samples = []
+        for cycle in range(WARMUP + CYCLES):
+            end = ("vanish", "never", "hang up")[cycle % 3]
+            peer, answer, received = await offer(client, sid)
+            assert answer.status == 200, await answer.text()
+            if end == "never":  # the client goes away before its ICE starts: the server's peer never connects
+                await peer.close()
+            else:
+                await until(lambda: len(received["video"]) >= 3, 30, "frames")
+            if end == "vanish":
+                await peer.getTransceivers()[0].receiver.transport.transport.stop()
+            elif end == "hang up":
+                answer = await client.delete(f"/api/sessions/{sid}/rtc", headers=AUTH)
+                assert (await answer.json())["closed"]
+            await until(lambda: served.sockets == 0, 20, f"the server to free the peer ({end})")
+            await peer.close()
+            for task in received.get("tasks", []):  # (a receiver that never started never ends its track)
+                task.cancel()
+            await asyncio.gather(*received.get("tasks", []), return_exceptions=True)
+            if cycle == WARMUP - 1 or cycle == WARMUP + CYCLES - 1:
+                samples.append(_resources())
+        status = await (await client.get(f"/api/sessions/{sid}/rtc", headers=AUTH)).json()
+        return samples, status
+
+    (before, after), status = serve(pipeline, scenario)
+    print(f"\nafter {WARMUP} warm-up cycles {before}, after {CYCLES} more {after}; {status}")
+    assert status == {"state": "none"}
+    assert after["threads"] <= before["threads"] + 2 and after["fds"] <= before["fds"] + 4, (before, after)
+    assert after["rss_mb"] - before["rss_mb"] < RSS_TOLERANCE_MB, (before, after)
 
 
 # --- in Chromium ------------------------------------------------------------------------------------------------------

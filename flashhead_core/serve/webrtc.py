@@ -318,7 +318,7 @@ class RtcPeer:
     """One browser's RTCPeerConnection receiving a session's stream. Closes itself when the connection fails, is
     closed by the browser, does not connect within connect_timeout, or the stream ends and has played."""
 
-    def __init__(self, sink: RtcSink, ice_servers: list[dict], on_close=None, connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, sink: RtcSink, ice_servers: list[dict], on_close=None, connect_timeout: float | None = None):
         include_loopback_candidates()
         self.sink, self.on_close = sink, on_close
         self.playout = Playout(sink)
@@ -327,7 +327,7 @@ class RtcPeer:
         self.closed = asyncio.Event()
         self._closing = False
         self._watch: asyncio.Task | None = None
-        self._connect_timeout = connect_timeout
+        self._connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
         self.pc.on("connectionstatechange", self._state_changed)
 
     @property
