@@ -813,7 +813,8 @@ def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, 
     assert handover is not None, "the live player never gave way to the finished video"
     last_live = samples[handover - 1]
     resumed = [x["finished"] for x in samples[handover:] if x.get("finished") and "/view?" in x["finished"]["src"]]
-    assert resumed and resumed[-1]["ct"] >= last_live["ct"] - 0.5, (last_live, resumed[:5])
+    moved = [f for f in resumed if f["ct"] > 0]  # its first position past 0:00 is the live one (then it may loop)
+    assert moved and moved[0]["ct"] >= last_live["ct"] - 0.5, (last_live, resumed[:5])
     if not last_live["paused"] and last_live["ct"] < LIVE_SPEECH[1] - 1:
         assert any(not f["paused"] for f in resumed), f"the finished video did not go on playing: {resumed[:5]}"
     assert joined and joined["node_found"], f"the second tab did not restore the workflow: {where}"

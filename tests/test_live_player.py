@@ -119,11 +119,14 @@ def judged_samples(samples: list[dict], window: float = 0.75) -> tuple[list[dict
     """(dry, flowing): the samples after `window` seconds in which currentTime stood still with less than 0.15 s
     buffered ahead and the stream still running (the player has played all it has), and those after `window` seconds
     in which currentTime moved with at least 0.3 s ahead all along. The player's status may lag its watchdog by a tick
-    (0.25 s) and two ticks tell a standing playhead: a state is judged once it has lasted `window`."""
+    (0.25 s) and two ticks tell a standing playhead: a state is judged once it has lasted `window` while the page ran
+    its timers (no gap of more than 0.3 s between samples: a page the machine stalled stalls the watchdog too)."""
     dry, flowing = [], []
     for i, s in enumerate(samples):
         span = [p for p in samples[:i + 1] if s["t"] - p["t"] <= window]
         if s["t"] - span[0]["t"] < window - 0.1 or span[0]["ct"] <= 0:
+            continue
+        if any(b["t"] - a["t"] > 0.3 for a, b in zip(span, span[1:])):
             continue
         if all(p["ct"] == s["ct"] and p["ahead"] < 0.15 and not p["streamEnded"] for p in span):
             dry.append(s)
