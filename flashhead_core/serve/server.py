@@ -41,7 +41,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from ..config import FPS
+from ..config import AUDIO_SAMPLE_RATE, FPS
 from ..errors import (ControlMessageError, FlashHeadError, InputError, ServerBusy, SpeechBacklogError, UploadError,
                       check_range)
 from ..generation.session import check_seed
@@ -120,9 +120,12 @@ class _Served:
         self.last_seen = time.monotonic()
 
     def idle(self, now: float, timeout: float) -> bool:
-        """Nobody used it for `timeout` seconds, nobody watches it and it has nothing to generate."""
-        return (not self.sockets and now - self.last_seen > timeout
-                and self.live.status()["state"] != "generating")
+        """Nobody used it for `timeout` seconds, nobody watches it and it has nothing to generate: no whole chunk of
+        speech waits for the model or is being generated (a part of a chunk waits for more speech: that is idle)."""
+        if self.sockets or now - self.last_seen <= timeout:
+            return False
+        status = self.live.status()
+        return status["state"] != "generating" and status["behind_s"] * AUDIO_SAMPLE_RATE < self.live.slice_samples
 
 
 class _Server:
