@@ -90,12 +90,14 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(work):
     """`flashhead serve --tiny` (the tiny random Lite model) on a free loopback port, with a token (the page must pass
-    it on everywhere). Yields the page's URL."""
+    it on everywhere; the server reads it from a file). Yields the page's URL."""
     port, token = free_port(), "page-test-token"
+    token_file = work / "token"
+    token_file.write_text(token)
     child = Child(flashhead("serve", "--tiny", "--size", f"{SIZE}x{SIZE}", "--host", "127.0.0.1", "--port", port,
-                            "--device", "cpu", "--token", token))
+                            "--device", "cpu", "--token-file", token_file))
     url = f"http://127.0.0.1:{port}/?token={token}"
     deadline = time.monotonic() + 120
     while True:
