@@ -498,3 +498,50 @@ def test_chromium_plays_each_frame_with_its_audio(tmp_path):
     assert report["stats"]["video"]["framesDecoded"] >= chunks * CHUNK - 2
     assert report["stats"]["video"]["packetsLost"] == 0 and report["stats"]["audio"]["packetsLost"] == 0
     assert len(settled) >= 4 and all(abs(o) <= 1000 * BROWSER_SYNC_S for o in settled), numbers
+
+
+def heard_blocks(report: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(performance.now() ms at the output, RMS) per recorded 128-sample block of the page's received audio."""
+    blocks, clock = np.asarray(report["blocks"], np.float64), np.asarray(report["clock"], np.float64)
+    context, performance = clock[np.argsort(clock[:, 0])].T
+    at = blocks[:, 0] / report["sampleRate"]
+    nearest = np.clip(np.searchsorted(context, at), 0, len(context) - 1)
+    return performance[nearest] + 1000 * (at - context[nearest]), blocks[:, 1]
+
+
+@pytest.mark.slow
+def test_the_serve_page_plays_over_webrtc_with_idle_and_barge_in(portrait):
+    """`flashhead serve --tiny` and its page in Chromium (tests/drivers/webrtc_browser.py --serve-page): idle mode,
+    a text-to-speech program pushing an utterance in real time after 3 s of idle, then a 3 s answer at once,
+    interrupted while it plays. The page plays over WebRTC (not the fallback), frames are presented from before
+    the first word (idle), the speech is heard (mouth-to-ear measured from the first byte pushed), the gap after it
+    is silent while frames go on, and the sound stops within two chunks of the Interrupt click (the chunk playing
+    and the one being generated)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set FLASHHEAD_CHROMIUM)")
+    driver = Path(__file__).parent / "drivers" / "webrtc_browser.py"
+    result = subprocess.run(loopback_namespace([sys.executable, str(driver), "--serve-page", "--portrait",
+                                                str(portrait), "--chromium", str(CHROMIUM)]),
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    heard_at, rms = heard_blocks(report)
+    loud = heard_at[rms > 0.05]
+    first_word = loud[loud > report["first_push_at"]][0]
+    after_cut = loud[loud > report["interrupt_at"]]
+    numbers = {"transport": report["transport"], "fallback": report["fallback"],
+               "idle_frames_before_speech": report["firstFrameAt"] < report["first_push_at"],
+               "mouth_to_ear_ms": round(first_word - report["first_push_at"], 1),
+               "heard_after_interrupt_ms": round(after_cut[-1] - report["interrupt_at"], 1) if len(after_cut) else 0,
+               "frames_presented": report["framesPresented"], "stats": report["stats"], "status": report["status"],
+               "server": {k: report["server"][k] for k in ("rtf", "first_frame_latency_s", "chunks", "idle")}}
+    print("\n" + json.dumps(numbers))
+    assert not report["console_errors"] and report["error"] is None, (report["console_errors"], report["error"])
+    assert report["transport"] == "webrtc" and report["fallback"] is None and report["player"]["error"] is None
+    assert numbers["idle_frames_before_speech"] and report["server"]["idle"]
+    # the gap between the utterances: silent, while frames went on (idle chunks)
+    gap = (heard_at > first_word + 2600) & (heard_at < report["second_push_at"])
+    assert gap.sum() > 100 and rms[gap].max() < 0.01, rms[gap].max()
+    chunk_ms = 960
+    assert numbers["heard_after_interrupt_ms"] <= 2 * chunk_ms + 300, numbers
+    assert report["stats"]["video"]["packetsLost"] == 0 and report["stats"]["video"]["framesDecoded"] > 10 * FPS
