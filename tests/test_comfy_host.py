@@ -704,19 +704,19 @@ def test_every_ui_workflow_runs_from_the_real_frontend_and_no_node_covers_anothe
                                   "script": str(DRIVERS / "frontend_workflow_run.py"),
                                   "args": ["--workflow", str(test_copy), "--screenshot", str(shot)]}))
     monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))
+    # check_pack runs the workflow (converted with /object_info), then the driver loads it on the page and queues the
+    # prompt the page builds (the page's own checks there: the 0.33 frontend's loading-mask race is told apart)
     code, summary, log = check_pack(host, work, f"ui_{label}", "--no-install-requirements", "--workflow",
-                                    str(test_copy), "--frontend", *_models(tiny_checkpoint), *extra,
+                                    str(test_copy), *_models(tiny_checkpoint), *extra,
                                     "--output-dir", str(work / f"output_ui_{label}"))
-    assert code == 0, f"{workflow.name} did not load and run cleanly in the {host_spec.id} frontend:\n{log}"
-    frontend = summary["frontend"]
-    assert frontend["missing_node_types"] == [] and frontend["alerts"] == [], frontend
-    assert frontend["nodes"] == len(ui["nodes"]), frontend
+    assert code == 0, f"{workflow.name} did not run in the {host_spec.id} host:\n{log}"
     out = json.loads(Path(str(player) + ".out").read_text())
     assert out["rc"] == 0, f"the page could not be driven:\n{out['stderr']}"
     report = json.loads(out["stdout"].strip().splitlines()[-1])
     names = {n["id"]: f"{n['title']} ({n['id']})" for n in report["nodes"]}
     print(f"\n{workflow.name} after a run in frontend {report['version']}: screenshot {shot}; "
           f"overlaps {[(names[a], names[b], area) for a, b, area in report['overlaps']]}")
+    assert report["missing_node_types"] == [] and report["nodes_loaded"] == len(ui["nodes"]), report
     assert report["status"] == "execution_success", report
     assert report["overlaps"] == [], (
         f"nodes cover each other after a run: {[(names[a], names[b], area) for a, b, area in report['overlaps']]}; "

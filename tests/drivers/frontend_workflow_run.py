@@ -2,12 +2,13 @@
 """A shipped workflow after a run, as the user sees it: run with the host venv's Python (playwright), system Chromium.
 
 Not a test module: tests/test_comfy_host.py runs it against a ComfyUI that check_pack.py has started (the pack loaded,
-tiny checkpoints placed; the example inputs are the pack's own), after check_pack ran the prompt the frontend built.
+tiny checkpoints placed; the example inputs are the pack's own), after check_pack ran the workflow.
 It opens the page headless (1600x1000), drops the UI workflow on it, queues it from the page (app.queuePrompt, what
 the Run button calls), waits for the prompt to end and for the nodes to show what they got (previews, videos, the
 loaded portrait), then reports every node's rectangle on the canvas (title bar included) and every pair that
 overlaps, and saves a screenshot with the whole graph in view. Prints one JSON line
-  {"version", "status", "nodes": [{"id", "type", "title", "rect": [x, y, w, h]}], "overlaps": [[id, id, area]],
+  {"version", "nodes_loaded", "missing_node_types", "status", "nodes": [{"id", "type", "title", "rect": [x, y, w, h]}],
+   "overlaps": [[id, id, area]],
    "alerts": [...], "screenshot", "console_errors": [...]}
 Exit 0 when the page could be driven (judging the report is the caller's job), 2 when it could not be used at all.
 """
@@ -64,6 +65,11 @@ FIT = """(rects) => {
   app.canvas.draw?.(true, true);
 }"""
 
+LOADED = """() => {
+  const nodes = app.graph._nodes || app.graph.nodes, known = LiteGraph.registered_node_types || {};
+  return {nodes_loaded: nodes.length, missing_node_types: [...new Set(nodes.map(n => n.type).filter(t => !known[t]))]};
+}"""
+
 ALERTS = """() => [...document.querySelectorAll('.p-toast-message, .p-dialog, [data-testid="error-overlay"]')]
   .map(e => e.innerText.trim()).filter(Boolean)"""
 
@@ -97,6 +103,7 @@ def main(argv=None) -> int:
             page.wait_for_function(f"() => (app.graph._nodes || app.graph.nodes).length === {count}", timeout=ms)
             before = len(console)
             report["version"] = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
+            report.update(page.evaluate(LOADED))
             page.evaluate(QUEUE)
             t0 = time.monotonic()
             while time.monotonic() - t0 < args.timeout and not page.evaluate("() => window.__fhRun.done"):
