@@ -184,25 +184,20 @@ class _AudioTrack(_QueueTrack):
     kind = "audio"
 
 
-class Playout:
-    """The 25 Hz clock of one peer: at tick k, frame k to the video track and its samples (two 20 ms frames) to the
-    audio track; the last frame with silence when no unit is queued (counted in held_frames). Starts at the first
-    queued unit once both of the peer's senders ask for media (a sender that started late would get a burst of
-    queued packets, which the receiver's audio buffer then holds as extra delay for seconds); ends when the sink is
-    closed and empty."""
+class FrameClock:
+    """A 25 Hz clock over an RtcSink: at tick k, emit(k, frame uint8 [H, W, 3], pcm int16 [640]) with the next unit,
+    or with the last frame and silence when none is queued (counted in held_frames). start() waits for the first
+    queued unit; the clock ends (end()) when the sink is closed and empty. Subclasses say where units go."""
 
     def __init__(self, sink: RtcSink):
         self.sink = sink
-        self.video, self.audio = _VideoTrack(self), _AudioTrack(self)
         self.frames_sent = self.held_frames = 0
         self.started_at: float | None = None  # time.perf_counter() of the first tick
         self._task: asyncio.Task | None = None
         self._last: np.ndarray | None = None
-        self._pulling: set = set()  # the tracks whose senders have asked for media
 
-    def begin(self, track) -> None:
-        self._pulling.add(track.kind)
-        if self._task is None and len(self._pulling) == 2:
+    def start(self) -> None:
+        if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -210,16 +205,14 @@ class Playout:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self.sink.detach()
-        for track in (self.video, self.audio):
-            track.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         self.sink.attach(loop, wake)
-        while not self.sink.queued:  # nothing to show before the first unit (the page shows its own placeholder)
+        while not self.sink.queued:  # nothing to show before the first unit (a player shows its own placeholder)
             if self.sink.closed:
-                return self._end()
+                return await self.end()
             wake.clear()
             if not self.sink.queued:
                 await wake.wait()
@@ -228,22 +221,50 @@ class Playout:
         while True:
             unit = self.sink.take()
             if unit is None and self.sink.closed:
-                return self._end()
-            self._emit(k, unit)
+                return await self.end()
+            if unit is None:
+                frame, audio = self._last, np.zeros(SAMPLES_PER_FRAME, np.float32)
+                self.held_frames += 1
+            else:
+                frame, audio = unit
+                self._last = frame
+            await self.emit(k, frame, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
+            self.frames_sent += 1
             k += 1
             await asyncio.sleep(max(0.0, t0 + k / FPS - loop.time()))
 
-    def _emit(self, k: int, unit: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if unit is None:
-            frame, audio = self._last, np.zeros(SAMPLES_PER_FRAME, np.float32)
-            self.held_frames += 1
-        else:
-            frame, audio = unit
-            self._last = frame
+    async def emit(self, k: int, frame: np.ndarray, pcm: np.ndarray) -> None:
+        raise NotImplementedError
+
+    async def end(self) -> None:
+        """The stream ended and everything queued went out."""
+
+
+class Playout(FrameClock):
+    """The clock of one peer: frame k to the video track (pts k / 25) and its samples as two 20 ms frames to the
+    audio track (pts k x 640 / 16000). Starts once both of the peer's senders ask for media (a sender that started
+    late would get a burst of queued packets, which the receiver's audio buffer then holds as extra delay for
+    seconds)."""
+
+    def __init__(self, sink: RtcSink):
+        super().__init__(sink)
+        self.video, self.audio = _VideoTrack(self), _AudioTrack(self)
+        self._pulling: set = set()  # the tracks whose senders have asked for media
+
+    def begin(self, track) -> None:
+        self._pulling.add(track.kind)
+        if len(self._pulling) == 2:
+            self.start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        for track in (self.video, self.audio):
+            track.stop()
+
+    async def emit(self, k: int, frame: np.ndarray, pcm: np.ndarray) -> None:
         picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
         picture.pts, picture.time_base = k, Fraction(1, FPS)
         self.video.queue.put_nowait(picture)
-        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
         for part in range(SAMPLES_PER_FRAME // AUDIO_FRAME_SAMPLES):
             sound = av.AudioFrame.from_ndarray(pcm[None, part * AUDIO_FRAME_SAMPLES:(part + 1) * AUDIO_FRAME_SAMPLES],
                                                format="s16", layout="mono")
@@ -251,9 +272,8 @@ class Playout:
             sound.pts = k * SAMPLES_PER_FRAME + part * AUDIO_FRAME_SAMPLES
             sound.time_base = Fraction(1, AUDIO_SAMPLE_RATE)
             self.audio.queue.put_nowait(sound)
-        self.frames_sent += 1
 
-    def _end(self) -> None:
+    async def end(self) -> None:
         for track in (self.video, self.audio):
             track.queue.put_nowait(None)
 
