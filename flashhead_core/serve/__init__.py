@@ -1,6 +1,9 @@
 """`flashhead serve`: the live talking-head app over HTTP (uses the stream library in `live/`, never the reverse).
 
     server.py        create_app/run: the aiohttp app, its routes, the session registry and handlers
+    security.py      who may ask: loopback binding, Host and Origin checks, the token (environment or file)
+    forms.py         request bodies and forms within limits and a read deadline
+    webrtc.py        the WebRTC sink (frames with their audio on one 25 Hz clock) and its signalling routes
     live_session.py  LiveSession: one stream fed with speech as it is spoken (push mode of the chunk run)
     scheduler.py     GenerationWorker: the one thread that runs the model for every live session
     uploads.py       what the app accepts as portrait and speech uploads
