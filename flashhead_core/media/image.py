@@ -111,7 +111,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     if image.mode.startswith("I"):  # "I;16", "I;16B", "I" (16-bit grey PNG/TIFF)
-        grey = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        pixels = np.asarray(image)  # uint16 ("I;16", "I;16B") or int32 ("I"): no wider copy than that
+        grey = ((pixels if pixels.dtype.kind == "u" else pixels.clip(0, 65535)) >> 8).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if image.mode == "F":
         raise ImageError("32-bit float images are not supported; save the image as an 8- or 16-bit PNG or a JPEG")
