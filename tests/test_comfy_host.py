@@ -704,10 +704,13 @@ def test_every_ui_workflow_runs_from_the_real_frontend_and_no_node_covers_anothe
                                   "script": str(DRIVERS / "frontend_workflow_run.py"),
                                   "args": ["--workflow", str(test_copy), "--screenshot", str(shot)]}))
     monkeypatch.setenv("FLASHHEAD_PLAYER", str(player))
-    # check_pack runs the workflow (converted with /object_info), then the driver loads it on the page and queues the
-    # prompt the page builds (the page's own checks there: the 0.33 frontend's loading-mask race is told apart)
+    # check_pack runs the API copy, then the driver loads the UI workflow on the page and queues the prompt the page
+    # builds (the page's own checks there, where the 0.33 frontend's loading-mask race is told apart; check_pack's
+    # own UI converter misses SaveVideo's format in 0.33)
+    api_copy = work / f"api_{label}.json"
+    api_copy.write_text(json.dumps(_api_prompt_for_test(REPO / "workflows" / "api" / workflow.name)[0]))
     code, summary, log = check_pack(host, work, f"ui_{label}", "--no-install-requirements", "--workflow",
-                                    str(test_copy), *_models(tiny_checkpoint), *extra,
+                                    str(api_copy), *_models(tiny_checkpoint), *extra,
                                     "--output-dir", str(work / f"output_ui_{label}"))
     assert code == 0, f"{workflow.name} did not run in the {host_spec.id} host:\n{log}"
     out = json.loads(Path(str(player) + ".out").read_text())
