@@ -1,24 +1,28 @@
-"""The pack inside real ComfyUI hosts, built from ../shared/comfy_host (no mock of `comfy.*`): 0.3.64 and 0.33.0.
+"""The pack inside real ComfyUI hosts, built from ../shared/comfy_host (no mock of `comfy.*`): 0.3.64 (frontend 1.27.10),
+0.33.0 (frontend 1.49.6) and 0.33.0 with frontend 1.58.1.
 
 Every test here runs once per host (the `host` fixture is parametrized over HOSTS; pytest runs all tests of one host,
-then all of the other). Each host is built once with the shared setup.sh (0.3.64 from ComfyUI-0.3.64.tar.gz into
-$COMFY_HOST_DIR, 0.33.0 from ComfyUI-0.33.0.tar.gz into $COMFY_HOST_DIR_033 with COMFYUI_TARBALL set), reused when it is
-already there and records the commit the kit names for that tarball; `test_host_is_the_expected_comfyui` tells them
-apart. Tiny random-weight checkpoints are written with `flashhead make-tiny-checkpoint` in the released layout and linked
-as models/flashhead/SoulX-FlashHead-1_3B. Every check goes through the shared check_pack.py: the pack is pip-installed
-(requirements.txt, as ComfyUI-Manager does), imports, registers every FlashHead node, and each shipped API workflow
-runs end to end; the MP4 it writes is read back (frame count, size, audio track). The TTS workflow runs DJZ-Speak
-(espeak-ng, from the kit's packs/) beside the pack and its MP4's audio must match the speech that node made; the upscale
-workflow runs ComfyUI's UpscaleModelLoader + ImageUpscaleWithModel on a tiny Real-ESRGAN x2plus written by
-tests/drivers/host_tiny_upscaler.py (spandrel must recognise it). One run is interrupted mid-video and must end as interrupted
-with no file left; 20 prompts queued in one ComfyUI keep its memory flat and an unchanged graph re-executes nothing;
-the Lite UI workflow is dropped on the real web frontend (headless Chromium) and then queued from the page twice by
-tests/drivers/frontend_video_player.py: previews during each run, then the finished MP4 in a playable <video> in the node
-(screenshots in $FLASHHEAD_SCREENSHOT_DIR). The node unit tests (tests/test_nodes.py) run here too, in each host's
+then the next). Each host is built once with the shared setup.sh (0.3.64 from ComfyUI-0.3.64.tar.gz into
+$COMFY_HOST_DIR, 0.33.0 from ComfyUI-0.33.0.tar.gz into $COMFY_HOST_DIR_033 with COMFYUI_TARBALL set, and again beside
+it into $COMFY_HOST_DIR_033 + "_frontend_1.58.1", where comfyui-frontend-package 1.58.1 is then pip-installed into the
+host's environment, as ComfyUI-Manager updates a frontend), reused when it is already there; the commit the kit names
+for the tarball and the installed frontend tell them apart (`test_host_is_the_expected_comfyui`). Tiny random-weight
+checkpoints are written with `flashhead make-tiny-checkpoint` in the released layout and linked as
+models/flashhead/SoulX-FlashHead-1_3B; the workflows' portrait and speech are the pack's own examples (the pack copies
+them into input/). Every check goes through the shared check_pack.py: the pack is pip-installed (requirements.txt, as
+ComfyUI-Manager does), imports, registers every FlashHead node, and each shipped API workflow runs end to end; the MP4
+it writes is read back (frame count, size, audio track). The TTS workflow runs DJZ-Speak (espeak-ng, from the kit's
+packs/) beside the pack and its MP4's audio must match the speech that node made; the upscale workflow runs ComfyUI's
+UpscaleModelLoader + ImageUpscaleWithModel on a tiny Real-ESRGAN x2plus written by tests/drivers/host_tiny_upscaler.py
+(spandrel must recognise it). One run is interrupted mid-video and must end as interrupted with no file left; 20
+prompts queued in one ComfyUI keep its memory flat and an unchanged graph re-executes nothing. In the real web
+frontend (headless Chromium, drivers in tests/drivers/): every UI workflow is run from the page and afterwards no node
+covers another (screenshots); the Lite one is queued twice (previews, then the finished MP4 in the node); the live
+player is judged from what the page recorded. The node unit tests (tests/test_nodes.py) run here too, in each host's
 Python, where `comfy` is importable.
 
 Where ../shared/comfy_host is absent (a user's checkout) everything here skips; where it is present, any failure
-fails. Speed: the workflows run at 64x64 (the shipped 512x512 is set back to 64 in a copy) on 1-3 s of audio.
+fails. Speed: the workflows run at 64x64 (the shipped 512x512 is set back to 64 in a copy) on a few seconds of audio.
 Environment: COMFY_HOST_DIR (default ~/comfy_host), COMFY_HOST_DIR_033 (default ~/comfy_host_033),
 FLASHHEAD_HOST_REBUILD=1 re-runs setup.sh even when a host exists, FLASHHEAD_SCREENSHOT_DIR (default a pytest tmp dir),
 FLASHHEAD_HOST_MEMORY=1 adds the 10 s vs 60 s peak-RSS comparison (about two minutes more per host).
