@@ -12,6 +12,12 @@ skipped).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +95,25 @@ def test_interruption_cuts_the_speech_at_a_chunk_boundary(service_inputs):
     assert len(before) < 4.0 * AUDIO_SAMPLE_RATE  # it came in the middle
     assert after_audio <= 2 * CHUNK_FRAMES  # the chunk being pushed and the one being generated, no more
     assert images_after >= FPS  # the head goes on (idle)
+
+
+@pytest.mark.slow
+def test_the_example_bot_talks_and_is_interrupted():
+    """examples/pipecat_bot.py --tiny (SmallWebRTC, espeak-ng) with a WebRTC client on loopback
+    (tests/drivers/pipecat_bot_client.py, in a network namespace where only `lo` exists): its greeting is heard with
+    frames flowing, and a long line interrupted after 2.5 s falls silent within two chunks while frames go on."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("espeak-ng"):
+        pytest.fail("the example bot's test needs root and unshare (a loopback-only network namespace) and espeak-ng")
+    driver = Path(__file__).parent / "drivers" / "pipecat_bot_client.py"
+    result = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable,
+                             str(driver)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    audio, cut = np.array(report["audio"]), report["interrupted_at"]
+    loud_after = np.flatnonzero(audio[cut:] > 0.02)
+    print(f"\ngreeting {report['greeting']}; loud 20 ms packets after the interrupt {len(loud_after)}, the last "
+          f"{(loud_after[-1] + 1) * 20 if len(loud_after) else 0} ms after it; video frames {report['video_frames']}")
+    assert report["greeting"]["loud_packets"] >= 25 and report["greeting"]["video_frames"] >= 4 * FPS
+    assert (audio[cut - 25: cut] > 0.02).any()  # the long line was being said
+    assert len(loud_after) == 0 or (loud_after[-1] + 1) * 20 <= 2 * 960 + 300
+    assert report["video_frames"] >= report["greeting"]["video_frames"] + 5 * FPS  # frames go on (idle)
