@@ -70,7 +70,8 @@ class EspeakTTSService(TTSService):
 
     def __init__(self, voice: str = "en-us", **kwargs):
         if shutil.which("espeak-ng") is None:
-            raise SystemExit("this example speaks with espeak-ng: apt-get install espeak-ng (or brew install espeak-ng)")
+            raise SystemExit("this example speaks with espeak-ng: apt-get install espeak-ng (or brew install "
+                             "espeak-ng)")
         super().__init__(push_start_frame=True, push_stop_frames=True, sample_rate=SPEECH_RATE,
                          settings=TTSSettings(model=None, voice=voice, language=None), **kwargs)
         self.voice = voice

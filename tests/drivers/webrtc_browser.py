@@ -253,7 +253,7 @@ def push_utterance(page, shown: str, pcm: bytes, piece_seconds: float = 0.2) -> 
     return first
 
 
-def drive_serve_page(browser, token: str, portrait: str, gap: float) -> dict:
+def drive_serve_page(browser, token: str, portrait: str, gap: float, idle: bool = True) -> dict:
     process, url = start_serve(token)
     try:
         page = browser.new_page()
@@ -266,10 +266,11 @@ def drive_serve_page(browser, token: str, portrait: str, gap: float) -> dict:
         page.fill("#width", str(SIZE))
         page.fill("#height", str(SIZE))
         page.check("input[name=source][value=external]")
-        page.check("#idle-mode")
+        page.set_checked("#idle-mode", idle)
         page.click("#start")
         page.wait_for_selector("#external:not([hidden])", timeout=60000)
-        page.wait_for_function("() => flashheadPage.metrics.transport", timeout=30000)
+        if idle:  # (without idle nothing streams before the first word: the transport is chosen then)
+            page.wait_for_function("() => flashheadPage.metrics.transport", timeout=30000)
         page.wait_for_timeout(1000 * gap)  # idle before anyone speaks
         shown = page.inner_text("#curl-example")
         report = {"first_push_at": push_utterance(page, shown, utterance(2.0))}
@@ -313,6 +314,7 @@ def main(argv=None) -> int:
     ap.add_argument("--serve-page", action="store_true", help="drive the page of `flashhead serve --tiny`")
     ap.add_argument("--portrait", help="--serve-page: the portrait to upload")
     ap.add_argument("--gap", type=float, default=3.0, help="--serve-page: seconds of silence around the utterances")
+    ap.add_argument("--no-idle", action="store_true", help="--serve-page: idle mode off")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args(argv)
     sync_playwright = browser_support.sync_playwright()
@@ -323,7 +325,8 @@ def main(argv=None) -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
             try:
-                report = drive_serve_page(browser, "webrtc-page-token-1234", args.portrait, args.gap)
+                report = drive_serve_page(browser, "webrtc-page-token-1234", args.portrait, args.gap,
+                                          idle=not args.no_idle)
             finally:
                 browser.close()
         print(json.dumps(report))
