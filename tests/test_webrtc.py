@@ -12,6 +12,7 @@ thread or socket behind; repeated connect/vanish cycles leave RSS, threads and f
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import gc
@@ -39,7 +40,8 @@ from flashhead_core.pipeline import load_pipeline
 from flashhead_core.serve.server import SERVER, ServeOptions, create_app
 from flashhead_core.serve.webrtc import RtcPeer, RtcSink, check_offer
 from flashhead_core.testing import write_tiny_checkpoint
-from flashhead_core.testing.media import synthetic_portrait
+from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
+from flashhead_core.tools.webrtc_bench import webrtc_client
 
 SIZE = 64
 CHUNK = 24  # frames per write, as a Lite chunk
@@ -436,6 +438,23 @@ def test_peers_that_vanish_or_never_connect_are_freed(pipeline, portrait, monkey
     assert status == {"state": "none"}
     assert after["threads"] <= before["threads"] + 2 and after["fds"] <= before["fds"] + 4, (before, after)
     assert after["rss_mb"] - before["rss_mb"] < RSS_TOLERANCE_MB, (before, after)
+
+
+def test_bench_webrtc_client_measures_a_session(pipeline, portrait):
+    """flashhead_core/tools/webrtc_bench.py (the WebRTC mode of `flashhead bench live`) on 3 s of speech pushed at
+    once: every frame and its audio received, the figures present and plausible."""
+    speech = (np.clip(synthetic_speech(3.0), -1, 1) * 32767).astype("<i2").tobytes()
+    args = argparse.Namespace(piece_ms=20.0, pace="fast")
+
+    async def scenario(client, server):
+        sid = await new_session(client, portrait)
+        client._session.headers.update(AUTH)
+        return await webrtc_client(client, {"session": sid}, speech, args)
+
+    figures = serve(pipeline, scenario)
+    print(f"\n{figures}")
+    assert figures["frames"] >= round(3.0 * FPS) - 2 and abs(figures["audio_s"] - figures["frames"] / FPS) < 0.2
+    assert 0 < figures["first_frame_s"] < 30 and 0 < figures["mouth_to_ear_s"] < 30 and figures["rtf"] > 0
 
 
 # --- in Chromium ------------------------------------------------------------------------------------------------------
