@@ -57,17 +57,19 @@ AUDIO_FRAME_SAMPLES = AUDIO_SAMPLE_RATE // 50  # 20 ms: what one Opus packet hol
 MAX_OFFER_BYTES = 64 * 1024  # a browser's offer is 3-8 KB
 CONNECT_TIMEOUT = 20.0  # seconds from the answer to a connected peer; then the peer is closed
 MAX_QUEUED_SECONDS = 30.0  # units a sink keeps for a peer; beyond, the oldest go (logged)
-ATTACH_GRACE = 15.0  # seconds a new sink keeps everything for its first peer; then, with no peer, the live edge only
-UNWATCHED_SECONDS = 2.0  # what a sink without a peer keeps: a peer that connects later starts at the live edge
+ATTACH_GRACE = 10.0  # seconds in which a new sink keeps up to ATTACH_GRACE of video for its first peer to connect
+UNWATCHED_SECONDS = 2.0  # what a sink without a peer keeps after that: a peer that connects later starts at the edge
 ICE_SERVERS_ENV = "FLASHHEAD_ICE_SERVERS"
 
 
 class RtcSink:
     """A live sink (start/write/close/interrupt, as flashhead_core/live/sink.py) that queues each frame with its 640
     samples for the Playout of the peer watching it. Thread-safe: the session writes from the generation worker, the
-    playout takes on the event loop. It keeps at most max_queued_seconds; without a peer (after the first
-    ATTACH_GRACE seconds, in which the first peer connects) only the last UNWATCHED_SECONDS, so a session played
-    over Media Source holds next to nothing here and a peer that joins late starts at the live edge."""
+    playout takes on the event loop. It keeps at most max_queued_seconds while a peer watches; without one, the
+    last ATTACH_GRACE seconds of video during the first ATTACH_GRACE seconds (the page's peer connects within a
+    second of creating the session and sees the speech from its start), then only the last UNWATCHED_SECONDS: a
+    session played over Media Source holds little here (at most 10 s of frames for 10 s, about 200 MB at
+    512x512) and a peer that joins late starts at the live edge."""
 
     def __init__(self, max_queued_seconds: float = MAX_QUEUED_SECONDS, clock=time.monotonic):
         self._lock = threading.Lock()
@@ -98,13 +100,14 @@ class RtcSink:
             if self.closed:
                 return
             self._units.extend(zip(np.array(frames), audio))  # a copy: the caller may reuse its buffers
-            watched = self._wake is not None or self._clock() - self._born < ATTACH_GRACE
-            overflow = len(self._units) - (self._max_units if watched else round(UNWATCHED_SECONDS * FPS))
+            keep = (self._max_units if self._wake is not None else
+                    round((ATTACH_GRACE if self._clock() - self._born < ATTACH_GRACE else UNWATCHED_SECONDS) * FPS))
+            overflow = len(self._units) - keep
             for _ in range(max(0, overflow)):
                 self._units.popleft()
             if overflow > 0:
                 self.dropped += overflow
-                if watched:
+                if self._wake is not None:
                     log.warning("WebRTC peer too slow: %d queued frames dropped", overflow)
         self._notify()
 

@@ -216,6 +216,7 @@ def main(argv=None) -> int:
             page.fill("#width", str(args.size))
             page.fill("#height", str(args.size))
             page.check(f"input[name=source][value={args.source}]")
+            page.select_option("#transport", "mse")  # the Media Source path (WebRTC: webrtc_browser.py)
             if args.source == "microphone":
                 page.set_checked("#echo-cancellation", args.echo_cancellation == "on")
             elif args.source == "file":

@@ -350,9 +350,9 @@ function watchFrames() {
       const from = { microphone: metrics.firstPieceSentAt, file: metrics.startedAt }[state.source];
       if (from != null) metrics.firstFrameLatency = (shownAt - from) / 1000;
     }
-    if (state.source === "microphone" && metrics.firstPieceSentAt != null) {
+    if (state.source === "microphone" && metrics.transport === "mse" && metrics.firstPieceSentAt != null) {
       // media time t of the session is speech sample t * rate; the first piece was spoken over the PIECE_SECONDS
-      // before it went out
+      // before it went out (a WebRTC frame's media time is its RTP time: no such relation)
       const spokenAt = metrics.firstPieceSentAt - 1000 * PIECE_SECONDS + 1000 * frame.mediaTime;
       metrics.latency = (shownAt - spokenAt) / 1000;
     }
