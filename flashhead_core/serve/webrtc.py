@@ -100,8 +100,8 @@ class RtcSink:
             if self.closed:
                 return
             self._units.extend(zip(np.array(frames), audio))  # a copy: the caller may reuse its buffers
-            keep = (self._max_units if self._wake is not None else
-                    round((ATTACH_GRACE if self._clock() - self._born < ATTACH_GRACE else UNWATCHED_SECONDS) * FPS))
+            keep = self._max_units if self._wake is not None else min(self._max_units, round(
+                (ATTACH_GRACE if self._clock() - self._born < ATTACH_GRACE else UNWATCHED_SECONDS) * FPS))
             overflow = len(self._units) - keep
             for _ in range(max(0, overflow)):
                 self._units.popleft()
