@@ -183,7 +183,7 @@ def test_one_copy_of_the_core_is_imported():
 
 
 HOST_OWNED = {"torch", "comfy", "comfy_api", "folder_paths", "server"}  # the host (ComfyUI or the user) provides these
-DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv_python_headless"}  # import name -> package name where they differ
+DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv_python_headless", "pipecat": "pipecat_ai"}  # import name -> package name where they differ
 
 
 def _requirement_names(lines) -> set[str]:
@@ -191,18 +191,26 @@ def _requirement_names(lines) -> set[str]:
             if line.strip() and not line.lstrip().startswith("#")}
 
 
+INTEGRATIONS = PACKAGE / "integrations"  # optional: each imported only by those who installed its extra
+
+
+def _imported(paths) -> set[str]:
+    third_party = set().union(*(_third_party(path) for path in paths))
+    return third_party - set(sys.stdlib_module_names) - HOST_OWNED - {"flashhead_core", "__future__"}
+
+
 def test_what_is_imported_is_declared_and_what_is_declared_is_imported():
     repo = PACKAGE.parent
-    imported = set()
-    for path in [*PACKAGE.rglob("*.py"), *(repo / "nodes").rglob("*.py"), repo / "__init__.py"]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - HOST_OWNED - {"flashhead_core", "__future__"}
-    needed = {DISTRIBUTION.get(name, name).lower() for name in third_party}
+    runtime = [p for p in [*PACKAGE.rglob("*.py"), *(repo / "nodes").rglob("*.py"), repo / "__init__.py"]
+               if not p.is_relative_to(INTEGRATIONS)]
+    needed = {DISTRIBUTION.get(name, name).lower() for name in _imported(runtime)}
     requirements = _requirement_names((repo / "requirements.txt").read_text().splitlines())
     assert needed == requirements
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     assert _requirement_names(project["dependencies"]) == requirements
+    # The integrations (pipecat) need what the `conversation` extra installs, beyond the requirements.
+    extra = {DISTRIBUTION.get(name, name).lower() for name in _imported(INTEGRATIONS.rglob("*.py"))} - requirements
+    assert extra == _requirement_names(project["optional-dependencies"]["conversation"])
+    graph = _imports()
+    assert not [m for m in graph if not m.startswith("flashhead_core.integrations")
+                and any(e.startswith("flashhead_core.integrations") for e in graph[m])], "the core imports pipecat"

@@ -126,3 +126,15 @@ def test_idle_is_off_by_default_and_a_closed_session_refuses_barge_in(pipeline, 
     live.close()
     with pytest.raises(InputError, match="closed"):
         live.interrupt()
+
+
+def test_after_a_barge_in_idle_pacing_counts_from_what_was_shown(pipeline, face):
+    """The sinks drop the unplayed frames on an interrupt: idle must not wait for them to 'play' (the picture would
+    stand still for the length of the dropped video)."""
+    clock = Clock()
+    live, _ = live_session(pipeline, face, idle=True, clock=clock)
+    live.step()
+    live.step()  # two idle chunks, none played yet: the video is ahead of the clock by more than the lead
+    assert not live.ready()
+    live.interrupt()
+    assert live.ready() and live.status()["state"] == "idle"

@@ -18,9 +18,10 @@ slice is padded with silence for the model, and the video is trimmed to round(se
 the speech so far with silence to the next chunk (a text-to-speech program between utterances).
 
 Idle (`idle=True`): while no whole slice of speech is queued and the video is less than IDLE_LEAD_SECONDS ahead of
-the wall clock, the next chunk is made from what is queued padded with the idle track (silence by default, or any
-`idle_audio(samples) -> float32 [samples]`), so the avatar keeps moving, generated, at real time and no faster; speech
-that arrives takes over at the next chunk boundary. Silence is what the model renders as listening: a closed mouth
+the wall clock (`idle_lead_seconds`), the next chunk is made from what is queued padded with the idle track (silence
+by default, or any `idle_audio(samples) -> float32 [samples]`), so the avatar keeps moving, generated, at real time
+and no faster; speech that arrives takes over at the next chunk boundary, behind at most the lead plus one chunk of
+idle video (a smaller lead answers sooner but must still cover one chunk's generation time, or the picture waits). Silence is what the model renders as listening: a closed mouth
 with the head's natural motion (docs/live.md#idle).
 
 Barge-in (`interrupt()`): the queued speech is dropped (it is not part of the video: the timeline counts only the
@@ -81,7 +82,8 @@ class LiveSession:
 
     def __init__(self, pipeline, channel, *, height: int, width: int, seed: int = 0, context_seconds: float = 8.0,
                  max_backlog_seconds: float = 600.0, sinks: Sequence = (), idle: bool = False,
-                 idle_audio: Callable[[int], np.ndarray] = silence, clock: Callable[[], float] = time.monotonic):
+                 idle_audio: Callable[[int], np.ndarray] = silence, idle_lead_seconds: float = IDLE_LEAD_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
         self._cancel = threading.Event()  # close(): the running step stops at its next check
         self.session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
                                         device=pipeline.device, should_cancel=self._cancel.is_set)
@@ -93,7 +95,7 @@ class LiveSession:
             sink.start(width, height, FPS, AUDIO_SAMPLE_RATE, 1)
         self.slice_samples = self.run.windows.slice_samples
         self.max_backlog = round(max_backlog_seconds * AUDIO_SAMPLE_RATE)
-        self.idle, self.idle_audio, self.clock = idle, idle_audio, clock
+        self.idle, self.idle_audio, self.idle_lead, self.clock = idle, idle_audio, idle_lead_seconds, clock
         self._lock = threading.Lock()  # guards everything below that feed() and step() share
         self._step_lock = threading.Lock()  # held through a step; close() waits for it
         self._received = 0  # 16 kHz samples in the video's timeline (padding added by flush()/idle included)
@@ -167,6 +169,8 @@ class LiveSession:
             self._resampler = None
             dropped = self._speech.clear()
             self._received -= dropped
+            if self._started is not None:  # the sinks drop what is unplayed: idle pacing counts from what was shown
+                self._started = self.clock() - self.run.frames_emitted / FPS
         for sink in self.sinks:
             sink.interrupt()
         return dropped / AUDIO_SAMPLE_RATE
@@ -227,7 +231,7 @@ class LiveSession:
         if not self.idle or not self.session.identities:
             return False
         ahead = self.run.frames_emitted / FPS - (0.0 if self._started is None else self.clock() - self._started)
-        return ahead < IDLE_LEAD_SECONDS
+        return ahead < self.idle_lead
 
     def step(self) -> None:
         """Generate the next chunk and write it to the sinks (after the end: finish the stream)."""

@@ -48,6 +48,8 @@ def live_options(parser: argparse.ArgumentParser) -> None:
                         help="full-size random-weight DiT, VAE and wav2vec2 (flashhead_core.testing.random; a GPU)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--transport", choices=["mse", "webrtc"], default="mse",
+                        help="receive the stream as Media Source segments or over WebRTC (tools/webrtc_bench.py)")
 
 
 def bench_live(args: argparse.Namespace) -> dict:
@@ -88,6 +90,10 @@ async def _measure(pipeline, args, width: int, height: int, portrait: bytes, spe
             form = FormData()
             form.add_field("portrait", portrait, filename="face.png", content_type="image/png")
             created = await (await client.post("/api/sessions", data=form)).json()
+            if args.transport == "webrtc":
+                from .webrtc_bench import webrtc_client
+
+                return await webrtc_client(client, created, speech, args)
             return await _client(client, created, speech, args)
 
         return list(await asyncio.gather(*(one() for _ in range(args.sessions))))
