@@ -120,3 +120,15 @@ def test_scaled_fp8_needs_layers_that_apply_the_scale(tmp_path, tiny_pro):
 def test_unknown_weight_dtype(tiny_pro, weight_dtype):
     with pytest.raises(InputError, match="float8_e4m3fn.*float8_e5m2"):
         load_dit(tiny_pro, weight_dtype=weight_dtype)
+
+
+def test_the_fp8_report_runs_its_two_chunks_on_a_tiny_model():
+    """`python -m flashhead_core.tools.fp8_report` drives the sampler itself: the tool must follow its signature."""
+    from flashhead_core.testing.dit import tiny_config
+    from flashhead_core.testing.random import random_dit
+    from flashhead_core.tools.fp8_report import two_chunks
+
+    model = random_dit(tiny_config("pro"), torch.device("cpu"), torch.float32, "sdpa")
+    first, second = two_chunks(model, 32, 32, steps=2)
+    assert first.shape == second.shape == (1, model.config.out_dim, 9, 4, 4)
+    assert torch.isfinite(first).all() and not torch.equal(first, second)

@@ -18,7 +18,7 @@ import torch
 from ..checkpoint import WEIGHT_DTYPES, build_dit, fp8_weight_names
 from ..config import CHUNK_FRAMES, MOTION_LATENTS, PRESETS, ModelConfig
 from ..model import FlashHeadDiT
-from ..generation.sampler import SamplerConfig, sample_chunk, shifted_timesteps
+from ..generation.sampler import SamplerConfig, motion_inputs, sample_chunk, shifted_timesteps
 from ..testing.random import random_dit
 from ..weights import DictSource
 
@@ -54,8 +54,8 @@ def two_chunks(model: FlashHeadDiT, height: int, width: int, steps: int, seed: i
     with torch.no_grad():
         tokens = model.audio_proj(windows)
         for _ in range(2):
-            latents = sample_chunk(model, tokens, ref, motion, timesteps,
-                                   lambda: torch.randn(shape, generator=noise).to(model.dtype))
+            draws = torch.stack([torch.randn(shape, generator=noise) for _ in range(steps + 1)]).to(model.dtype)
+            latents = sample_chunk(model, tokens, ref, *motion_inputs([motion], frames), draws, timesteps)
             chunks.append(latents)
             motion = latents[:, :, -MOTION_LATENTS:]
     return chunks

@@ -4,6 +4,7 @@
     tiling.py   the exact halo-tiled decode        keymap.py   original <-> diffusers key names
     wan.py      Wan2.1                             ltx.py      LTX-Video 0.9.0
     loading.py  load_vae (every accepted layout), check_vae_matches_model
+    taehv.py    the tiny decoder of Wan 2.1 latents (TAEHV layout): previews and an opt-in fast decode for Pro
 """
 
 from .base import VideoVAE
