@@ -306,8 +306,8 @@ class StepProgress:
             self.progress = Progress(chunks * self.steps)
         self.progress.update(chunk * self.steps + step)
 
-    def chunk_done(self, frames: torch.Tensor) -> None:
-        """A chunk finished with these new frames [n, H, W, 3]."""
+    def chunk_done(self, frames: torch.Tensor | None) -> None:
+        """A chunk finished with these new frames [n, H, W, 3] (None: no preview, e.g. the live player shows it)."""
         self.chunks_done += 1
         self.progress.update(self.chunks_done * self.steps, frames)
 

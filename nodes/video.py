@@ -69,7 +69,8 @@ class FlashHeadTalkingVideo(io.ComfyNode):
             cancelled_as_interrupt(lambda: write_talking_video(
                 pipeline, portraits, audio, path, height=height, width=width, seed=seed, mode=mode,
                 color_correction=color_correction, context_seconds=context_seconds, on_step=progress.step,
-                on_frames=lambda frames, written, total: progress.chunk_done(frames), should_cancel=_host.interrupted,
+                on_frames=lambda frames, written, total: progress.chunk_done(None if live else frames),  # live: the
+                should_cancel=_host.interrupted,  # player is the preview (a still would hide the finished video)
                 free_memory=_host.free_memory(vae.vae.device), continue_from=state,
                 on_state=states.append, face_crop=face_crop, live=live))
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)

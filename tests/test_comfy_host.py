@@ -609,8 +609,8 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
     """Drop the Lite UI workflow on ComfyUI's own web page (headless Chromium), as a user would: no missing node, no
     alert; the prompt the frontend builds (what the Run button queues) equals the API copy and runs end to end.
     Then, in the same ComfyUI, tests/drivers/frontend_video_player.py queues it twice from the page itself (app.queuePrompt,
-    a new seed each time): during each run the Talking Video node shows per-step JPEG previews (blob: URLs); after it
-    the node holds a <video> playing the MP4 from /view (not a preview), and a screenshot of the page is saved."""
+    a new seed each time): during each run the Talking Video node shows its live player, no JPEG previews (blob:
+    URLs); after it the node holds a <video> playing the MP4 from /view, and a screenshot of the page is saved."""
     if _chromium() is None:
         pytest.skip("no Chromium (apt-get install -y chromium needs root and the Debian archive)")
     _as_returning_user(host)
@@ -653,7 +653,7 @@ def test_ui_workflow_runs_from_the_real_frontend(installed, host, host_spec, wor
         where = f"run {index} on {host_spec.id}: {json.dumps(run)}"
         assert run["status"] == "execution_success", where
         assert run["node_executed"], where      # a new seed: the node really ran, not served from the cache
-        assert run["preview_seen"] and all(s.startswith("blob:") for s in run["preview_srcs"]), where
+        assert not run["preview_seen"], where   # the live player is the node's preview while it runs
         player_video = run["video"]
         assert player_video, f"no <video> in the Talking Video node after the run: {where}"
         assert player_video["src"].split("?")[0].endswith("/view") and ".mp4" in player_video["src"], where
