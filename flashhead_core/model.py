@@ -145,6 +145,9 @@ class Block(nn.Module):
         per batch row)."""
         return self.cross_attn.keys_values(audio_tokens.to(self.modulation.dtype).flatten(0, 1))
 
+    # torch.compile traces one block and reuses it for all 30 (compile time: 85 s -> 57 s for the static chunk step
+    # of the tiny model on the CPU); no effect in eager mode.
+    @torch.compiler.nested_compile_region
     def forward(self, x: torch.Tensor, time_mod: torch.Tensor, audio_kv: tuple[torch.Tensor, torch.Tensor],
                 rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
         """x [B, L, C] float32 residual stream; time_mod [B, 6, C] float32; audio_kv from `audio_keys_values`."""
