@@ -317,6 +317,9 @@ def interrupted() -> bool:
     return mm.processing_interrupted()
 
 
+INTERRUPT_NAME = "InterruptProcessingException"  # comfy.model_management's interrupt, as stop_reason names it
+
+
 def is_interrupt(error: BaseException) -> bool:
     """Whether `error` is ComfyUI's interrupt exception (Cancel / POST /interrupt)."""
     return mm is not None and isinstance(error, mm.InterruptProcessingException)

@@ -109,7 +109,7 @@ def live_stream(hidden):
             "prompt_id": getattr(server, "last_prompt_id", None),
             "workflow": workflow.get("id") if isinstance(workflow, dict) else None}
     channel = REGISTRY.create(**meta)
-    sink = LiveSink(channel)
+    sink = NodeSink(channel)
     if server.client_id is not None:  # as ComfyUI's own execution events: to the prompt's client only
         server.send_sync(EVENT, {**{k: meta[k] for k in ("node", "display_node", "prompt_id")}, "stream": channel.id},
                          server.client_id)
@@ -120,6 +120,17 @@ def live_stream(hidden):
         raise
     finally:
         sink.close()
+
+
+class NodeSink(LiveSink):
+    """The node's LiveSink. The MP4 writer ends it with `stop_reason` of what stopped the writing; ComfyUI's interrupt
+    raised from one of its own checks (a progress update, a model load) has no text and no cancel behind it, so that
+    reason would be its class name: it is told as the cancel it is."""
+
+    def close(self, error: str | None = None) -> None:
+        if error == _host.INTERRUPT_NAME:
+            error = f"generation cancelled at chunk {self.channel.info()['next']}"
+        super().close(error)
 
 
 def why_stopped(error: BaseException, channel) -> str:

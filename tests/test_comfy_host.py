@@ -828,7 +828,8 @@ def test_talking_video_plays_live_in_the_node(installed, host, host_spec, work, 
     mine = [x for x in joined["samples"] if x["live"]]
     first = next((x["segment"] for x in mine if x["segment"] >= 0), None)
     assert first is not None and first >= 1, f"the tab opened mid-run did not start at the live edge: {mine[:5]}"
-    assert len({x["ct"] for x in mine if x["ct"] > 0}) >= 2, "the tab opened mid-run did not play the running stream"
+    # it played on from where it joined (by at least a chunk, 0.96 s), whenever its page got to record it
+    assert max(x["ct"] for x in mine) >= (first + 1) * 0.96, "the tab opened mid-run did not play the running stream"
     finished = live["finished_video"]
     assert finished and "/view?" in finished["src"] and ".mp4" in finished["src"] and finished["duration"] > 30, where
     assert not live["live_after"]["widget"], f"the live player is still there after the run: {where}"
