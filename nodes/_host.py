@@ -320,11 +320,6 @@ def interrupted() -> bool:
 INTERRUPT_NAME = "InterruptProcessingException"  # comfy.model_management's interrupt, as stop_reason names it
 
 
-def is_interrupt(error: BaseException) -> bool:
-    """Whether `error` is ComfyUI's interrupt exception (Cancel / POST /interrupt)."""
-    return mm is not None and isinstance(error, mm.InterruptProcessingException)
-
-
 def raise_interrupt(error: BaseException) -> None:
     """Turn flashhead_core's GenerationCancelled into ComfyUI's own interrupt exception (reported as
     'interrupted', not as an error); re-raise the original if the flag was cleared meanwhile."""

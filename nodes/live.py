@@ -116,7 +116,7 @@ def live_stream(hidden):
     try:
         yield sink
     except BaseException as e:
-        sink.close(error=why_stopped(e, channel))
+        sink.close(error=stop_reason(e))
         raise
     finally:
         sink.close()
@@ -132,12 +132,3 @@ class NodeSink(LiveSink):
             error = f"generation cancelled at chunk {self.channel.info()['next']}"
         super().close(error)
 
-
-def why_stopped(error: BaseException, channel) -> str:
-    """The reason the player shows after "stopped:": the error's sentence (`stop_reason`). ComfyUI's interrupt raised
-    from a progress update carries no text and no cancel behind it: then it says that the generation was cancelled,
-    at the chunk the stream had reached (as the core's own cancel does)."""
-    reason = stop_reason(error)
-    if _host.is_interrupt(error) and reason == type(error).__name__:
-        return f"generation cancelled at chunk {channel.info()['next']}"
-    return reason
