@@ -21,7 +21,6 @@ continuation, the identity timeline and batched streams are all this loop.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -61,7 +60,7 @@ class ChunkRun:
         self.chunks = 0  # chunks this run generated
         self._skip = skip_frames
         self.requested_identity: str | None = None  # a live switch (`use_identity`), for the next chunk
-        self._resume_point: ContinuationState | None = None  # the state before a chunk made from a partial slice
+        self._resume_point: tuple | None = None  # `_capture()` + leftover before a chunk made from a partial slice
 
     @property
     def done(self) -> bool:
@@ -88,7 +87,7 @@ class ChunkRun:
         if windows is None:
             return None
         if before is not None and self.windows.partial:
-            self._resume_point = replace(before, leftover=self.windows.last_slice.copy())
+            self._resume_point = (*before, self.windows.last_slice.copy())
         name = self.identities.get(self.chunks, self.requested_identity)
         if name is not None:
             self.session.use_identity(name)
@@ -126,13 +125,15 @@ class ChunkRun:
             raise RuntimeError("this run was made without keep_state=True: it kept no state to continue from")
         point = self._resume_point
         if point is None:  # the speech ended on (or within half a frame of) a chunk boundary
-            point = replace(self._capture(), leftover=np.asarray(self.windows.speech.read(
-                self.windows.slice_samples), dtype=np.float32).copy())
-        return replace(point, frames_emitted=frames)
+            rest = np.asarray(self.windows.speech.read(self.windows.slice_samples), dtype=np.float32)
+            point = (*self._capture(), rest.copy())
+        snapshot, audio_buffer, leftover = point
+        return stream_state(self.session, snapshot.on_cpu(), audio_buffer, frames, self.context_seconds, leftover)
 
-    def _capture(self) -> ContinuationState:
-        return stream_state(self.session, self.session.snapshot(), self.windows.cache.buffer,
-                            self.frames_before + self.frames_emitted, self.context_seconds, np.zeros(0, np.float32))
+    def _capture(self) -> tuple:
+        """Where the run is now, cheaply (kept before every chunk, used only when the speech ends in the chunk):
+        the session's state uncopied and the context cache's buffer."""
+        return self.session.snapshot(on_cpu=False), self.windows.cache.buffer
 
 
 def run_together(runs: list[ChunkRun]) -> Iterator[list[torch.Tensor | None]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -182,14 +182,14 @@ class StreamingSession:
         self.active = name
         self.motion_latents = self.identities[name].ref_latent[:, :, :1]
 
-    def snapshot(self) -> "SessionState":
-        """What lives across chunks, now (between chunks), on the CPU: `restore` puts it into a session of the same
-        model, VAE and size."""
+    def snapshot(self, on_cpu: bool = True) -> "SessionState":
+        """What lives across chunks, now (between chunks): `restore` puts it into a session of the same model, VAE
+        and size. on_cpu=False keeps the tensors where they are, uncopied (no device sync; the session replaces
+        them each chunk, never changes them in place), for a state that may be thrown away: `.on_cpu()` later."""
         identity = self.identities[self.active]
-        return SessionState(self.active, identity.color_reference.detach().to("cpu", copy=True),
-                            identity.ref_latent.detach().to("cpu", copy=True),
-                            self.motion_latents.detach().to("cpu", copy=True), self.noise_generator.get_state(),
-                            self.vae_generator.get_state(), self.chunk_index)
+        state = SessionState(self.active, identity.color_reference, identity.ref_latent, self.motion_latents,
+                             self.noise_generator.get_state(), self.vae_generator.get_state(), self.chunk_index)
+        return state.on_cpu() if on_cpu else state
 
     def restore(self, state: "SessionState") -> None:
         """Continue from `state`: its identity becomes the active one (no VAE encode), with its motion latents, both
@@ -250,6 +250,14 @@ class SessionState:
     noise_state: torch.Tensor
     vae_state: torch.Tensor
     chunk_index: int
+
+    def on_cpu(self) -> "SessionState":
+        """This state with its tensors copied to the CPU (what a ContinuationState keeps)."""
+        def copy(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.detach().to("cpu", copy=True)
+
+        return replace(self, color_reference=copy(self.color_reference), ref_latent=copy(self.ref_latent),
+                       motion_latents=copy(self.motion_latents))
 
 
 def generate_chunks(sessions: list[StreamingSession], windows: list[torch.Tensor],
