@@ -50,5 +50,6 @@ def test_gpu_pack_lists_what_the_lent_machine_lacks_and_one_short_command():
     assert gpu_pack.wheel_name(Path("google_crc32c-1.9.0-cp312-cp312-manylinux2014_x86_64.whl")) == "google-crc32c"
     command = gpu_pack.device_command()
     assert len(command) < 2000 and "--no-index" in command and "bench gpu" in command and "$OUT/gpu.json" in command
-    ignored = subprocess.run(["git", "check-ignore", "-q", f"{gpu_pack.WHEELS}/x.whl"], cwd=REPO)
-    assert ignored.returncode == 0, f"{gpu_pack.WHEELS}/ must be git-ignored (wheels are never committed)"
+    # The wheel folder is ignored (wheels are never committed), read from .gitignore: CI runs on a copy without .git.
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert f"/{gpu_pack.WHEELS}/" in ignored or f"{gpu_pack.WHEELS}/" in ignored, f"{gpu_pack.WHEELS}/ is not ignored"
