@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import browser_support
-from frontend_video_player import DROP, NODE_TYPE, QUEUE, STATE, WATCH
+from frontend_video_player import NODE_TYPE, QUEUE, STATE, WATCH, drop_workflow
 
 # The node's live player right now (web/flashhead.js keeps it on node.flashHeadLive while it exists).
 LIVE = """(nodeId) => {
@@ -65,8 +65,8 @@ RECORD = """(nodeId) => {
         if (b.start(i) <= v.currentTime + 0.05 && v.currentTime < b.end(i)) ahead = b.end(i) - v.currentTime;
       rec.samples.push({t, live: true, ct: v.currentTime, ahead, paused: v.paused, done,
                         streamEnded: !!live.status?.ended, waiting: !!live.status?.waiting,
-                        segment: live.status?.segment ?? -1, label: live.label?.textContent || null,
-                        previews: (node.imgs || []).some(i => String(i?.src ?? '').startsWith('blob:'))});
+                        segment: live.status?.segment ?? -1, joined: live.status?.joined ?? -1,
+                        label: live.label?.textContent || null, previews: (node.imgs || []).some(i => String(i?.src ?? '').startsWith('blob:'))});
     } else {
       const v = node && finished(node);
       rec.samples.push({t, live: false, done, finished: v ? {ct: v.currentTime, paused: v.paused,
@@ -135,8 +135,7 @@ def live_run(context, page, port: int, args, ms: int, console: list) -> dict:
             second = open_page(context, port, ms, console, "tab 2")
             restored = second.evaluate(FIND_NODE) is not None
             if not restored:   # a frontend that opens a new tab on a blank workflow (1.49): open it there, as a user
-                second.evaluate(DROP, [args.workflow_text, Path(args.workflow).name])
-                second.wait_for_function(f"() => {FIND_NODE}() !== null", timeout=ms)
+                drop_workflow(second, args.workflow_text, Path(args.workflow).name, ms)
             second_node = second.evaluate(FIND_NODE)
             report["joined"] = {"node_found": second_node is not None, "restored": restored,
                                 "graph_id": second.evaluate("() => app.graph.id || null")}
@@ -223,9 +222,7 @@ def main(argv=None) -> int:
         try:
             context = browser.new_context(viewport={"width": 1600, "height": 1000})
             page = open_page(context, args.port, ms, console)
-            page.evaluate(DROP, [wf_path.read_text(), wf_path.name])
-            page.wait_for_function(f"() => {FIND_NODE}() !== null", timeout=ms)
-            page.wait_for_timeout(500)
+            drop_workflow(page, wf_path.read_text(), wf_path.name, ms)
             before = len(console)
             report.update(page.evaluate(WATCH, NODE_TYPE))
             report["live"] = live_run(context, page, args.port, args, ms, console)

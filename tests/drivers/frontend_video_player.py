@@ -35,6 +35,29 @@ DROP = """async ([text, name]) => {
     target.dispatchEvent(new DragEvent(type, {...at, dataTransfer: dt}));
 }"""
 
+# Resolves once the graph has held `count` nodes for `ms` on end: a frontend may configure a dropped file twice (1.27
+# re-loads it as its open workflow, clearing the graph first), so one look right after the drop can see it empty.
+SETTLED = """([count, ms, limit]) => new Promise((resolve) => {
+  const start = performance.now();
+  let since = null;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - start > limit) { clearInterval(timer); resolve(false); return; }
+    if ((app.graph._nodes || app.graph.nodes).length !== count) { since = null; return; }
+    since = since ?? now;
+    if (now - since >= ms) { clearInterval(timer); resolve(true); }
+  }, 50);
+})"""
+
+
+def drop_workflow(page, text: str, name: str, ms: int) -> None:
+    """Drops a UI workflow on the canvas as a user would, and returns once the frontend has settled on its nodes."""
+    count = len(json.loads(text)["nodes"])
+    page.evaluate(DROP, [text, name])
+    if not page.evaluate(SETTLED, [count, 1000, ms]):
+        raise RuntimeError(f"the page did not settle on the {count} nodes of the dropped {name}")
+
+
 # Listens to the frontend's own api object (the one extensions import from scripts/api.js).
 WATCH = """(nodeType) => {
   const api = window.comfyAPI?.api?.api || app.api;
@@ -109,10 +132,7 @@ def main(argv=None) -> int:
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
             page.keyboard.press("Escape")
             page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach(e => e.remove())")
-            page.evaluate(DROP, [wf_path.read_text(), wf_path.name])
-            page.wait_for_function(f"() => (app.graph._nodes || app.graph.nodes).some(n => n.type === '{NODE_TYPE}')",
-                                   timeout=ms)
-            page.wait_for_timeout(500)
+            drop_workflow(page, wf_path.read_text(), wf_path.name, ms)
             before = len(console)   # judged from here: polling app.graph above logs while the app starts
             report.update(page.evaluate(WATCH, NODE_TYPE))
             for index in range(args.runs):

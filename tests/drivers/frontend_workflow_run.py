@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import browser_support
-from frontend_video_player import DROP
+from frontend_video_player import drop_workflow
 
 QUEUE = """async () => {
   const api = window.comfyAPI?.api?.api || app.api;
@@ -98,9 +98,7 @@ def main(argv=None) -> int:
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=ms)
             page.keyboard.press("Escape")
             page.evaluate("() => document.querySelectorAll('.p-toast-message').forEach(e => e.remove())")
-            count = len(json.loads(path.read_text())["nodes"])
-            page.evaluate(DROP, [path.read_text(), path.name])
-            page.wait_for_function(f"() => (app.graph._nodes || app.graph.nodes).length === {count}", timeout=ms)
+            drop_workflow(page, path.read_text(), path.name, ms)
             before = len(console)
             report["version"] = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
             report.update(page.evaluate(LOADED))

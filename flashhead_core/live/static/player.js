@@ -81,7 +81,7 @@ export class LivePlayer {
     this.keepSeconds = options.keepSeconds ?? KEEP_SECONDS;
     this.aborter = new AbortController();
     this.stopped = false;
-    this.status = { segment: -1, behind: 0, ended: false, error: null, playing: false, muted: false, waiting: false };
+    this.status = { segment: -1, joined: -1, behind: 0, ended: false, error: null, playing: false, muted: false, waiting: false };
     this.stalled = 0;   // watchdog ticks since currentTime last moved with media ahead
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
@@ -146,7 +146,8 @@ export class LivePlayer {
                            this.tracks.audio.append(audio.bytes, audio.start)]);
         if (this.stopped) return;
         const first = this.status.segment < 0;
-        this.update({ segment: this.next, behind: Math.max(0, video.mediaEnd - this.video.currentTime) });
+        this.update({ segment: this.next, behind: Math.max(0, video.mediaEnd - this.video.currentTime),
+                      ...(first ? { joined: this.next } : {}) });   // joined: where this player started
         this.next += 1;
         if (first) this.play();
         const before = this.video.currentTime - this.keepSeconds;
