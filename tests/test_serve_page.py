@@ -46,6 +46,7 @@ RATE = 16000
 SPEECH_SECONDS = 12.0          # the microphone's speech
 FILE_SECONDS = 6.0             # the speech file's
 SIZE = 64
+TTS_SIZE = 256                 # the pushed-speech session: generated at about real time on two CPU cores
 FRAME_S = 0.04                 # one video frame at 25 fps: the sync budget
 WINDOW_S = 0.5                 # the played audio is placed in the session's speech half a second at a time
 # Waveform correlation that places a played window in the session's speech. The page's sound is that speech through
@@ -92,11 +93,12 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(work):
     """`flashhead serve --tiny` (the tiny random Lite model) on a free loopback port, with a token (the page must pass
-    it on everywhere; the server reads it from a file). Yields the page's URL."""
+    it on everywhere; the server reads it from a file), sessions up to TTS_SIZE (the page asks for its size). Yields
+    the page's URL."""
     port, token = free_port(), "page-test-token"
     token_file = work / "token"
     token_file.write_text(token)
-    child = Child(flashhead("serve", "--tiny", "--size", f"{SIZE}x{SIZE}", "--host", "127.0.0.1", "--port", port,
+    child = Child(flashhead("serve", "--tiny", "--size", f"{TTS_SIZE}x{TTS_SIZE}", "--host", "127.0.0.1", "--port", port,
                             "--device", "cpu", "--token-file", token_file))
     url = f"http://127.0.0.1:{port}/?token={token}"
     deadline = time.monotonic() + 120
@@ -166,9 +168,11 @@ def report(server, inputs, work) -> dict:
 
 @pytest.fixture(scope="module")
 def tts_report(server, inputs, work) -> dict:
-    """A text-to-speech program (the driver) pushing the whole microphone WAV at once where the page says."""
+    """A text-to-speech program (the driver) pushing the whole microphone WAV at once where the page says, for a
+    video of TTS_SIZE (the tiny model makes 64x64 at about 7x real time on two cores: it would catch up with 12 s of
+    speech before the page could show it behind)."""
     return drive(server, work, "tts", inputs["portraits"][1:], "--source", "external", "--wav", inputs["wav"],
-                 "--speech-seconds", SPEECH_SECONDS)
+                 "--speech-seconds", SPEECH_SECONDS, "--size", TTS_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -416,6 +420,7 @@ def test_tts_push_falls_behind_visibly_and_stays_in_sync(tts_report, inputs):
     pushed = tts_report["pushed"]
     assert [status for status, _ in pushed["answers"]] == [200] * pushed["pieces"], pushed
     assert pushed["headers"] == ["Authorization", "Content-Type"], pushed  # the token, as the page shows it
+    assert max(body["behind_s"] for _, body in pushed["answers"]) >= 2.5, pushed  # the server's figure at the push
     behind = [(s["status"], s["server"]["behind_s"]) for s in tts_report["samples"]
               if s["server"] and s["server"]["behind_s"] >= 2.5]
     assert behind and all(f"behind by {b:.1f} s" in status for status, b in behind), tts_report["samples"][-1]
