@@ -1,7 +1,10 @@
 """The live session as a push-mode chunk run: barge-in drops queued speech and keeps the face going, idle chunks keep
-the avatar moving at real time, and in both cases the stream is exactly one offline run over the audio it showed."""
+the avatar moving at real time, and in both cases the stream is exactly one offline run over the audio it showed;
+the generation worker batches ready sessions, each stream still its own run."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +15,9 @@ from flashhead_core.errors import InputError
 from flashhead_core.live import LiveRegistry
 from flashhead_core.media.frames import images_to_uint8
 from flashhead_core.pipeline import load_pipeline
-from flashhead_core.serve.live_session import IDLE_LEAD_SECONDS, LiveSession
+from flashhead_core.serve import live_session as live_session_module
+from flashhead_core.serve.live_session import IDLE_LEAD_SECONDS, LiveSession, step_together
+from flashhead_core.serve.scheduler import GenerationWorker
 from flashhead_core.testing import write_tiny_checkpoint
 from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
 
@@ -138,3 +143,73 @@ def test_after_a_barge_in_idle_pacing_counts_from_what_was_shown(pipeline, face)
     assert not live.ready()
     live.interrupt()
     assert live.ready() and live.status()["state"] == "idle"
+
+
+# --- batched live scheduling ------------------------------------------------------------------------------------------
+
+def _until_ended(lives, seconds: float = 300.0) -> None:
+    """Wait for the worker to finish every session (the deadline only catches a hang, it judges no speed)."""
+    deadline = time.monotonic() + seconds
+    while not all(live.status()["state"] in ("ended", "failed") for live in lives):
+        assert time.monotonic() < deadline, [live.status() for live in lives]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "round-robin"])
+def test_the_worker_batches_ready_sessions_and_each_stream_is_its_single_run(pipeline, face, monkeypatch, batched):
+    """Two sessions with their speech queued: batched, every chunk of both goes through one batched update (one DiT
+    call per step for the two), and each stream is its own single run up to float rounding (uint8 within 1);
+    round-robin, one chunk at a time, bit for bit."""
+    speech = [synthetic_speech(2.5, seed=seed) for seed in (1, 2)]
+    batches = []
+    real = live_session_module.generate_together
+    monkeypatch.setattr(live_session_module, "generate_together",
+                        lambda runs, windows: batches.append(len(runs)) or real(runs, windows))
+    worker = GenerationWorker(batched=batched)
+    lives = [live_session(pipeline, face) for _ in speech]
+    for (live, _), samples in zip(lives, speech):
+        live.feed(samples)
+        live.end()
+        worker.add(live)
+    worker.start()  # both ready from the first turn on
+    try:
+        _until_ended([live for live, _ in lives])
+    finally:
+        worker.stop()
+    chunks = -(-round(2.5 * FPS) // pipeline.model.config.new_frames)
+    assert batches == ([2] * chunks if batched else [1] * (2 * chunks))
+    for (live, recorder), samples in zip(lives, speech):
+        frames, audio = shown(recorder)
+        single = images_to_uint8(generated_frames(pipeline, face, samples))
+        assert live.error is None and np.array_equal(audio, with_frames(samples)) and frames.shape == single.shape
+        difference = np.abs(frames.astype(int) - single.astype(int)).max()
+        assert difference <= (1 if batched else 0), difference
+
+
+def test_in_a_batch_a_failing_or_closed_session_drops_out_alone(pipeline, face):
+    """Three sessions in one batched chunk: one whose sink breaks fails with the reason, one closed during the
+    denoising steps shows nothing and reports no error, and the third gets its chunk as its single run would make it
+    (to float rounding). A batch whose every session is closed stops at its next step."""
+    step = pipeline.model.config.new_frames * SAMPLES_PER_FRAME
+    speech = synthetic_speech(step / AUDIO_SAMPLE_RATE, seed=3)
+    (broken, broken_sink), (closed, closed_sink), (kept, kept_sink) = lives = \
+        [live_session(pipeline, face) for _ in range(3)]
+    for live, _ in lives:
+        live.feed(speech)
+
+    def write(frames, audio):
+        raise OSError("the viewer's connection broke")
+
+    broken_sink.write = write
+    closed.session.progress = lambda chunk, denoising_step: denoising_step == 1 and closed._cancel.set()
+    step_together([live for live, _ in lives])
+    assert broken.status()["state"] == "failed" and "OSError: the viewer's connection broke" in broken.error
+    assert closed_sink.frames == [] and closed.error is None
+    assert kept.error is None and len(kept_sink.frames) == 1
+    single = images_to_uint8(generated_frames(pipeline, face, speech))
+    assert np.abs(kept_sink.frames[0].astype(int) - single[:len(kept_sink.frames[0])].astype(int)).max() <= 1
+    alone, alone_sink = live_session(pipeline, face)
+    alone.feed(speech)
+    alone.session.progress = lambda chunk, denoising_step: alone._cancel.set()
+    step_together([alone])
+    assert alone_sink.frames == [] and alone.error is None and alone.session.chunk_index == 0

@@ -11,6 +11,7 @@
 
     run = ChunkRun(session, iter(windows), mode="once", total_frames=n)   # precomputed windows (ComfyUI's embeds)
     for outs in run_together([run_a, run_b]): ...                      # N runs, one batched 4-step update per chunk
+    images = generate_together([run_a, run_b], [windows_a, windows_b])  # one batched chunk (each from next_windows())
 
 Each chunk: take the next windows (stream mode: the next slice of new_frames x 640 samples through the Temporal
 Audio Context Cache), switch identity if the schedule (or a live request) says so, generate the chunk, keep its new
@@ -136,14 +137,21 @@ class ChunkRun:
         return self.session.snapshot(on_cpu=False), self.windows.cache.buffer
 
 
+def generate_together(runs: list[ChunkRun], windows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One chunk of each run (sessions sharing one model and VAE, one size) from the windows its `next_windows()`
+    gave, through one batched 4-step update (`session.generate_chunks`): each run's new frames [n, H, W, 3]."""
+    frames = generate_chunks([run.session for run in runs], windows)
+    return [run.keep(chunk) for run, chunk in zip(runs, frames)]
+
+
 def run_together(runs: list[ChunkRun]) -> Iterator[list[torch.Tensor | None]]:
-    """N runs over sessions sharing one model and VAE, each chunk of all of them through one batched 4-step update
-    (`session.generate_chunks`): per chunk, each run's new frames (None for a run already complete)."""
+    """N runs to their ends, each chunk of all of them through one batched update (`generate_together`): per chunk,
+    each run's new frames (None for a run already complete)."""
     while prepared := [(k, windows) for k, run in enumerate(runs) if (windows := run.next_windows()) is not None]:
-        frames = generate_chunks([runs[k].session for k, _ in prepared], [windows for _, windows in prepared])
+        images = generate_together([runs[k] for k, _ in prepared], [windows for _, windows in prepared])
         out: list[torch.Tensor | None] = [None] * len(runs)
-        for (k, _), chunk in zip(prepared, frames):
-            out[k] = runs[k].keep(chunk)
+        for (k, _), new in zip(prepared, images):
+            out[k] = new
         yield out
 
 

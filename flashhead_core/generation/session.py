@@ -207,13 +207,17 @@ class StreamingSession:
         noise = torch.randn(self.latent_shape, generator=self.noise_generator, dtype=torch.float32)
         return noise.to(device=self.device, dtype=self.dtype)
 
+    @property
+    def cancelled(self) -> bool:
+        """The caller's should_cancel says stop."""
+        return self.should_cancel is not None and self.should_cancel()
+
     def check_cancel(self) -> None:
         """Raise GenerationCancelled when the caller's should_cancel says stop."""
-        if self.should_cancel is not None and self.should_cancel():
+        if self.cancelled:
             raise GenerationCancelled(f"generation cancelled at chunk {self.chunk_index}")
 
     def on_step(self, step: int) -> None:
-        self.check_cancel()
         if self.progress is not None:
             self.progress(self.chunk_index, step)
 
@@ -225,12 +229,13 @@ class StreamingSession:
         draw_noise replaces the session RNG (fixture replay)."""
         return generate_chunks([self], [audio_windows], draw_noise)[0]
 
-    def finish_chunk(self, latents: torch.Tensor, identity: Identity) -> torch.Tensor:
+    def finish_chunk(self, latents: torch.Tensor, identity: Identity, check_cancel: CancelCheck) -> torch.Tensor:
         """The denoised latents [1, C, T, h, w] of this session's chunk -> its decoded, colour-corrected frames
-        [1, 3, 33, H, W]; the last motion_frames are encoded again as the next chunk's motion latents."""
+        [1, 3, 33, H, W]; the last motion_frames are encoded again as the next chunk's motion latents. check_cancel:
+        the batch's (`generate_chunks`), run between decode tiles and corrected frames."""
         self.last_latents = latents.to(self.vae.dtype)
         frames = decode_chunk(self.vae, self.last_latents, identity.color_reference, self.sampler.color_correction,
-                              check_cancel=self.check_cancel, stage=self.stage)
+                              check_cancel=check_cancel, stage=self.stage)
         with self.stage("motion_reencode"), self.vae_lock:
             motion_clip = frames[:, :, -self.config.motion_frames:]
             self.motion_latents = self.vae.encode(motion_clip, generator=self.vae_generator).to(self.dtype)
@@ -265,12 +270,19 @@ def generate_chunks(sessions: list[StreamingSession], windows: list[torch.Tensor
     """One chunk for each session (sharing one model and VAE, same size): windows[k] [1, 33, 5, 12, 768] ->
     decoded, colour-corrected frames [1, 3, 33, H, W] in [-1, 1] per session, through one batched 4-step update
     (`sampler.sample_chunk`). Each session draws its own noise, keeps its own motion and identity; N = 1 is the
-    single-stream chunk. draw_noise (one session only) replaces the session RNG (fixture replay)."""
+    single-stream chunk. draw_noise (one session only) replaces the session RNG (fixture replay). The chunk stops
+    (GenerationCancelled) at a step where every session wants to stop; while one of them goes on, the others' rows
+    are generated too (their callers drop them), so that no session loses a chunk to another one's cancel."""
     lead = sessions[0]
     for session in sessions:
         if session.active is None:
             raise RuntimeError("no identity prepared: call add_identity() first")
-        session.check_cancel()
+
+    def check_cancel() -> None:
+        if all(session.cancelled for session in sessions):
+            lead.check_cancel()
+
+    check_cancel()
     identities = [s.identities[s.active] for s in sessions]
     steps = len(lead.timesteps)
     with torch.no_grad():
@@ -282,11 +294,12 @@ def generate_chunks(sessions: list[StreamingSession], windows: list[torch.Tensor
         motion, mask = motion_inputs([s.motion_latents for s in sessions], lead.latent_shape[2])
 
         def on_step(step: int) -> None:
+            check_cancel()
             for session in sessions:
                 session.on_step(step)
 
         latents = sample_chunk(lead.model, audio_tokens, torch.cat([i.ref_latent for i in identities]), motion, mask,
                                noise, lead.timesteps, lead.sampler.num_timesteps, on_step, lead.stage,
                                static=lead.sampler.static)
-        return [session.finish_chunk(latents[row:row + 1], identity)
+        return [session.finish_chunk(latents[row:row + 1], identity, check_cancel)
                 for row, (session, identity) in enumerate(zip(sessions, identities))]

@@ -7,6 +7,7 @@
     live.interrupt()                          # barge-in: queued speech dropped, the next speech starts at the next chunk
     while live.ready():                       # the generation worker's side (serve/scheduler.py)
         live.step()                           # one chunk of the push-mode ChunkRun, written to every sink
+    step_together([live, other])              # one chunk of each, in one batched DiT call per step (same size)
     live.end()                                # end of speech: the last chunk is padded, the video trimmed
 
 The speech is resampled to 16 kHz mono (soxr, streaming) into a SampleQueue; the session's `generation.run.ChunkRun`
@@ -37,23 +38,27 @@ first_frame_latency_s (first audio in -> first chunk written to the sinks).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ..audio.decode import RESAMPLE_QUALITY
 from ..config import AUDIO_SAMPLE_RATE, FPS, SAMPLES_PER_FRAME
-from ..errors import AudioInputError, InputError, SpeechBacklogError
-from ..generation.run import speech_run
+from ..errors import AudioInputError, FlashHeadError, InputError, SpeechBacklogError
+from ..generation.run import generate_together, speech_run
 from ..generation.sampler import GenerationCancelled
 from ..generation.session import StreamingSession
 from ..live.sink import LiveSink
 from ..media.frames import images_to_uint8
 from ..media.sample_reader import SampleQueue
 
+log = logging.getLogger(__name__)
 RTF_CHUNKS = 8  # the real-time factor: generation seconds over video seconds of the last RTF_CHUNKS chunks
 MIN_RATE, MAX_RATE = 8000, 192000  # PCM rates a live session takes
 IDLE_LEAD_SECONDS = 1.0  # idle chunks are made while the video is less than this far ahead of the wall clock
@@ -94,6 +99,7 @@ class LiveSession:
         for sink in self.sinks:
             sink.start(width, height, FPS, AUDIO_SAMPLE_RATE, 1)
         self.slice_samples = self.run.windows.slice_samples
+        self.batch_key = (height, width)  # sessions of one pipeline and size can share a batched chunk
         self.max_backlog = round(max_backlog_seconds * AUDIO_SAMPLE_RATE)
         self.idle, self.idle_audio, self.idle_lead, self.clock = idle, idle_audio, idle_lead_seconds, clock
         self._lock = threading.Lock()  # guards everything below that feed() and step() share
@@ -234,33 +240,28 @@ class LiveSession:
         return ahead < self.idle_lead
 
     def step(self) -> None:
-        """Generate the next chunk and write it to the sinks (after the end: finish the stream)."""
-        with self._step_lock:
-            if self._cancel.is_set() or self._done:
-                return
-            with self._lock:
-                if self._speech.queued < self.slice_samples and not self._ended and self._idle_due():
-                    shortfall = self.slice_samples - self._speech.queued
-                    self._append(np.asarray(self.idle_audio(shortfall), np.float32).reshape(-1)[:shortfall])
-                last = self._ended and self._speech.queued <= self.slice_samples
-                if last:
-                    self.run.end(self._received)
-            try:
-                self._generate()
-            except GenerationCancelled:
-                if self._cancel.is_set():  # close() is waiting for this step
-                    return
-                raise
-            if last:
-                self._finish()
+        """Generate the next chunk and write it to the sinks (after the end: finish the stream); a failure ends
+        the stream with its reason (`fail`)."""
+        step_together([self])
 
-    def _generate(self) -> None:
-        start = time.perf_counter()
-        images = self.run.step()
-        if images is None:
-            return
-        # Exactly the frames' samples, 640 each: the slice's (the last, trimmed chunk's real samples cut or padded with
-        # silence to its frames, at most half a frame either way).
+    def _prepare(self) -> tuple[torch.Tensor | None, bool]:
+        """The next chunk's windows (None: nothing to generate), and whether it is the last; under the step lock.
+        Idle mode pads a short queue with the idle track, the end of speech trims the run."""
+        if self._cancel.is_set() or self._done:
+            return None, False
+        with self._lock:
+            if self._speech.queued < self.slice_samples and not self._ended and self._idle_due():
+                shortfall = self.slice_samples - self._speech.queued
+                self._append(np.asarray(self.idle_audio(shortfall), np.float32).reshape(-1)[:shortfall])
+            last = self._ended and self._speech.queued <= self.slice_samples
+            if last:
+                self.run.end(self._received)
+        return self.run.next_windows(), last
+
+    def _publish(self, images: torch.Tensor, seconds: float) -> None:
+        """A chunk's new frames [n, H, W, 3] with exactly their samples (640 each: the slice's; the last, trimmed
+        chunk's real samples cut or padded with silence to its frames, at most half a frame either way), to every
+        sink. seconds: the time its generation took."""
         audio = np.zeros((len(images) * SAMPLES_PER_FRAME, 1), np.float32)
         real = self.run.windows.last_slice[:len(audio)]
         audio[:len(real), 0] = real
@@ -268,7 +269,7 @@ class LiveSession:
         for sink in self.sinks:
             sink.write(frames, audio)
         with self._lock:
-            self._compute.append((time.perf_counter() - start, len(images) / FPS))
+            self._compute.append((seconds, len(images) / FPS))
             if self._started is None:
                 self._started = self.clock()
         if self.first_frame_latency is None and self._first_audio is not None:
@@ -278,6 +279,24 @@ class LiveSession:
         for sink in self.sinks:
             sink.close()
         self._done = True
+
+    def _failing(self, what: Callable, *args):
+        """what(*args); a failure ends this stream with its reason (`failed`) and None is returned."""
+        try:
+            return what(*args)
+        except Exception as e:
+            self.failed(e)
+            return None
+
+    def failed(self, error: Exception) -> None:
+        """Generation raised `error`: the stream ends with its reason (a cancel after close() is no failure)."""
+        if isinstance(error, GenerationCancelled) and self._cancel.is_set():
+            return
+        if isinstance(error, FlashHeadError):
+            self.fail(str(error))
+        else:  # a bug: this stream stops with the reason, the others go on
+            log.error("live session failed", exc_info=error)
+            self.fail(f"generation failed: {type(error).__name__}: {error}")
 
     def fail(self, error: str) -> None:
         """Generation failed: the stream ends with `error`, nothing more is generated."""
@@ -315,3 +334,37 @@ class LiveSession:
                     "speech_ended": self._ended, "idle": self.idle,
                     "identity": self.run.requested_identity or self.session.active,
                     "identities": list(self.session.identities), "error": self.error}
+
+
+def step_together(lives: Sequence[LiveSession]) -> None:
+    """One chunk of each live session (one pipeline, one size), their 4-step updates in one batched call
+    (`generation.run.generate_together`, one DiT call per step for all of them): the generation worker's batch.
+    Each session's chunk is the one its own `step()` would make, up to the batch's floating-point rounding (README,
+    "Batched streams": in float32 the same video to the eye, in bf16 another valid one). A session whose
+    preparation fails, or that is closed meanwhile, drops out alone; a failure of the batched generation ends every
+    stream in it with its reason."""
+    with ExitStack() as held:
+        prepared = []
+        for live in lives:
+            held.enter_context(live._step_lock)
+            windows, last = live._failing(live._prepare) or (None, False)
+            if windows is not None:
+                prepared.append((live, windows, last))
+            elif last:
+                live._failing(live._finish)
+        if not prepared:
+            return
+        start = time.perf_counter()
+        try:
+            images = generate_together([live.run for live, _, _ in prepared], [w for _, w, _ in prepared])
+        except Exception as e:
+            for live, _, _ in prepared:
+                live.failed(e)
+            return
+        seconds = time.perf_counter() - start
+        for (live, _, last), new in zip(prepared, images):
+            if live._cancel.is_set():
+                continue
+            live._failing(live._publish, new, seconds)
+            if last and live.error is None:
+                live._failing(live._finish)

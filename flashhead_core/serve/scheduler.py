@@ -1,42 +1,48 @@
-"""The one thread that runs the model for every live session of a server: queued, not batched.
+"""The one thread that runs the model for every live session of a server: ready sessions batched.
 
-    worker = GenerationWorker(); worker.start()
+    worker = GenerationWorker()              # batched=False: one session's chunk at a time, round-robin
+    worker.start()
     worker.add(live)                         # a LiveSession; worker.wake() after feeding it
     image_ready = worker.call(live.add_identity, "ben", image)   # a concurrent.futures.Future, run between chunks
     worker.remove(live); worker.stop()
 
-One chunk at a time, round-robin over the sessions that have a chunk's worth of speech (each keeps its own
-StreamingSession: identity, motion latents, noise generator, audio context), with calls (identity preparation, a VAE
-encode) run between chunks, first come first served. Batching several sessions into one DiT call
-(flashhead_core.batch) would raise throughput, but sessions' chunks become ready at different times and would have
-to wait for each other; with one queue every session gets 1/N of the model and its latency stays one chunk's
-generation time. A session whose speech comes faster than it is generated falls behind (its behind_s grows); its
-audio and video stay in sync because both leave in the same segment.
+Each turn takes the next ready session round-robin (one with a chunk's worth of speech, an end, or an idle chunk due)
+and, batched, every other ready session of the same size with it, up to max_batch: one chunk each through one
+batched 4-step update (`live_session.step_together`: one DiT call per step for all of them). Calls (identity
+preparation, a VAE encode) run between turns, first come first served. Each session keeps its own StreamingSession
+(identity, motion latents, noise generator, audio context); a session that fails or closes drops out alone.
+
+Batched against round-robin: with N sessions ready, round-robin makes a session wait for up to N - 1 other chunks
+and then its own; a batch makes every one wait for the batch, which on a GPU costs little more than one chunk (the
+DiT's matrices are far from full at batch 1), and on a CPU about N chunks (`flashhead bench live --scheduling
+both` measures both in one run: docs/performance.md). A session whose chunk becomes ready while a batch runs waits for
+it (at most one batch). A batched stream is its single run up to floating-point rounding (README, "Batched
+streams"). A session whose speech comes faster than it is generated falls behind (its behind_s grows); its audio
+and video stay in sync because both leave in the same segment.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from concurrent.futures import Future
 
-from ..errors import FlashHeadError
+from .live_session import step_together
 
-log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05  # how often readiness is checked without a wake(): idle chunks are due by the clock
 
 
 class GenerationWorker:
-    """Round-robin generation over live sessions (objects with ready(), step(), fail(message)) in one daemon
-    thread."""
+    """Generation over live sessions (LiveSession: ready(), batch_key) in one daemon thread: batched (up to
+    max_batch sessions of one batch_key a turn) or, batched=False, one chunk a turn, round-robin."""
 
-    def __init__(self, name: str = "flashhead-live"):
+    def __init__(self, name: str = "flashhead-live", batched: bool = True, max_batch: int = 8):
         self.name = name
+        self.max_batch = max_batch if batched else 1
         self._cv = threading.Condition()
         self._sessions: list = []
         self._calls: deque[tuple[Future, object, tuple]] = deque()
-        self._cursor = 0  # the session after the one served last
+        self._cursor = 0  # the session after the one served first last turn
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -87,21 +93,25 @@ class GenerationWorker:
             self._cv.notify_all()
         return future
 
-    def _next_ready(self):
-        """The first ready session from the cursor on, round-robin (None if none); under the condition's lock."""
-        count = len(self._sessions)
+    def _next_batch(self) -> list:
+        """The first ready session from the cursor on, round-robin, and the other ready ones of its batch_key, up to
+        max_batch ([] if none ready); under the condition's lock."""
+        count, start = len(self._sessions), self._cursor
+        batch = []
         for offset in range(count):
-            index = (self._cursor + offset) % count
-            if self._sessions[index].ready():
-                self._cursor = index + 1
-                return self._sessions[index]
-        return None
+            session = self._sessions[(start + offset) % count]
+            if len(batch) < self.max_batch and (not batch or session.batch_key == batch[0].batch_key) \
+                    and session.ready():
+                if not batch:
+                    self._cursor = start + offset + 1
+                batch.append(session)
+        return batch
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                call = session = None
-                while not self._stopping and not self._calls and (session := self._next_ready()) is None:
+                call, batch = None, []
+                while not self._stopping and not self._calls and not (batch := self._next_batch()):
                     self._cv.wait(POLL_SECONDS)  # an idle session becomes ready with time, not a call
                 if self._stopping:
                     return
@@ -115,14 +125,4 @@ class GenerationWorker:
                     except BaseException as e:  # handed to whoever waits on the future
                         future.set_exception(e)
             else:
-                self._step(session)
-
-    @staticmethod
-    def _step(session) -> None:
-        try:
-            session.step()
-        except FlashHeadError as e:
-            session.fail(str(e))
-        except Exception as e:  # a bug: the session stops with the reason, the worker and other sessions go on
-            log.exception("live session failed")
-            session.fail(f"generation failed: {type(e).__name__}: {e}")
+                step_together(batch)

@@ -63,6 +63,7 @@ STREAM_PREFIX = "/api/live"
 STATUS_INTERVAL = 0.5  # seconds between the status messages on an audio WebSocket
 FEED_SLICE = 1 << 18  # bytes of PCM converted and resampled at a time (8 s at 16 kHz)
 SESSION_FIELDS = frozenset({"width", "height", "seed", "idle"})
+SCHEDULING = ("batched", "round-robin")  # ServeOptions.scheduling, --scheduling
 CONTROLS = ("end", "flush", "interrupt")  # the audio socket's text messages: {"end": true}, ...
 SERVER = web.AppKey("flashhead_server", object)  # app[SERVER]: the server's state (sessions, worker, registry)
 
@@ -72,7 +73,8 @@ class ServeOptions:
     """What a server takes, checked when made (InputError naming the option). width, height: a session's default
     size and the largest it may ask for; max_upload_bytes: one file or PCM body (a form: twice that); read_timeout:
     seconds a request's body may take to arrive; public_origin: scheme://host[:port] of the page behind a TLS proxy
-    (requests from it are this server's own; needs a token)."""
+    (requests from it are this server's own; needs a token); scheduling: "batched" (the ready sessions of one size
+    share each chunk's DiT calls) or "round-robin" (one session's chunk at a time), serve/scheduler.py."""
 
     width: int = 512
     height: int = 512
@@ -85,6 +87,7 @@ class ServeOptions:
     context_seconds: float = 8.0
     read_timeout: float = 30.0
     public_origin: str | None = None
+    scheduling: str = "batched"
 
     def __post_init__(self):
         for name, low, high in (("width", 16, 8192), ("height", 16, 8192), ("max_sessions", 1, 1024),
@@ -97,6 +100,8 @@ class ServeOptions:
         check_range(self.idle_timeout, "idle_timeout (--idle-timeout)", 0.1, 7 * 24 * 3600,
                     "seconds after which an unused session is freed")
         check_range(self.read_timeout, "read_timeout", 0.1, 3600, "seconds a request's body may take to arrive")
+        if self.scheduling not in SCHEDULING:
+            raise InputError(f"scheduling must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}")
         object.__setattr__(self, "public_origin", check_public_origin(self.public_origin))
         if self.public_origin is not None and self.token is None:
             raise InputError("--public-origin puts the server behind a proxy that others can reach: give it a token "
@@ -135,7 +140,7 @@ class _Server:
         self.pipeline, self.options = pipeline, options
         self.config = pipeline.model.config
         self.registry = LiveRegistry()
-        self.worker = GenerationWorker()
+        self.worker = GenerationWorker(batched=options.scheduling == "batched")
         self.sessions: dict[str, _Served] = {}
         self.reserved = 0  # sessions being created (counted against max_sessions while their uploads are decoded)
 

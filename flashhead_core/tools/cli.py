@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .. import (DEFAULT_FEATHER, WEIGHT_DTYPES, FaceCrop, FlashHeadError, InputError, apply_loras, load_pipeline,
                 parse_face_box, parse_lora_option, parse_size, parse_timeline, read_lora, write_talking_video)
-from ..serve import DEFAULT_PORT, ServeOptions, check_binding
+from ..serve import DEFAULT_PORT, SCHEDULING, ServeOptions, check_binding
 from ..serve import run as serve
 from ..testing import write_tiny_checkpoint
 from . import bench
@@ -129,7 +129,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     height, width = args.size or ((64, 64) if args.tiny else (512, 512))
     options = ServeOptions(width=width, height=height, max_sessions=args.max_sessions,
                            max_upload_bytes=int(args.max_upload_mb * 2**20), idle_timeout=args.idle_timeout,
-                           token=token, public_origin=args.public_origin)
+                           token=token, public_origin=args.public_origin, scheduling=args.scheduling)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="flashhead-serve-") as tiny:
         variant = args.variant if not args.tiny else "lite" if args.variant == "auto" else args.variant
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         "behind a TLS proxy: the page's origin as the browser shows it, e.g. https://avatar.example.com (requests "
         "from it are the server's own; docs/live.md#running-it-safely)"))
     p.add_argument("--max-sessions", type=int, default=4, help="live sessions at once (more get a 'busy' answer)")
+    p.add_argument("--scheduling", choices=SCHEDULING, default=SCHEDULING[0], help=(
+        "batched: the sessions with a chunk ready (same size) share its DiT calls; round-robin: one chunk at a time"))
     p.add_argument("--size", type=parse_size, default=None,
                    help="WIDTHxHEIGHT: a session's default and largest size (default 512x512; 64x64 with --tiny)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest portrait or speech file")

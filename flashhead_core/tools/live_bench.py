@@ -13,8 +13,13 @@ stream as the page's player does (each segment's video and audio, with their sta
                       included; at real time at least 1)
     behind_s          how far the stream lagged behind the speech sent (status behind_s, sampled twice a second
                       while it changes): median, 95th percentile, max
+    latency_s         per segment, its arrival - the moment the last sample of its speech was sent: median, p95, max
     av_start_ms       per segment, video start - audio start (the AAC encoder's delay): first minute, last minute, max
     end_drift_ms      at the end, |video media end - audio media end| (audio end: last segment's start + duration)
+
+--scheduling batched, round-robin or both (one after the other, same model, same speech): the server's generation
+worker (serve/scheduler.py). Per run also aggregate_fps: the video frames of all sessions per wall second, from the
+first PCM byte to the last segment.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AUDIO_SAMPLE_RATE, PRESETS, parse_size
+from ..config import AUDIO_SAMPLE_RATE, FPS, PRESETS, parse_size
 from ..live.client import StreamClient
 from ..pipeline import Pipeline, load_pipeline
+from ..serve.server import SCHEDULING, ServeOptions, create_app
 from ..testing import write_tiny_checkpoint
 from ..testing.media import synthetic_portrait, synthetic_speech
 
@@ -39,7 +45,7 @@ from ..testing.media import synthetic_portrait, synthetic_speech
 def live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=["lite", "pro"], default="lite")
     parser.add_argument("--seconds", type=float, default=600.0, help="speech per session (default 10 minutes)")
-    parser.add_argument("--sessions", type=int, default=1, help="clients at once (queued on one model)")
+    parser.add_argument("--sessions", type=int, default=1, help="clients at once (on one model: --scheduling)")
     parser.add_argument("--pace", choices=["realtime", "fast"], default="realtime",
                         help="speech pushed as it would be spoken, or all at once")
     parser.add_argument("--piece-ms", type=float, default=20.0, help="PCM piece length (a microphone sends 20 ms)")
@@ -48,6 +54,8 @@ def live_options(parser: argparse.ArgumentParser) -> None:
                         help="full-size random-weight DiT, VAE and wav2vec2 (flashhead_core.testing.random; a GPU)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--scheduling", choices=[*SCHEDULING, "both"], default=SCHEDULING[0],
+                        help="the server's generation worker: ready sessions batched, round-robin, or both in turn")
     parser.add_argument("--transport", choices=["mse", "webrtc"], default="mse",
                         help="receive the stream as Media Source segments or over WebRTC (tools/webrtc_bench.py)")
 
@@ -70,21 +78,23 @@ def bench_live(args: argparse.Namespace) -> dict:
                                      dtype=dtype)
         portrait = synthetic_portrait(tmp / "face.png").read_bytes()
         speech = (np.clip(synthetic_speech(args.seconds), -1, 1) * 32767).astype("<i2").tobytes()
-        sessions = asyncio.run(_measure(pipeline, args, width, height, portrait, speech))
+        schedulings = SCHEDULING if args.scheduling == "both" else [args.scheduling]
+        runs = [asyncio.run(_measure(pipeline, args, width, height, portrait, speech, scheduling))
+                for scheduling in schedulings]
     return {"variant": args.variant, "size": f"{width}x{height}", "dtype": str(dtype).removeprefix("torch."),
             "seconds": args.seconds, "sessions": args.sessions, "pace": args.pace, "piece_ms": args.piece_ms,
-            "scheduling": "queued (one worker, round-robin per chunk)", "per_session": sessions,
-            "note": "full-size random weights" if args.full_size else "tiny random-weight model"}
+            "runs": runs, "note": "full-size random weights" if args.full_size else "tiny random-weight model"}
 
 
-async def _measure(pipeline, args, width: int, height: int, portrait: bytes, speech: bytes) -> list[dict]:
+async def _measure(pipeline, args, width: int, height: int, portrait: bytes, speech: bytes, scheduling: str
+                   ) -> dict:
+    """One run of --sessions clients at once -> {scheduling, aggregate_fps, per_session}."""
     from aiohttp import FormData
     from aiohttp.test_utils import TestClient, TestServer
 
-    from ..serve.server import ServeOptions, create_app
-
     options = ServeOptions(width=width, height=height, max_sessions=args.sessions,
-                           max_speech_seconds=args.seconds + 60, idle_timeout=3600)
+                           max_speech_seconds=args.seconds + 60, idle_timeout=3600, scheduling=scheduling)
+    started = time.perf_counter()
     async with TestClient(TestServer(create_app(pipeline, options))) as client:
         async def one() -> dict:
             form = FormData()
@@ -96,7 +106,10 @@ async def _measure(pipeline, args, width: int, height: int, portrait: bytes, spe
                 return await webrtc_client(client, created, speech, args)
             return await _client(client, created, speech, args)
 
-        return list(await asyncio.gather(*(one() for _ in range(args.sessions))))
+        sessions = list(await asyncio.gather(*(one() for _ in range(args.sessions))))
+    wall = time.perf_counter() - started
+    return {"scheduling": scheduling, "aggregate_fps": round(sum(s["video_s"] for s in sessions) * FPS / wall, 2),
+            "per_session": sessions}
 
 
 async def _client(client, created: dict, speech: bytes, args) -> dict:
@@ -104,6 +117,7 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
     piece = 2 * round(args.piece_ms / 1000 * AUDIO_SAMPLE_RATE)
     socket = await client.ws_connect(f"/api/sessions/{created['session']}/audio?rate={AUDIO_SAMPLE_RATE}")
     behind = []
+    sent: list[tuple[float, float]] = []  # (seconds since start, seconds of speech sent by then)
     started = time.perf_counter()
 
     async def push() -> None:
@@ -111,6 +125,7 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
             if args.pace == "realtime":
                 await asyncio.sleep(max(0.0, started + i * args.piece_ms / 1000 - time.perf_counter()))
             await socket.send_bytes(speech[offset:offset + piece])
+            sent.append((time.perf_counter() - started, (offset + piece) / 2 / AUDIO_SAMPLE_RATE))
         await socket.send_json({"end": True})
 
     async def listen() -> None:
@@ -124,7 +139,7 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
     pushing, listening = asyncio.ensure_future(push()), asyncio.ensure_future(listen())
     stream = StreamClient(client, created["stream"])
     init_audio = await stream.init("audio")
-    arrivals, av_start, media_end, audio_end = [], [], [], 0.0
+    arrivals, av_start, media_end, audio_end, latency = [], [], [], 0.0, []
     n = 0
     async for segment in stream.segments():
         arrivals.append(time.perf_counter() - started)
@@ -133,6 +148,8 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
         if segment.media_end > (media_end[-1] if media_end else 0):  # with frames (the last may hold audio only)
             av_start.append((segment.video_start - segment.audio_start) * 1000)
             media_end.append(segment.media_end)
+            spoken = next((t for t, seconds in sent if seconds >= segment.media_end - 1e-6), sent[-1][0])
+            latency.append(arrivals[-1] - spoken)
         n += 1
     await pushing
     await listening
@@ -141,7 +158,7 @@ async def _client(client, created: dict, speech: bytes, args) -> dict:
     per_minute = max(1, round(60 * len(media_end) / max(media_end[-1], 1e-9)))  # segments per minute of video
     return {"first_segment_s": round(arrivals[0], 3), "rtf": status["rtf"],
             "wall_rtf": round(arrivals[-1] / media_end[-1], 3),
-            "behind_s": _spread(behind), "segments": n, "video_s": media_end[-1],
+            "behind_s": _spread(behind), "latency_s": _spread(latency), "segments": n, "video_s": media_end[-1],
             "av_start_ms": {"first_minute": round(statistics.mean(av_start[:per_minute]), 1),
                             "last_minute": round(statistics.mean(av_start[-per_minute:]), 1),
                             "max": round(max(map(abs, av_start)), 1)},

@@ -22,7 +22,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from ..config import AUDIO_SAMPLE_RATE
+from ..config import AUDIO_SAMPLE_RATE, FPS
 from ..serve.webrtc import include_loopback_candidates
 
 LOUD = 0.02  # RMS of a 20 ms packet (or the speech sent) that counts as sound
@@ -87,5 +87,6 @@ async def webrtc_client(client, created: dict, speech: bytes, args) -> dict:
             "mouth_to_ear_s": round(loud[0] - spoken, 3) if loud else None, "rtf": status["rtf"],
             "behind_s": {name: round(float(f(behind)), 3) for name, f in
                          (("median", np.median), ("p95", lambda x: np.percentile(x, 95)), ("max", np.max))},
-            "frames": len(got["video"]), "held_frames": rtc.get("held_frames"),
+            "frames": len(got["video"]), "video_s": round(len(got["video"]) / FPS, 3),
+            "held_frames": rtc.get("held_frames"),
             "audio_s": round(len(got["audio"]) * 0.02, 2)}
