@@ -16,7 +16,7 @@ from .errors import FaceError, FlashHeadError, InputError, check_range
 from .generation.batch import batch_talking_heads, check_pairs, stack_tracks
 from .generation.chunks import audio_chunks, check_encoder_fits, chunk_count, new_images, video_frame_count
 from .generation.run import ChunkRun, speech_run, stream_talking_head
-from .generation.sampler import GenerationCancelled, SamplerConfig
+from .generation.sampler import STATIC_MODES, GenerationCancelled, SamplerConfig
 from .generation.session import StreamingSession, check_memory, decode_chunk, memory_estimate
 from .generation.timeline import Timeline, TimelineError, parse_times, parse_timeline
 from .lora import LoRAError, LoRALinear, apply_loras, low_rank_terms, parse_lora_option, read_lora
@@ -31,7 +31,7 @@ from .vae import check_vae_matches_model, load_vae
 __version__ = "0.1.0"
 __all__ = [
     "AUDIO_DIR", "AUDIO_SAMPLE_RATE", "AUDIO_WEIGHT_FILES", "BACKENDS", "DEFAULT_FEATHER", "DIT_WEIGHT_FILES", "FPS",
-    "MODEL_DIRS", "RELEASE_NAME", "VAE_DIRS", "VAE_WAN_FILE", "WEIGHT_DTYPES",
+    "MODEL_DIRS", "RELEASE_NAME", "STATIC_MODES", "VAE_DIRS", "VAE_WAN_FILE", "WEIGHT_DTYPES",
     "ChunkRun", "FaceCrop", "FaceError", "FlashHeadError", "GenerationCancelled", "InputError", "LoRAError",
     "LoRALinear", "Pipeline", "SamplerConfig", "StreamingSession", "Timeline", "TimelineError", "VideoSummary",
     "apply_loras", "audio_chunks", "batch_talking_heads", "box_from_bbox", "box_from_mask", "check_encoder_fits",

@@ -49,19 +49,31 @@ from .media.video_io import AudioStream, VideoWriter, aac_can_store
 @dataclass
 class Pipeline:
     """The three loaded models of one run (from `load_pipeline`, or loaded by a host such as ComfyUI). device:
-    where the DiT computes when a host keeps part of its weights offloaded (default: where its weights are)."""
+    where the DiT computes when a host keeps part of its weights offloaded (default: where its weights are).
+    static: how the sessions made from it run a chunk's 4 steps (`SamplerConfig.static`: "off" eager; "auto" the
+    compiled static step, a CUDA graph on CUDA; docs/performance.md)."""
     model: FlashHeadDiT
     vae: VideoVAE
     audio_encoder: Wav2Vec2FrameEncoder
     device: torch.device | None = None
+    static: str = "off"
+
+    def __post_init__(self):
+        SamplerConfig(static=self.static)  # an unknown mode is refused here, naming the choices
+
+    def sampler(self, color_correction: float = 1.0) -> SamplerConfig:
+        """The sampler of a session made from this pipeline."""
+        return SamplerConfig(color_correction=color_correction, static=self.static)
 
 
 def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, attention: str = "auto",
-                  wav2vec2: str | Path | None = None, weight_dtype: torch.dtype | None = None) -> Pipeline:
+                  wav2vec2: str | Path | None = None, weight_dtype: torch.dtype | None = None,
+                  static: str = "off") -> Pipeline:
     """The DiT, its VAE and wav2vec2 from the released checkpoint root (wav2vec2 defaults to
     `<checkpoint>/wav2vec2-base-960h`, where `flashhead download` puts it). wav2vec2 always runs in float32.
-    weight_dtype: the DiT's fp8 weight storage (`load_dit`)."""
+    weight_dtype: the DiT's fp8 weight storage (`load_dit`). static: `Pipeline.static`."""
+    SamplerConfig(static=static)  # refused before the weights load
     checkpoint = Path(checkpoint)
     model = load_dit(checkpoint, variant=variant, dtype=dtype, device=device, attention=attention,
                      weight_dtype=weight_dtype)
@@ -75,7 +87,7 @@ def load_pipeline(checkpoint: str | Path, *, variant: str = "auto", device: str 
     if not audio_path.exists():
         raise CheckpointError(f"wav2vec2 not found at {audio_path}: download facebook/wav2vec2-base-960h there "
                               f"(`flashhead download {checkpoint}`) or pass its path")
-    return Pipeline(model, vae, load_wav2vec2(audio_path, device=device))
+    return Pipeline(model, vae, load_wav2vec2(audio_path, device=device), static=static)
 
 
 def _muxable_audio(channels, rate: float, samples) -> tuple:
@@ -194,7 +206,7 @@ def write_talking_video(pipeline: Pipeline, portraits, audio, out: str | Path, *
     # then the portraits' VAE encodes.
     check_memory(height, width, available_memory(pipeline.vae.device) if free_memory is None else free_memory)
     session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
-                               sampler=SamplerConfig(color_correction=color_correction), should_cancel=should_cancel,
+                               sampler=pipeline.sampler(color_correction), should_cancel=should_cancel,
                                device=pipeline.device)
     frame = FullFrame() if face_crop is None else PastedBack(face_crop)
     portraits = frame.model_portraits(portraits)

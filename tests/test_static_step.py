@@ -85,3 +85,37 @@ def test_static_step_one_graph_equals_eager():
         out = sample_chunk(model, *inputs, on_step=seen.append, static="auto")
     assert seen == [0, 1, 2, 3]
     torch.testing.assert_close(out, sample_chunk(model, *inputs), rtol=1e-5, atol=1e-5 * out.abs().max().item())
+
+
+def test_the_pipeline_s_static_mode_reaches_every_session_it_makes(tmp_path, monkeypatch):
+    """`flashhead generate/serve --static MODE` -> load_pipeline(static=MODE) -> the sessions of write_talking_video
+    and of a live session run their chunks in that mode (recorded here, then run eagerly: no compile in this test);
+    an unknown mode is refused before the weights load, naming the choices."""
+    from flashhead_core import load_pipeline, write_talking_video
+    from flashhead_core.generation import session as session_module
+    from flashhead_core.live import LiveRegistry
+    from flashhead_core.serve.live_session import LiveSession
+    from flashhead_core.testing import write_tiny_checkpoint
+    from flashhead_core.testing.media import synthetic_portrait, synthetic_speech
+
+    modes = []
+    real = session_module.sample_chunk
+
+    def recording(*args, static="off", **kwargs):
+        modes.append(static)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "sample_chunk", recording)
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", "lite")
+    with pytest.raises(Exception, match="static must be one of off, auto, compiled, cuda_graphs"):
+        load_pipeline(checkpoint, variant="lite", static="graphs")
+    pipeline = load_pipeline(checkpoint, variant="lite", static="compiled")
+    face = synthetic_portrait(tmp_path / "face.png")
+    speech = {"waveform": torch.from_numpy(synthetic_speech(0.5))[None, None], "sample_rate": 16000}
+    write_talking_video(pipeline, face, speech, tmp_path / "out.mp4", height=64, width=64)
+    live = LiveSession(pipeline, LiveRegistry().create(), height=64, width=64)
+    live.add_identity("face", face)
+    live.feed(synthetic_speech(0.5))
+    live.end()
+    live.step()
+    assert modes == ["compiled", "compiled"] and live.status()["state"] == "ended"

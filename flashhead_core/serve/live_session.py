@@ -91,7 +91,8 @@ class LiveSession:
                  clock: Callable[[], float] = time.monotonic):
         self._cancel = threading.Event()  # close(): the running step stops at its next check
         self.session = StreamingSession(pipeline.model, pipeline.vae, height=height, width=width, seed=seed,
-                                        device=pipeline.device, should_cancel=self._cancel.is_set)
+                                        sampler=pipeline.sampler(), device=pipeline.device,
+                                        should_cancel=self._cancel.is_set)
         self._speech = SampleQueue()  # 16 kHz samples not yet in a chunk
         self.run = speech_run(self.session, pipeline.audio_encoder, self._speech, context_seconds=context_seconds)
         self.channel = channel

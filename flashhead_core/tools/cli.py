@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import (DEFAULT_FEATHER, WEIGHT_DTYPES, FaceCrop, FlashHeadError, InputError, apply_loras, load_pipeline,
-                parse_face_box, parse_lora_option, parse_size, parse_timeline, read_lora, write_talking_video)
+from .. import (DEFAULT_FEATHER, STATIC_MODES, WEIGHT_DTYPES, FaceCrop, FlashHeadError, InputError, apply_loras,
+                load_pipeline, parse_face_box, parse_lora_option, parse_size, parse_timeline, read_lora,
+                write_talking_video)
 from ..serve import DEFAULT_PORT, SCHEDULING, ServeOptions, check_binding
 from ..serve import run as serve
 from ..testing import write_tiny_checkpoint
@@ -55,7 +56,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     pipeline = load_pipeline(args.checkpoint, variant=args.variant, device=device,
                              dtype=_compute_dtype(args.dtype, device), attention=args.attention,
-                             wav2vec2=args.wav2vec2, weight_dtype=WEIGHT_DTYPES[args.weight_dtype])
+                             wav2vec2=args.wav2vec2, weight_dtype=WEIGHT_DTYPES[args.weight_dtype],
+                             static=args.static)
     if args.lora:  # every file is read and checked against the DiT before any is applied
         loras = [read_lora(path, pipeline.model, strength) for path, strength in map(parse_lora_option, args.lora)]
         apply_loras(pipeline.model, loras)
@@ -135,7 +137,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         variant = args.variant if not args.tiny else "lite" if args.variant == "auto" else args.variant
         checkpoint = write_tiny_checkpoint(tiny, variant) if args.tiny else args.checkpoint
         pipeline = load_pipeline(checkpoint, variant=variant, device=device,
-                                 dtype=_compute_dtype(args.dtype, device), attention=args.attention)
+                                 dtype=_compute_dtype(args.dtype, device), attention=args.attention,
+                                 static=args.static)
         serve(pipeline, options, host=args.host, port=args.port)
     return 0
 
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "storage of the DiT blocks' Linear weights: default (the compute dtype), or fp8_e4m3fn / fp8_e5m2 (half the "
         "memory of bf16, upcast per layer, slightly different frames; a --lora then runs on the fly: docs/fp8.md)"))
     p.add_argument("--attention", default="auto", help="auto, sdpa, flash_attn_3, flash_attn_2, sage")
+    _static_option(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the released layout")
@@ -235,8 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU (wav2vec2 always float32)")
     p.add_argument("--attention", default="auto", help="auto, sdpa, flash_attn_3, flash_attn_2, sage")
+    _static_option(p)
     p.set_defaults(func=_cmd_serve)
     return parser
+
+
+def _static_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--static", choices=STATIC_MODES, default="off", help=(
+        "a chunk's 4 steps: off (eager), auto (compiled once, replayed as a CUDA graph on CUDA), compiled, "
+        "cuda_graphs; the first chunk then compiles (minutes for the full model): docs/performance.md"))
 
 
 def _cuda_available() -> bool:
